@@ -1,0 +1,109 @@
+import yargs, { type Argv } from 'yargs';
+import { AgentError, ExitCode, NotImplementedError, asAgentError } from './errors.js';
+
+/**
+ * The command-line interface. Each handler is small: it loads its command module lazily
+ * (so `ssh-keys` never parses EC2 or S3 code) and returns an exit code.
+ */
+
+export interface GlobalOptions {
+  config?: string | undefined;
+  root?: string | undefined;
+  logFormat?: 'human' | 'json' | undefined;
+  logLevel?: 'debug' | 'info' | 'warn' | 'error' | undefined;
+}
+
+type Handler = (args: Record<string, unknown> & GlobalOptions) => Promise<number>;
+
+const EPILOG = `Exit codes: 0 ok, 1 failed, 2 usage or config error (nothing was changed), 3 a deadline was exceeded.
+Docs: README.md and docs/ (config reference: docs/config.md).`;
+
+export async function runCli(argv: string[]): Promise<number> {
+  let code: number = ExitCode.ok;
+  let usageError: string | undefined;
+  const wrap =
+    (h: Handler) =>
+    async (args: Record<string, unknown>): Promise<void> => {
+      if (usageError !== undefined) return;
+      try {
+        code = await h(args as Record<string, unknown> & GlobalOptions);
+      } catch (err) {
+        const e = asAgentError(err);
+        process.stderr.write(`zdt-agent: ${e.oneLine()}\n`);
+        code = e.exitCode;
+      }
+    };
+  const notImplemented = (command: string, issue: string): Handler => async () => {
+    throw new NotImplementedError(command, issue);
+  };
+
+  const cli = yargs(argv)
+    .scriptName('zdt-agent')
+    .usage('$0 <command> [options]\n\nBrings Kubernetes nodes on AWS up and retires them without losing data.')
+    .option('config', { type: 'string', describe: 'Config file merged last (highest precedence)', global: true })
+    .option('root', { type: 'string', describe: 'Root prefix for every node path (tests, chroots)', global: true, hidden: true })
+    .option('log-format', { choices: ['human', 'json'] as const, describe: 'Log line format', global: true })
+    .option('log-level', { choices: ['debug', 'info', 'warn', 'error'] as const, describe: 'Lowest level logged', global: true })
+    .command('boot', 'Bring this node up (run by cloud-init at every boot)', {}, wrap(notImplemented('boot', 'the boot issue (#5)')))
+    .command(
+      'terminate',
+      'Retire this node at shutdown: classify, drain, back up, notify (run by OpenRC)',
+      (y: Argv) => y.option('event', { choices: ['reboot', 'stop', 'terminate', 'unknown'] as const, describe: 'Skip classification' }),
+      wrap(notImplemented('terminate', 'the terminate issue (#6)')),
+    )
+    .command(
+      'ssh-keys <user> [fingerprint]',
+      "Print the IAM SSH keys USER may log in with (sshd's AuthorizedKeysCommand)",
+      (y: Argv) =>
+        y
+          .positional('user', { type: 'string', demandOption: true, describe: 'Local login name (%u)' })
+          .positional('fingerprint', { type: 'string', describe: 'Fingerprint of the offered key (%f), for the audit line' }),
+      wrap(notImplemented('ssh-keys', 'the ssh-keys issue (#7)')),
+    )
+    .command('ssh-users <action>', 'Local accounts for IAM users (bastions)', (y: Argv) =>
+      y.positional('action', { choices: ['sync'] as const, demandOption: true, describe: 'sync: refresh the key cache and local users' }),
+      wrap(notImplemented('ssh-users sync', 'the ssh-keys issue (#7)')),
+    )
+    .command('etcd <action>', 'etcd backup to S3 and restore from it', (y: Argv) =>
+      y
+        .positional('action', { choices: ['backup', 'restore'] as const, demandOption: true })
+        .option('from', { type: 'string', describe: "restore: 'latest' or an S3 key", default: 'latest' })
+        .option('data-dir', { type: 'string', describe: 'restore: etcd data directory to create' }),
+      wrap(notImplemented('etcd', 'the terminate issue (#6)')),
+    )
+    .command('status', 'Show what the last boot and terminate did, phase by phase', {}, wrap(async (a) => (await import('./commands/status.js')).runStatus(a)))
+    .command(
+      'plan',
+      'Dry run: the phases boot and the steps terminate would run on this node, and why',
+      (y: Argv) => y.option('event', { choices: ['reboot', 'stop', 'terminate', 'unknown'] as const, describe: 'Plan terminate for this event', default: 'terminate' }),
+      wrap(async (a) => (await import('./commands/plan.js')).runPlan(a)),
+    )
+    .command('config <action>', 'Check the configuration', (y: Argv) =>
+      y
+        .positional('action', { choices: ['validate'] as const, demandOption: true })
+        .option('instance', { type: 'boolean', default: false, describe: 'Also read user-data and tags from IMDS' }),
+      wrap(async (a) => (await import('./commands/config.js')).runConfigValidate(a)),
+    )
+    .command('version', 'Print the version', {}, wrap(async () => (await import('./commands/version.js')).runVersion()))
+    .demandCommand(1, 'Name a command; see --help')
+    .strict()
+    .epilog(EPILOG)
+    .wrap(Math.min(110, process.stdout.columns || 100))
+    .exitProcess(false)
+    .version(false)
+    .fail((msg, err) => {
+      // yargs may report several problems of one command line; the first is the one to fix.
+      usageError ??= err ? (err instanceof AgentError ? err.oneLine() : err.message) : msg;
+    });
+
+  try {
+    await cli.parseAsync();
+  } catch (err) {
+    usageError ??= err instanceof Error ? err.message : String(err);
+  }
+  if (usageError !== undefined) {
+    process.stderr.write(`zdt-agent: ${usageError}\nRun 'zdt-agent --help' for usage.\n`);
+    return ExitCode.usage;
+  }
+  return code;
+}

@@ -1,0 +1,236 @@
+import { z } from 'zod';
+
+/**
+ * The one configuration schema. Types are inferred from it; docs/config.md is checked
+ * against it by a test. Durations are whole seconds unless the key says otherwise.
+ */
+
+const seconds = (what: string) => z.number().int(`${what} must be a whole number of seconds`).positive(`${what} must be greater than 0`);
+
+const dnsLabel = z
+  .string()
+  .regex(/^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$/, 'use 1-40 lower-case letters, digits and dashes, starting and ending with a letter or digit');
+
+export const kubernetesVersionPattern = /^1\.(\d+)\.(\d+|X)$/;
+
+const endpointUrl = z.url({ protocol: /^https?$/, error: 'must be an http(s) URL such as https://ec2.eu-central-1.amazonaws.com' });
+
+const taint = z
+  .object({
+    key: z.string().min(1),
+    value: z.string().optional(),
+    effect: z.enum(['NoSchedule', 'PreferNoSchedule', 'NoExecute']),
+  })
+  .strict();
+
+export const clusterSchema = z
+  .object({
+    name: dnsLabel.describe('Cluster name; tags, backups and etcd identity files carry it'),
+    apiEndpoint: z
+      .string()
+      .regex(/^[A-Za-z0-9.-]+(:\d{1,5})?$/, 'use host[:port], e.g. k8s.prod.example.com:6443')
+      .optional()
+      .describe('controlPlaneEndpoint (host:port) that workers and joining controllers wait for'),
+    kubernetesVersion: z
+      .string()
+      .regex(kubernetesVersionPattern, "use an exact version '1.31.4' or a minor with X '1.31.X'")
+      .optional()
+      .describe('Version controller 00 installs or upgrades to; other nodes follow the cluster'),
+    domain: z
+      .string()
+      .regex(/^[a-z0-9.-]+$/, 'use a DNS domain such as prod.example.internal')
+      .optional()
+      .describe('DNS domain of the stable per-slot names (etcd00.<domain>)'),
+    route53ZoneId: z.string().min(1).optional().describe('Private hosted zone where controllers upsert their stable name'),
+    bootstrap: z
+      .object({
+        s3Uri: z
+          .string()
+          .regex(/^s3:\/\/[a-z0-9.-]{3,63}(\/.*)?$/, 'use s3://bucket/prefix')
+          .optional()
+          .describe('Where a pre-generated CA and the join token live'),
+      })
+      .strict()
+      .prefault({}),
+  })
+  .strict();
+
+export const nodeSchema = z
+  .object({
+    role: z.enum(['controller', 'worker', 'bastion', 'nat']).describe('What this node is'),
+    controllerIndex: z
+      .string()
+      .regex(/^\d{2}$/, "use two digits, e.g. '00'")
+      .optional()
+      .describe("Controller slot; '00' bootstraps and upgrades"),
+    labels: z.record(z.string(), z.string()).default({}).describe('Extra node labels'),
+    taints: z.array(taint).default([]).describe('Node taints'),
+    kubeletRootDir: z.string().startsWith('/').default('/var/lib/containers').describe('kubelet --root-dir'),
+  })
+  .strict();
+
+export const etcdSchema = z
+  .object({
+    volume: z
+      .object({
+        clusterTagKey: z.string().default('zdt:cluster').describe('Tag key whose value is the cluster name'),
+        roleTagKey: z.string().default('zdt:role').describe('Tag key marking the etcd volume'),
+        roleTagValue: z.string().default('etcd'),
+        filesystem: z.enum(['ext4', 'xfs']).default('ext4').describe('Filesystem made on a blank volume'),
+        label: z.string().max(12).default('etcd').describe('Filesystem label'),
+        mountPoint: z.string().startsWith('/').default('/var/lib/etcd'),
+        attachTimeout: seconds('etcd.volume.attachTimeout').default(300),
+        deviceTimeout: seconds('etcd.volume.deviceTimeout').default(60),
+      })
+      .strict()
+      .prefault({}),
+    restore: z.enum(['auto', 'never']).default('auto').describe('Restore the newest backup onto a blank volume'),
+    backup: z
+      .object({
+        bucket: z.string().min(3).optional().describe('S3 bucket of the backups'),
+        prefix: z.string().default('etcd-backups').describe('Key prefix; keys are <prefix>/<cluster>/{hourly,emergency}/…'),
+        kmsKeyId: z.string().optional().describe('KMS key for SSE-KMS (SSE-S3 with a warning when unset)'),
+        clientSideEncryption: z.boolean().default(false).describe('Envelope-encrypt with a KMS data key before upload'),
+        retention: z
+          .object({ hourly: z.number().int().min(1).default(24), daily: z.number().int().min(0).default(7) })
+          .strict()
+          .prefault({}),
+      })
+      .strict()
+      .prefault({}),
+  })
+  .strict();
+
+export const notifySchema = z
+  .object({
+    snsTopicArn: z.string().regex(/^arn:aws[a-z-]*:sns:/, 'use an SNS topic ARN').optional(),
+    consoleLinks: z.boolean().default(true).describe('Add AWS console deep links to messages'),
+  })
+  .strict();
+
+export const terminateSchema = z
+  .object({
+    budget: seconds('terminate.budget').default(120).describe('Hard limit for the whole terminate command'),
+    drainTimeout: seconds('terminate.drainTimeout').default(90),
+    hooksDir: z.string().startsWith('/').default('/etc/zdt-agent/hooks'),
+    hookTimeout: seconds('terminate.hookTimeout').default(20),
+    blockedPods: z.enum(['stop', 'delete']).default('stop').describe('What to do with pods a PDB still blocks at the drain deadline'),
+    drainOnStop: z.boolean().default(true),
+    drainOnReboot: z.boolean().default(true),
+  })
+  .strict();
+
+export const sshSchema = z
+  .object({
+    iamGroup: z.string().regex(/^[\w+=,.@-]{1,128}$/, 'use an IAM group name').describe('IAM group whose members may log in'),
+    roleArn: z.string().regex(/^arn:aws[a-z-]*:iam::\d{12}:role\//, 'use an IAM role ARN').optional(),
+    externalId: z.string().min(2).optional(),
+    mode: z.enum(['per-user', 'shared']).default('per-user'),
+    sharedUser: z.string().optional().describe("Login name in 'shared' mode"),
+    keyOptions: z.string().default('').describe('authorized_keys options put before every key'),
+    cacheTtl: seconds('ssh.cacheTtl').default(60),
+    staleMax: z.number().int().min(0).default(600).describe('Serve a stale cache during an IAM outage this long (0: never)'),
+    deadline: seconds('ssh.deadline').default(5),
+    sudoGroup: z.string().optional().describe('Group that synced users join'),
+  })
+  .strict();
+
+const endpointsSchema = z
+  .object({
+    ec2: endpointUrl.optional(),
+    s3: endpointUrl.optional(),
+    sns: endpointUrl.optional(),
+    sqs: endpointUrl.optional(),
+    iam: endpointUrl.optional(),
+    sts: endpointUrl.optional(),
+    kms: endpointUrl.optional(),
+    autoscaling: endpointUrl.optional(),
+    cloudformation: endpointUrl.optional(),
+    route53: endpointUrl.optional(),
+  })
+  .strict();
+
+export const awsSchema = z
+  .object({
+    region: z.string().regex(/^[a-z]{2}(-[a-z]+)+-\d$/, 'use a region such as eu-central-1').optional().describe('Defaults to the region from IMDS'),
+    endpoint: endpointUrl.optional().describe('One endpoint for every service (the testbed)'),
+    endpoints: endpointsSchema.prefault({}).describe('Per-service endpoints (VPC endpoints)'),
+    imdsEndpoint: endpointUrl.default('http://169.254.169.254').describe('IMDS base URL'),
+    maxAttempts: z.number().int().min(1).max(20).default(5),
+    connectTimeoutMs: z.number().int().positive().default(3000),
+    requestTimeoutMs: z.number().int().positive().default(15000),
+    s3ForcePathStyle: z.boolean().default(false),
+  })
+  .strict();
+
+export const bootSchema = z
+  .object({
+    controlPlaneWait: seconds('boot.controlPlaneWait').default(1800).describe('How long workers wait for the API'),
+    neuronModule: z.string().default('neuron'),
+    neuronDeviceWait: seconds('boot.neuronDeviceWait').default(120),
+    launchLifecycleHook: z.string().optional().describe('Name of the ASG launch lifecycle hook to complete'),
+  })
+  .strict();
+
+export const logSchema = z
+  .object({
+    level: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+    format: z.enum(['human', 'json']).default('human'),
+  })
+  .strict();
+
+export const configSchema = z
+  .object({
+    cluster: clusterSchema.optional(),
+    node: nodeSchema.prefault({ role: 'worker' }),
+    etcd: etcdSchema.optional(),
+    notify: notifySchema.prefault({}),
+    terminate: terminateSchema.prefault({}),
+    ssh: sshSchema.optional(),
+    aws: awsSchema.prefault({}),
+    boot: bootSchema.prefault({}),
+    log: logSchema.prefault({}),
+  })
+  .strict()
+  .superRefine((c, ctx) => {
+    const role = c.node.role;
+    const k8s = role === 'controller' || role === 'worker';
+    if (k8s && !c.cluster) {
+      ctx.addIssue({ code: 'custom', path: ['cluster'], message: `a ${role} needs a cluster section (at least cluster.name)` });
+    }
+    if (role === 'controller' && c.node.controllerIndex === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['node', 'controllerIndex'], message: "a controller needs its slot, e.g. controllerIndex: '00'" });
+    }
+    if (role !== 'controller' && c.node.controllerIndex !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['node', 'controllerIndex'], message: `only controllers have a slot; this node is a ${role}` });
+    }
+    if (role !== 'controller' && c.etcd !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['etcd'], message: `only controllers hold etcd; remove the etcd section from this ${role}'s config` });
+    }
+    if (role === 'bastion' && !c.ssh) {
+      ctx.addIssue({ code: 'custom', path: ['ssh'], message: 'a bastion needs an ssh section with iamGroup' });
+    }
+    if (c.ssh?.mode === 'shared' && !c.ssh.sharedUser) {
+      ctx.addIssue({ code: 'custom', path: ['ssh', 'sharedUser'], message: "ssh.mode 'shared' needs ssh.sharedUser (the one login name)" });
+    }
+    if (c.ssh?.externalId && !c.ssh.roleArn) {
+      ctx.addIssue({ code: 'custom', path: ['ssh', 'externalId'], message: 'externalId is only used with ssh.roleArn' });
+    }
+    if (c.terminate.drainTimeout >= c.terminate.budget) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['terminate', 'drainTimeout'],
+        message: `drainTimeout (${c.terminate.drainTimeout}s) must be shorter than the budget (${c.terminate.budget}s), or nothing is left for the rest`,
+      });
+    }
+    if (c.terminate.hookTimeout >= c.terminate.budget) {
+      ctx.addIssue({ code: 'custom', path: ['terminate', 'hookTimeout'], message: 'hookTimeout must be shorter than terminate.budget' });
+    }
+    if (c.cluster?.route53ZoneId && !c.cluster.domain) {
+      ctx.addIssue({ code: 'custom', path: ['cluster', 'domain'], message: 'route53ZoneId needs cluster.domain for the record names' });
+    }
+  });
+
+export type Config = z.infer<typeof configSchema>;
+export type ConfigInput = z.input<typeof configSchema>;
+export type Role = Config['node']['role'];

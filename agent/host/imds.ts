@@ -1,0 +1,171 @@
+import { AgentError } from '../errors.js';
+import type { Logger } from '../log/logger.js';
+import { waitFor } from './retry.js';
+
+/**
+ * IMDSv2 only: a session token (PUT with a TTL) is fetched once, reused, and refreshed
+ * before it expires or when IMDS answers 401. There is no IMDSv1 fallback: an instance
+ * that requires tokens would answer 401 to it anyway, and one that does not should not be
+ * trusted to.
+ *
+ * Node's fetch ignores HTTP(S)_PROXY unless NODE_USE_ENV_PROXY is set, so a node-wide proxy
+ * setting cannot send IMDS traffic (and its credentials) through a proxy.
+ */
+
+const TOKEN_TTL_S = 21600;
+const TOKEN_REFRESH_MARGIN_MS = 60_000;
+
+export interface ImdsOptions {
+  endpoint: string;
+  log: Logger;
+  /** How long required properties are retried (IMDS may come up late at early boot). */
+  requiredTimeoutMs?: number;
+  /** Per-request timeout. */
+  requestTimeoutMs?: number;
+}
+
+export class ImdsError extends AgentError {
+  constructor(message: string, hint = 'check that IMDS is enabled with HttpTokens=required and HttpPutResponseHopLimit >= 1 in the launch template') {
+    super('ImdsUnavailable', message, { hint });
+  }
+}
+
+class NotFound extends Error {}
+
+export class Imds {
+  private token: { value: string; expires: number } | undefined;
+  private readonly endpoint: string;
+  private readonly log: Logger;
+  private readonly requiredTimeoutMs: number;
+  private readonly requestTimeoutMs: number;
+
+  constructor(o: ImdsOptions) {
+    this.endpoint = o.endpoint.replace(/\/+$/, '');
+    this.log = o.log;
+    this.requiredTimeoutMs = o.requiredTimeoutMs ?? 60_000;
+    this.requestTimeoutMs = o.requestTimeoutMs ?? 2_000;
+  }
+
+  private async fetchToken(): Promise<string> {
+    const now = Date.now();
+    if (this.token && this.token.expires - TOKEN_REFRESH_MARGIN_MS > now) return this.token.value;
+    const res = await fetch(`${this.endpoint}/latest/api/token`, {
+      method: 'PUT',
+      headers: { 'X-aws-ec2-metadata-token-ttl-seconds': String(TOKEN_TTL_S) },
+      signal: AbortSignal.timeout(this.requestTimeoutMs),
+    });
+    if (!res.ok) throw new ImdsError(`IMDS token request answered HTTP ${res.status}`);
+    const value = (await res.text()).trim();
+    if (!value) throw new ImdsError('IMDS token request answered an empty token');
+    this.token = { value, expires: now + TOKEN_TTL_S * 1000 };
+    return value;
+  }
+
+  /** One GET; `NotFound` on 404; a 401 drops the token and retries once. */
+  private async getOnce(path: string): Promise<string> {
+    for (let i = 0; i < 2; i++) {
+      const token = await this.fetchToken();
+      const res = await fetch(`${this.endpoint}/${path.replace(/^\/+/, '')}`, {
+        headers: { 'X-aws-ec2-metadata-token': token },
+        signal: AbortSignal.timeout(this.requestTimeoutMs),
+      });
+      if (res.status === 401) {
+        this.token = undefined;
+        continue;
+      }
+      if (res.status === 404) throw new NotFound(path);
+      if (!res.ok) throw new ImdsError(`IMDS GET ${path} answered HTTP ${res.status}`);
+      return await res.text();
+    }
+    throw new ImdsError(`IMDS refused the session token twice for ${path}`);
+  }
+
+  /** A property the agent cannot work without: retried with backoff for a long, bounded time. */
+  async required(path: string): Promise<string> {
+    return waitFor({
+      what: `IMDS ${path}`,
+      timeoutMs: this.requiredTimeoutMs,
+      initialDelayMs: 250,
+      maxDelayMs: 5000,
+      progressEveryMs: 10_000,
+      hint: 'check that IMDS is enabled (HttpEndpoint=enabled, HttpTokens=required) and reachable from this instance',
+      code: 'ImdsUnavailable',
+      log: this.log,
+      retryable: () => true,
+      check: async () => {
+        const v = await this.getOnce(path);
+        return v;
+      },
+    });
+  }
+
+  /** An optional property: one quick attempt; `undefined` when absent or IMDS does not answer. */
+  async optional(path: string): Promise<string | undefined> {
+    try {
+      return await this.getOnce(path);
+    } catch (err) {
+      if (!(err instanceof NotFound)) this.log.debug('optional IMDS property unavailable', { path, err: (err as Error).message });
+      return undefined;
+    }
+  }
+
+  /** The instance identity document, parsed and checked. */
+  async identityDocument(): Promise<InstanceIdentityDocument> {
+    const text = await this.required('latest/dynamic/instance-identity/document');
+    let doc: unknown;
+    try {
+      doc = JSON.parse(text);
+    } catch {
+      throw new ImdsError('IMDS answered an instance identity document that is not JSON', 'check the IMDS endpoint (aws.imdsEndpoint)');
+    }
+    const d = doc as Record<string, unknown>;
+    for (const k of ['instanceId', 'region', 'availabilityZone', 'instanceType', 'privateIp'] as const) {
+      if (typeof d[k] !== 'string' || !d[k]) {
+        throw new ImdsError(`the instance identity document has no ${k}`, 'check the IMDS endpoint (aws.imdsEndpoint)');
+      }
+    }
+    return d as unknown as InstanceIdentityDocument;
+  }
+
+  async userData(): Promise<Uint8Array | undefined> {
+    try {
+      const token = await this.fetchToken();
+      const res = await fetch(`${this.endpoint}/latest/user-data`, {
+        headers: { 'X-aws-ec2-metadata-token': token },
+        signal: AbortSignal.timeout(this.requestTimeoutMs),
+      });
+      if (res.status === 404) return undefined;
+      if (!res.ok) throw new ImdsError(`IMDS user-data answered HTTP ${res.status}`);
+      return new Uint8Array(await res.arrayBuffer());
+    } catch (err) {
+      if (err instanceof ImdsError) throw err;
+      throw new ImdsError(`IMDS user-data: ${(err as Error).message}`);
+    }
+  }
+
+  /** Instance tags, when "instance metadata tags" is enabled; `undefined` when it is not. */
+  async tags(): Promise<Record<string, string> | undefined> {
+    const list = await this.optional('latest/meta-data/tags/instance');
+    if (list === undefined) return undefined;
+    const out: Record<string, string> = {};
+    const keys = list.split('\n').map((k) => k.trim()).filter(Boolean);
+    await Promise.all(
+      keys.map(async (k) => {
+        const v = await this.optional(`latest/meta-data/tags/instance/${encodeURIComponent(k)}`);
+        if (v !== undefined) out[k] = v;
+      }),
+    );
+    return out;
+  }
+}
+
+export interface InstanceIdentityDocument {
+  instanceId: string;
+  region: string;
+  availabilityZone: string;
+  instanceType: string;
+  privateIp: string;
+  accountId?: string;
+  imageId?: string;
+  architecture?: string;
+}

@@ -1,0 +1,31 @@
+import path from 'node:path';
+
+/**
+ * Every file the agent reads or writes on the node goes through here, so that tests (and
+ * `--root`) run the agent against a temporary root directory.
+ */
+export interface Paths {
+  readonly root: string;
+  /** Map an absolute node path (`/etc/kubernetes`) under the root prefix. */
+  at(nodePath: string): string;
+  readonly configFile: string;
+  readonly stateFile: string;
+  readonly logFile: string;
+  readonly stateDir: string;
+}
+
+export function makePaths(root = process.env.ZDT_ROOT ?? '/'): Paths {
+  const resolved = path.resolve(root);
+  const at = (nodePath: string): string => {
+    if (!path.isAbsolute(nodePath)) throw new Error(`node path must be absolute: ${nodePath}`);
+    return resolved === '/' ? nodePath : path.join(resolved, nodePath);
+  };
+  return {
+    root: resolved,
+    at,
+    configFile: at('/etc/zdt-agent/config.yaml'),
+    stateFile: at('/var/lib/zdt-agent/state.json'),
+    stateDir: at('/var/lib/zdt-agent'),
+    logFile: at('/var/log/zdt-agent.log'),
+  };
+}

@@ -1,0 +1,101 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { redact } from './redact.js';
+
+export type Level = 'debug' | 'info' | 'warn' | 'error';
+export type LogFormat = 'human' | 'json';
+const levelRank: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40 };
+
+export type Fields = Record<string, string | number | boolean | null | undefined>;
+
+export interface Logger {
+  debug(msg: string, fields?: Fields): void;
+  info(msg: string, fields?: Fields): void;
+  warn(msg: string, fields?: Fields): void;
+  error(msg: string, fields?: Fields): void;
+  /** A logger whose lines carry `phase=<name>`. */
+  child(phase: string): Logger;
+  /** The last lines written (already redacted), for failure messages. */
+  tail(n: number): string[];
+}
+
+export interface LoggerOptions {
+  level?: Level;
+  format?: LogFormat;
+  /** Log file; created with its directory. Omit for stderr only. */
+  file?: string | undefined;
+  /** Defaults to process.stderr; `null` silences the console (ssh-keys keeps stderr quiet). */
+  console?: NodeJS.WritableStream | null;
+  now?: () => Date;
+}
+
+const TAIL_MAX = 200;
+
+function formatValue(v: string | number | boolean | null): string {
+  const s = String(v);
+  return /[\s"=]/.test(s) || s === '' ? JSON.stringify(s) : s;
+}
+
+/**
+ * One line per event, to stderr and the log file. Lines are redacted before they leave.
+ * File writes are synchronous: at shutdown the process may be killed at any moment, and a
+ * line that is not on disk did not happen.
+ */
+export function createLogger(opts: LoggerOptions = {}): Logger {
+  const min = levelRank[opts.level ?? 'info'];
+  const format = opts.format ?? 'human';
+  const out = opts.console === undefined ? process.stderr : opts.console;
+  const now = opts.now ?? (() => new Date());
+  const ring: string[] = [];
+  let fd: number | undefined;
+  if (opts.file) {
+    try {
+      fs.mkdirSync(path.dirname(opts.file), { recursive: true });
+      fd = fs.openSync(opts.file, 'a', 0o640);
+    } catch (err) {
+      out?.write(`zdt-agent: cannot open log file ${opts.file}: ${(err as Error).message}\n`);
+    }
+  }
+
+  const write = (level: Level, phase: string | undefined, msg: string, fields: Fields = {}) => {
+    if (levelRank[level] < min) return;
+    const ts = now().toISOString();
+    let line: string;
+    if (format === 'json') {
+      const rec: Record<string, unknown> = { ts, level, msg };
+      if (phase) rec.phase = phase;
+      for (const [k, v] of Object.entries(fields)) if (v !== undefined) rec[k] = v;
+      line = JSON.stringify(rec);
+    } else {
+      const extra = Object.entries(fields)
+        .filter(([, v]) => v !== undefined)
+        .map(([k, v]) => `${k}=${formatValue(v as string | number | boolean | null)}`)
+        .join(' ');
+      line = `${ts} ${level.toUpperCase().padEnd(5)} ${phase ? `[${phase}] ` : ''}${msg}${extra ? ` ${extra}` : ''}`;
+    }
+    line = redact(line);
+    ring.push(line);
+    if (ring.length > TAIL_MAX) ring.shift();
+    out?.write(`${line}\n`);
+    if (fd !== undefined) {
+      try {
+        fs.writeSync(fd, `${line}\n`);
+      } catch {
+        // A full or read-only disk must not stop the agent; stderr still has the line.
+      }
+    }
+  };
+
+  const make = (phase: string | undefined): Logger => ({
+    debug: (m, f) => write('debug', phase, m, f),
+    info: (m, f) => write('info', phase, m, f),
+    warn: (m, f) => write('warn', phase, m, f),
+    error: (m, f) => write('error', phase, m, f),
+    child: (p) => make(phase ? `${phase}/${p}` : p),
+    tail: (n) => ring.slice(-n),
+  });
+  return make(undefined);
+}
+
+/** A logger that drops everything (for unit tests and library use). */
+export const silentLogger: Logger = createLogger({ console: null, level: 'error' });

@@ -1,0 +1,28 @@
+/**
+ * argv -> command; exit codes; nothing else.
+ *
+ * `version` and `ssh-keys` are on hot paths (the benchmark floor and sshd's
+ * AuthorizedKeysCommand), so the CLI module (yargs and every command) is loaded lazily and
+ * only for the commands that need it.
+ */
+import { ExitCode } from './errors.js';
+
+async function main(argv: string[]): Promise<number> {
+  if (argv.length === 1 && (argv[0] === 'version' || argv[0] === '--version')) {
+    const { runVersion } = await import('./commands/version.js');
+    return runVersion();
+  }
+  const { runCli } = await import('./cli.js');
+  return runCli(argv);
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    // The CLI maps every error to one line; reaching here is a bug, still one line.
+    process.stderr.write(`zdt-agent: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exitCode = ExitCode.failed;
+  },
+);
