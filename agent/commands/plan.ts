@@ -1,1 +1,27 @@
-export async function runPlan(_a: unknown): Promise<number> { throw new Error("todo"); }
+import type { GlobalOptions } from '../cli.js';
+import { planBoot, type PhaseDecision } from '../boot/plan.js';
+import { buildContext } from '../context.js';
+import { readIdentity } from '../host/identity.js';
+import { planTerminate, type ShutdownEvent } from '../terminate/plan.js';
+
+function table(title: string, rows: PhaseDecision[]): string {
+  const lines = [title];
+  for (const r of rows) lines.push(`  ${r.applies ? 'run ' : 'skip'}  ${r.name.padEnd(14)} ${r.why}`);
+  return lines.join('\n');
+}
+
+/** Dry run: reads config and IMDS (and EC2 tags if IMDS has none); changes nothing. */
+export async function runPlan(args: GlobalOptions & { event?: ShutdownEvent }): Promise<number> {
+  const ctx = await buildContext(args, { instance: 'imds', logToFile: false });
+  const identity = await readIdentity(ctx.imds, { log: ctx.log, tags: ctx.instance?.tags, aws: ctx.aws });
+  const facts = { config: ctx.config, identity };
+  const event = args.event ?? 'terminate';
+  const c = ctx.config;
+  const head = [
+    `node:      ${identity.instanceId} ${identity.instanceType} in ${identity.availabilityZone} (${identity.lifecycle})`,
+    `role:      ${c.node.role}${c.node.controllerIndex !== undefined ? ` ${c.node.controllerIndex}` : ''}${c.cluster ? ` of cluster ${c.cluster.name}` : ''}`,
+    `sources:   ${ctx.layers.map((l) => l.origin).join(', ') || 'defaults only'}`,
+  ];
+  process.stdout.write(`${head.join('\n')}\n\n${table('boot would:', planBoot(facts))}\n\n${table(`terminate (event ${event}) would:`, planTerminate(facts, event))}\n`);
+  return 0;
+}

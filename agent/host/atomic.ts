@@ -11,7 +11,7 @@ export function writeFileAtomic(file: string, data: string | Uint8Array, mode = 
   const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`);
   const fd = fs.openSync(tmp, 'wx', mode);
   try {
-    fs.writeSync(fd, data);
+    fs.writeSync(fd, typeof data === "string" ? Buffer.from(data) : data);
     fs.fchmodSync(fd, mode);
     fs.fsyncSync(fd);
   } finally {

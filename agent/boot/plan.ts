@@ -1,0 +1,102 @@
+import { hasNeuron, isController, isFirstController, isKubernetesNode, type NodeFacts } from '../node.js';
+
+/**
+ * The boot phases in order, and for each whether it applies to this node and why. The boot
+ * runner and `zdt-agent plan` share these decisions, so the plan cannot drift from the run.
+ */
+export interface PhaseDecision {
+  name: string;
+  applies: boolean;
+  why: string;
+}
+
+type Decide = (f: NodeFacts) => Omit<PhaseDecision, 'name'>;
+
+export const bootPhaseOrder: ReadonlyArray<{ name: string; decide: Decide }> = [
+  {
+    name: 'identity',
+    decide: () => ({ applies: true, why: 'every boot reads the instance identity from IMDSv2' }),
+  },
+  {
+    name: 'neuron',
+    decide: ({ identity }) =>
+      hasNeuron(identity.instanceType)
+        ? { applies: true, why: `${identity.instanceType} has AWS Neuron devices: load the kernel module, wait for /dev/neuron*` }
+        : { applies: false, why: `${identity.instanceType} has no Neuron devices` },
+  },
+  {
+    name: 'etcd-volume',
+    decide: ({ config, identity }) =>
+      isController(config)
+        ? {
+            applies: true,
+            why: `controller: find the volume tagged ${config.etcd?.volume.clusterTagKey ?? 'zdt:cluster'}=${config.cluster?.name} in ${identity.availabilityZone}, attach, mount at ${config.etcd?.volume.mountPoint ?? '/var/lib/etcd'}`,
+          }
+        : { applies: false, why: `${config.node.role}s hold no etcd data` },
+  },
+  {
+    name: 'etcd-restore',
+    decide: ({ config }) => {
+      if (!isController(config)) return { applies: false, why: `${config.node.role}s hold no etcd data` };
+      if (config.etcd?.restore === 'never') return { applies: false, why: 'etcd.restore is never' };
+      if (!config.etcd?.backup.bucket) return { applies: false, why: 'no etcd.backup.bucket configured' };
+      return { applies: true, why: `only if the volume is blank: restore the newest backup from s3://${config.etcd.backup.bucket}` };
+    },
+  },
+  {
+    name: 'kube-version',
+    decide: ({ config }) => {
+      if (!isKubernetesNode(config)) return { applies: false, why: `${config.node.role}s run no Kubernetes` };
+      if (isFirstController(config)) {
+        return {
+          applies: true,
+          why: config.cluster?.kubernetesVersion
+            ? `controller 00: install ${config.cluster.kubernetesVersion} (upgrade the cluster if it runs an older one; never downgrade)`
+            : 'controller 00 without cluster.kubernetesVersion: install the version the cluster runs',
+        };
+      }
+      return { applies: true, why: 'install exactly the version the cluster runs (never the configured one)' };
+    },
+  },
+  {
+    name: 'control-plane',
+    decide: ({ config }) =>
+      isController(config)
+        ? {
+            applies: true,
+            why: isFirstController(config)
+              ? 'controller 00: kubeadm init on a new cluster, restore on existing data, or join when the cluster runs'
+              : `controller ${config.node.controllerIndex}: wait for the control plane, then join it`,
+          }
+        : { applies: false, why: 'not a controller' },
+  },
+  {
+    name: 'worker-join',
+    decide: ({ config }) =>
+      config.node.role === 'worker'
+        ? { applies: true, why: `wait for the API endpoint (up to ${config.boot.controlPlaneWait}s), then kubeadm join` }
+        : { applies: false, why: 'not a worker' },
+  },
+  {
+    name: 'signal',
+    decide: ({ config, identity }) => {
+      const what: string[] = [];
+      if (identity.stackName && identity.logicalId) what.push(`CloudFormation SignalResource to ${identity.stackName}/${identity.logicalId}`);
+      if (identity.asgName && config.boot.launchLifecycleHook) what.push(`CompleteLifecycleAction on ${identity.asgName}/${config.boot.launchLifecycleHook}`);
+      return what.length
+        ? { applies: true, why: what.join('; ') }
+        : { applies: false, why: 'no CloudFormation stack tags and no launch lifecycle hook configured' };
+    },
+  },
+  {
+    name: 'notify',
+    decide: ({ config }) =>
+      config.notify.snsTopicArn
+        ? { applies: true, why: `boot.succeeded / boot.failed to ${config.notify.snsTopicArn}` }
+        : { applies: false, why: 'no notify.snsTopicArn configured' },
+  },
+];
+
+export function planBoot(f: NodeFacts): PhaseDecision[] {
+  return bootPhaseOrder.map((p) => ({ name: p.name, ...p.decide(f) }));
+}

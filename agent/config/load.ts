@@ -1,0 +1,173 @@
+import fs from 'node:fs';
+import { parse as parseYaml, YAMLParseError } from 'yaml';
+import type { z } from 'zod';
+import { ConfigError } from '../errors.js';
+import { configSchema, type Config } from './schema.js';
+import { hintFor } from './hints.js';
+
+/**
+ * Config sources, merged in this order (a later source wins, key by key; lists are replaced
+ * whole):
+ *
+ *   1. built-in defaults (the schema)
+ *   2. /etc/zdt-agent/config.yaml   — baked into the AMI: site-wide defaults
+ *   3. the zdt-agent part of the EC2 user-data — the launch template: this cluster
+ *   4. instance tags `zdt:*` (a documented subset) — per instance or ASG
+ *   5. --config FILE               — an operator's explicit last word
+ *
+ * Sources 3 and 4 come from IMDS (see instance.ts); they are cached by the commands that
+ * read IMDS so that the ssh-keys hot path never has to.
+ */
+
+export type SourceName = 'file' | 'user-data' | 'tags' | '--config';
+
+export interface Layer {
+  source: SourceName;
+  /** Where it came from, for messages: a path, "IMDS user-data", … */
+  origin: string;
+  data: Record<string, unknown>;
+}
+
+/** Instance tag -> config path. Only these tags configure the agent. */
+export const TAG_KEYS: Readonly<Record<string, readonly string[]>> = {
+  'zdt:cluster': ['cluster', 'name'],
+  'zdt:role': ['node', 'role'],
+  'zdt:controller-index': ['node', 'controllerIndex'],
+  'zdt:kubernetes-version': ['cluster', 'kubernetesVersion'],
+  'zdt:api-endpoint': ['cluster', 'apiEndpoint'],
+  'zdt:ssh-iam-group': ['ssh', 'iamGroup'],
+};
+
+export function parseYamlLayer(source: SourceName, origin: string, text: string): Layer {
+  let data: unknown;
+  try {
+    data = parseYaml(text, { prettyErrors: true, uniqueKeys: true });
+  } catch (err) {
+    const where = err instanceof YAMLParseError && err.linePos ? ` line ${err.linePos[0].line}` : '';
+    const first = (err as Error).message.split('\n')[0];
+    throw new ConfigError('ConfigSyntax', `${origin}${where}: ${first}`, { hint: 'fix the YAML syntax (indentation, quotes, tabs)' });
+  }
+  if (data === null || data === undefined) data = {};
+  if (typeof data !== 'object' || Array.isArray(data)) {
+    throw new ConfigError('ConfigSyntax', `${origin}: the top level must be a mapping of sections (cluster:, node:, …)`, {
+      hint: 'see docs/config.md for the layout',
+    });
+  }
+  return { source, origin, data: data as Record<string, unknown> };
+}
+
+export function readFileLayer(source: SourceName, file: string, required: boolean): Layer | undefined {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' && !required) return undefined;
+    throw new ConfigError('ConfigUnreadable', `cannot read ${file}: ${code ?? (err as Error).message}`, {
+      hint: required ? 'check the path given to --config' : 'check the file permissions',
+    });
+  }
+  return parseYamlLayer(source, file, text);
+}
+
+export function tagsLayer(tags: Record<string, string>): Layer | undefined {
+  const data: Record<string, unknown> = {};
+  let any = false;
+  for (const [key, value] of Object.entries(tags)) {
+    const path = TAG_KEYS[key];
+    if (!path) continue;
+    setPath(data, path, value);
+    any = true;
+  }
+  return any ? { source: 'tags', origin: 'instance tags', data } : undefined;
+}
+
+function setPath(obj: Record<string, unknown>, path: readonly string[], value: unknown): void {
+  let cur = obj;
+  for (const key of path.slice(0, -1)) {
+    const next = cur[key];
+    if (!next || typeof next !== 'object' || Array.isArray(next)) cur[key] = {};
+    cur = cur[key] as Record<string, unknown>;
+  }
+  cur[path[path.length - 1] as string] = value;
+}
+
+const isPlainObject = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
+
+/** Deep merge; records which source set each leaf (for error messages). */
+export function mergeLayers(layers: readonly Layer[]): { merged: Record<string, unknown>; provenance: Map<string, string> } {
+  const provenance = new Map<string, string>();
+  const merge = (into: Record<string, unknown>, from: Record<string, unknown>, prefix: string, origin: string) => {
+    for (const [k, v] of Object.entries(from)) {
+      const p = prefix ? `${prefix}.${k}` : k;
+      if (isPlainObject(v) && isPlainObject(into[k])) {
+        merge(into[k] as Record<string, unknown>, v, p, origin);
+      } else {
+        into[k] = isPlainObject(v) ? structuredClone(v) : v;
+        provenance.set(p, origin);
+      }
+    }
+  };
+  const merged: Record<string, unknown> = {};
+  for (const l of layers) merge(merged, l.data, '', l.origin);
+  return { merged, provenance };
+}
+
+export interface ConfigProblem {
+  path: string;
+  message: string;
+  hint: string;
+  origin?: string | undefined;
+}
+
+function originOf(path: string, provenance: Map<string, string>): string | undefined {
+  for (let p = path; p; p = p.includes('.') ? p.slice(0, p.lastIndexOf('.')) : '') {
+    const o = provenance.get(p);
+    if (o) return o;
+  }
+  return undefined;
+}
+
+export function describeIssues(issues: readonly z.core.$ZodIssue[], provenance: Map<string, string>): ConfigProblem[] {
+  const out: ConfigProblem[] = [];
+  for (const issue of issues) {
+    const base = issue.path.map(String).join('.');
+    if (issue.code === 'unrecognized_keys') {
+      for (const key of issue.keys) {
+        const path = base ? `${base}.${key}` : key;
+        out.push({ path, message: `unknown key '${key}'`, hint: hintFor(path, 'unknown'), origin: originOf(path, provenance) });
+      }
+      continue;
+    }
+    const path = base || '(top level)';
+    out.push({ path, message: issue.message, hint: hintFor(base, issue.code), origin: originOf(base, provenance) });
+  }
+  return out;
+}
+
+export class ConfigInvalid extends ConfigError {
+  readonly problems: ConfigProblem[];
+  constructor(problems: ConfigProblem[]) {
+    const first = problems[0];
+    super(
+      'ConfigInvalid',
+      `${problems.length} problem${problems.length === 1 ? '' : 's'} in the configuration; first: ${first?.path}: ${first?.message}`,
+      { hint: "run 'zdt-agent config validate' for the full list" },
+    );
+    this.problems = problems;
+  }
+}
+
+export function formatProblems(problems: readonly ConfigProblem[]): string {
+  return problems
+    .map((p) => `${p.path}: ${p.message}${p.origin ? ` (from ${p.origin})` : ''}\n    hint: ${p.hint}`)
+    .join('\n');
+}
+
+/** Merge and validate. Throws ConfigInvalid with every problem; nothing half-applies. */
+export function resolveConfig(layers: readonly Layer[]): Config {
+  const { merged, provenance } = mergeLayers(layers);
+  const r = configSchema.safeParse(merged);
+  if (!r.success) throw new ConfigInvalid(describeIssues(r.error.issues, provenance));
+  return r.data;
+}

@@ -1,0 +1,58 @@
+import { gunzipSync } from 'node:zlib';
+import { ConfigError } from '../errors.js';
+
+/**
+ * Finds the zdt-agent part of EC2 user-data. Accepted forms:
+ * - the whole user-data is a YAML document whose first line is `#zdt-agent`;
+ * - a MIME multipart document (as cloud-init's write-mime-multipart makes) with one part
+ *   whose Content-Type is `text/x-zdt-agent` (or `application/x-zdt-agent`, `+yaml` allowed),
+ *   or whose file name is `zdt-agent.yaml`, or whose body starts with `#zdt-agent`;
+ * - either of those gzip-compressed (cloud-init accepts gzip, and 16 KiB fills up fast).
+ * Anything else (a shell script, a plain #cloud-config) has no zdt-agent part: `undefined`.
+ */
+
+const MARKER = '#zdt-agent';
+const PART_TYPES = /^(text|application)\/x-zdt-agent(\+ya?ml)?$/i;
+const PART_NAMES = /^zdt-agent(\.ya?ml)?$/i;
+
+export async function extractAgentPart(raw: Uint8Array | undefined): Promise<string | undefined> {
+  if (!raw || raw.length === 0) return undefined;
+  let bytes = raw;
+  if (bytes[0] === 0x1f && bytes[1] === 0x8b) {
+    try {
+      bytes = gunzipSync(bytes);
+    } catch (err) {
+      throw new ConfigError('UserDataInvalid', `user-data looks gzip-compressed but cannot be decompressed: ${(err as Error).message}`, {
+        hint: 'check the launch template user-data (gzip it whole, then base64 once)',
+      });
+    }
+  }
+  const text = new TextDecoder('utf-8', { fatal: false }).decode(bytes);
+  const head = text.trimStart();
+  if (head.startsWith(MARKER)) return text;
+  if (!/^(content-type:\s*multipart\/|mime-version:)/i.test(head)) return undefined;
+
+  const { default: PostalMime } = await import('postal-mime');
+  let parsed: Awaited<ReturnType<typeof PostalMime.parse>>;
+  try {
+    parsed = await PostalMime.parse(text);
+  } catch (err) {
+    throw new ConfigError('UserDataInvalid', `user-data is MIME but cannot be parsed: ${(err as Error).message}`, {
+      hint: 'check the MIME boundaries of the launch template user-data',
+    });
+  }
+  const parts: string[] = [];
+  for (const a of parsed.attachments) {
+    const body = typeof a.content === 'string' ? a.content : new TextDecoder().decode(a.content);
+    if (PART_TYPES.test(a.mimeType) || (a.filename && PART_NAMES.test(a.filename)) || body.trimStart().startsWith(MARKER)) {
+      parts.push(body);
+    }
+  }
+  if (parsed.text?.trimStart().startsWith(MARKER)) parts.push(parsed.text);
+  if (parts.length > 1) {
+    throw new ConfigError('UserDataAmbiguous', `user-data has ${parts.length} zdt-agent parts`, {
+      hint: 'keep exactly one part of type text/x-zdt-agent in the launch template user-data',
+    });
+  }
+  return parts[0];
+}

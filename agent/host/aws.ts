@@ -1,0 +1,96 @@
+import type { AutoScalingClient } from '@aws-sdk/client-auto-scaling';
+import type { CloudFormationClient } from '@aws-sdk/client-cloudformation';
+import type { EC2Client } from '@aws-sdk/client-ec2';
+import type { IAMClient } from '@aws-sdk/client-iam';
+import type { KMSClient } from '@aws-sdk/client-kms';
+import type { Route53Client } from '@aws-sdk/client-route-53';
+import type { S3Client } from '@aws-sdk/client-s3';
+import type { SNSClient } from '@aws-sdk/client-sns';
+import type { STSClient } from '@aws-sdk/client-sts';
+import type { AwsCredentialIdentity, AwsCredentialIdentityProvider } from '@smithy/types';
+import type { Config } from '../config/schema.js';
+
+/**
+ * The one place AWS clients are made. Every client is created on first use through a
+ * dynamic import, so commands that never touch a service never load its code (`version`
+ * and the ssh-keys cache hit load none). Region, credentials, endpoints, retry mode and
+ * timeouts are set here and nowhere else.
+ */
+
+type Service = keyof Config['aws']['endpoints'];
+
+export interface AwsOptions {
+  aws: Config['aws'];
+  /** Region to use when the config names none (from IMDS). */
+  region: () => Promise<string>;
+  /** Credentials other than the default chain (instance profile on a node), e.g. an assumed role. */
+  credentials?: AwsCredentialIdentity | AwsCredentialIdentityProvider;
+}
+
+export interface Aws {
+  ec2(): Promise<EC2Client>;
+  s3(): Promise<S3Client>;
+  sns(): Promise<SNSClient>;
+  iam(credentials?: AwsCredentialIdentity | AwsCredentialIdentityProvider): Promise<IAMClient>;
+  sts(): Promise<STSClient>;
+  kms(): Promise<KMSClient>;
+  autoscaling(): Promise<AutoScalingClient>;
+  cloudformation(): Promise<CloudFormationClient>;
+  route53(): Promise<Route53Client>;
+  /** Region resolved for these clients. */
+  region(): Promise<string>;
+}
+
+export function makeAws(o: AwsOptions): Aws {
+  let regionP: Promise<string> | undefined;
+  const region = () => (regionP ??= o.aws.region ? Promise.resolve(o.aws.region) : o.region());
+  const cache = new Map<string, Promise<unknown>>();
+
+  const common = async (service: Service) => {
+    const endpoint = o.aws.endpoints[service] ?? o.aws.endpoint;
+    return {
+      region: await region(),
+      maxAttempts: o.aws.maxAttempts,
+      retryMode: 'adaptive' as const,
+      requestHandler: { connectionTimeout: o.aws.connectTimeoutMs, requestTimeout: o.aws.requestTimeoutMs },
+      ...(endpoint ? { endpoint } : {}),
+      ...(o.credentials ? { credentials: o.credentials } : {}),
+    };
+  };
+
+  const once = <T>(key: string, make: () => Promise<T>): Promise<T> => {
+    let p = cache.get(key) as Promise<T> | undefined;
+    if (!p) {
+      p = make();
+      cache.set(key, p);
+      // A failed creation (e.g. region lookup) may be retried by the next caller.
+      p.catch(() => cache.delete(key));
+    }
+    return p;
+  };
+
+  return {
+    region,
+    ec2: () => once('ec2', async () => new (await import('@aws-sdk/client-ec2')).EC2Client(await common('ec2'))),
+    s3: () =>
+      once('s3', async () => {
+        const { S3Client } = await import('@aws-sdk/client-s3');
+        return new S3Client({ ...(await common('s3')), forcePathStyle: o.aws.s3ForcePathStyle });
+      }),
+    sns: () => once('sns', async () => new (await import('@aws-sdk/client-sns')).SNSClient(await common('sns'))),
+    iam: (credentials) => {
+      const make = async () => {
+        const c = await common('iam');
+        return new (await import('@aws-sdk/client-iam')).IAMClient(credentials ? { ...c, credentials } : c);
+      };
+      return credentials ? make() : once('iam', make);
+    },
+    sts: () => once('sts', async () => new (await import('@aws-sdk/client-sts')).STSClient(await common('sts'))),
+    kms: () => once('kms', async () => new (await import('@aws-sdk/client-kms')).KMSClient(await common('kms'))),
+    autoscaling: () =>
+      once('autoscaling', async () => new (await import('@aws-sdk/client-auto-scaling')).AutoScalingClient(await common('autoscaling'))),
+    cloudformation: () =>
+      once('cloudformation', async () => new (await import('@aws-sdk/client-cloudformation')).CloudFormationClient(await common('cloudformation'))),
+    route53: () => once('route53', async () => new (await import('@aws-sdk/client-route-53')).Route53Client(await common('route53'))),
+  };
+}

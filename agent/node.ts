@@ -1,0 +1,24 @@
+import type { Config } from './config/schema.js';
+import type { Identity } from './host/identity.js';
+
+/** What boot and terminate decide from: the validated config and the instance identity. */
+export interface NodeFacts {
+  config: Config;
+  identity: Identity;
+}
+
+const NEURON_FAMILIES = new Set(['inf1', 'inf2', 'trn1', 'trn1n', 'trn2', 'trn2u']);
+
+/** inf1.xlarge -> inf1; trn1n.32xlarge -> trn1n. */
+export function instanceFamily(instanceType: string): string {
+  return instanceType.split('.')[0] ?? instanceType;
+}
+
+export function hasNeuron(instanceType: string): boolean {
+  return NEURON_FAMILIES.has(instanceFamily(instanceType));
+}
+
+export const isController = (c: Config): boolean => c.node.role === 'controller';
+export const isKubernetesNode = (c: Config): boolean => c.node.role === 'controller' || c.node.role === 'worker';
+/** Controller 00 is the one that may bootstrap a cluster and change its version. */
+export const isFirstController = (c: Config): boolean => isController(c) && c.node.controllerIndex === '00';
