@@ -39,8 +39,9 @@ const ARM64_NODE = {
   integrity: 'sha512-FpJRPEz2OvvTLfjIOlNGFY9JLPMKgl5m+d4oGYBLg24kJ1mmvN1Zl/HPJgF4HDaJ51ISev1l1cRZ/DM+keXW5g==',
 };
 
-// The fuse every Node binary carries; postject flips it so node looks for the injected blob.
-const SEA_FUSE = 'NODESEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2';
+// The fuse every Node binary carries (`NODE_SEA_FUSE_…:0`); postject flips it to `:1` so node
+// looks for the injected blob.
+const SEA_FUSE = 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2';
 
 const { values: opts } = parseArgs({
   options: { force: { type: 'boolean', default: false }, 'base-node': { type: 'string' } },
@@ -165,10 +166,24 @@ async function buildSea({ name, out, baseNode, blobNode, codeCache }) {
   fs.rmSync(tmp, { force: true });
   fs.copyFileSync(baseNode, tmp);
   fs.chmodSync(tmp, 0o755);
+  quietLiefNoteWarnings();
   const { inject } = (await import('postject')).default;
-  // LIEF (inside postject) may warn about the binary's many .note sections; the warnings are harmless.
   await inject(tmp, 'NODE_SEA_BLOB', fs.readFileSync(blob), { sentinelFuse: SEA_FUSE });
   fs.renameSync(tmp, out);
+}
+
+/**
+ * LIEF (inside postject) warns once per .note section of the node binary that it cannot name
+ * ("Can't find string offset for section name '.note.100'"): harmless, and hundreds of lines.
+ * postject binds console.warn when it loads, so the filter goes in before the import.
+ */
+function quietLiefNoteWarnings() {
+  if (console.warn.name === 'warnUnlessLiefNote') return;
+  const warn = console.warn.bind(console);
+  console.warn = function warnUnlessLiefNote(...args) {
+    if (/^warning: Can't find string offset for section name '\.note/.test(String(args[0]))) return;
+    warn(...args);
+  };
 }
 
 /** The arm64 node binary, fetched once into .cache/ with `npm pack` and verified. */

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
-import { configSchema, type Config } from './schema.js';
+import { combinationProblems, configSchema, type CombinationFacts, type Config } from './schema.js';
 import { hintFor } from './hints.js';
 
 /**
@@ -168,6 +168,14 @@ export function formatProblems(problems: readonly ConfigProblem[]): string {
 export function resolveConfig(layers: readonly Layer[]): Config {
   const { merged, provenance } = mergeLayers(layers);
   const r = configSchema.safeParse(merged);
-  if (!r.success) throw new ConfigInvalid(describeIssues(r.error.issues, provenance));
-  return r.data;
+  if (r.success) return r.data;
+  const problems = describeIssues(r.error.issues, provenance);
+  // A type error stops zod before the combination rules; run them on the raw input too.
+  for (const c of combinationProblems(merged as CombinationFacts)) {
+    const path = c.path.join('.');
+    if (!problems.some((p) => p.path === path)) {
+      problems.push({ path, message: c.message, hint: hintFor(path, 'custom'), origin: originOf(path, provenance) });
+    }
+  }
+  throw new ConfigInvalid(problems);
 }

@@ -193,43 +193,46 @@ export const configSchema = z
   })
   .strict()
   .superRefine((c, ctx) => {
-    const role = c.node.role;
-    const k8s = role === 'controller' || role === 'worker';
-    if (k8s && !c.cluster) {
-      ctx.addIssue({ code: 'custom', path: ['cluster'], message: `a ${role} needs a cluster section (at least cluster.name)` });
-    }
-    if (role === 'controller' && c.node.controllerIndex === undefined) {
-      ctx.addIssue({ code: 'custom', path: ['node', 'controllerIndex'], message: "a controller needs its slot, e.g. controllerIndex: '00'" });
-    }
-    if (role !== 'controller' && c.node.controllerIndex !== undefined) {
-      ctx.addIssue({ code: 'custom', path: ['node', 'controllerIndex'], message: `only controllers have a slot; this node is a ${role}` });
-    }
-    if (role !== 'controller' && c.etcd !== undefined) {
-      ctx.addIssue({ code: 'custom', path: ['etcd'], message: `only controllers hold etcd; remove the etcd section from this ${role}'s config` });
-    }
-    if (role === 'bastion' && !c.ssh) {
-      ctx.addIssue({ code: 'custom', path: ['ssh'], message: 'a bastion needs an ssh section with iamGroup' });
-    }
-    if (c.ssh?.mode === 'shared' && !c.ssh.sharedUser) {
-      ctx.addIssue({ code: 'custom', path: ['ssh', 'sharedUser'], message: "ssh.mode 'shared' needs ssh.sharedUser (the one login name)" });
-    }
-    if (c.ssh?.externalId && !c.ssh.roleArn) {
-      ctx.addIssue({ code: 'custom', path: ['ssh', 'externalId'], message: 'externalId is only used with ssh.roleArn' });
-    }
-    if (c.terminate.drainTimeout >= c.terminate.budget) {
-      ctx.addIssue({
-        code: 'custom',
-        path: ['terminate', 'drainTimeout'],
-        message: `drainTimeout (${c.terminate.drainTimeout}s) must be shorter than the budget (${c.terminate.budget}s), or nothing is left for the rest`,
-      });
-    }
-    if (c.terminate.hookTimeout >= c.terminate.budget) {
-      ctx.addIssue({ code: 'custom', path: ['terminate', 'hookTimeout'], message: 'hookTimeout must be shorter than terminate.budget' });
-    }
-    if (c.cluster?.route53ZoneId && !c.cluster.domain) {
-      ctx.addIssue({ code: 'custom', path: ['cluster', 'domain'], message: 'route53ZoneId needs cluster.domain for the record names' });
-    }
+    for (const p of combinationProblems(c)) ctx.addIssue({ code: 'custom', path: p.path, message: p.message });
   });
+
+/** The parts of a config that combination rules look at; also read from unvalidated input. */
+export interface CombinationFacts {
+  node?: { role?: unknown; controllerIndex?: unknown } | undefined;
+  cluster?: { route53ZoneId?: unknown; domain?: unknown } | undefined;
+  etcd?: unknown;
+  ssh?: { mode?: unknown; sharedUser?: unknown; externalId?: unknown; roleArn?: unknown } | undefined;
+  terminate?: { budget?: unknown; drainTimeout?: unknown; hookTimeout?: unknown } | undefined;
+}
+
+const num = (v: unknown, dflt: number): number => (typeof v === 'number' ? v : dflt);
+
+/**
+ * Rules across sections ("a worker with an etcd volume"). Run on the parsed config, and on
+ * the raw input when parsing failed, so `config validate` lists these problems too.
+ */
+export function combinationProblems(c: CombinationFacts): Array<{ path: string[]; message: string }> {
+  const out: Array<{ path: string[]; message: string }> = [];
+  const add = (path: string[], message: string) => out.push({ path, message });
+  const role = typeof c.node?.role === 'string' ? c.node.role : 'worker';
+  const k8s = role === 'controller' || role === 'worker';
+  if (k8s && !c.cluster) add(['cluster'], `a ${role} needs a cluster section (at least cluster.name)`);
+  if (role === 'controller' && c.node?.controllerIndex === undefined) add(['node', 'controllerIndex'], "a controller needs its slot, e.g. controllerIndex: '00'");
+  if (role !== 'controller' && c.node?.controllerIndex !== undefined) add(['node', 'controllerIndex'], `only controllers have a slot; this node is a ${role}`);
+  if (role !== 'controller' && c.etcd !== undefined) add(['etcd'], `only controllers hold etcd; remove the etcd section from this ${role}'s config`);
+  if (role === 'bastion' && !c.ssh) add(['ssh'], 'a bastion needs an ssh section with iamGroup');
+  if (c.ssh?.mode === 'shared' && !c.ssh.sharedUser) add(['ssh', 'sharedUser'], "ssh.mode 'shared' needs ssh.sharedUser (the one login name)");
+  if (c.ssh?.externalId && !c.ssh.roleArn) add(['ssh', 'externalId'], 'externalId is only used with ssh.roleArn');
+  const budget = num(c.terminate?.budget, 120);
+  const drain = num(c.terminate?.drainTimeout, 90);
+  const hook = num(c.terminate?.hookTimeout, 20);
+  if (budget > 0 && drain >= budget) {
+    add(['terminate', 'drainTimeout'], `drainTimeout (${drain}s) must be shorter than the budget (${budget}s), or nothing is left for the rest`);
+  }
+  if (budget > 0 && hook >= budget) add(['terminate', 'hookTimeout'], `hookTimeout (${hook}s) must be shorter than terminate.budget (${budget}s)`);
+  if (c.cluster?.route53ZoneId && !c.cluster.domain) add(['cluster', 'domain'], 'route53ZoneId needs cluster.domain for the record names');
+  return out;
+}
 
 export type Config = z.infer<typeof configSchema>;
 export type ConfigInput = z.input<typeof configSchema>;
