@@ -40,9 +40,11 @@ export function makeExec(log: Logger): Exec {
     const cmdline = redact([file, ...args].join(' '));
     const started = Date.now();
     log.debug('exec', { cmd: cmdline, timeoutMs: opts.timeoutMs });
-    const result = await execa(file, [...args], {
-      timeout: opts.timeoutMs,
-      forceKillAfterDelay: opts.killGraceMs ?? 5000,
+    // Own process group: a timeout must end the command's children too (`sh -c 'sleep'`,
+    // kubeadm's helpers), or they keep its output pipes open and the wait never ends.
+    const child = execa(file, [...args], {
+      detached: true,
+      forceKillAfterDelay: false,
       input: opts.input,
       env: opts.env,
       extendEnv: true,
@@ -52,12 +54,30 @@ export function makeExec(log: Logger): Exec {
       encoding: 'utf8',
       maxBuffer: 64 * 1024 * 1024,
     });
+    let timedOut = false;
+    const killGroup = (signal: NodeJS.Signals) => {
+      if (child.pid === undefined) return;
+      try {
+        process.kill(-child.pid, signal);
+      } catch {
+        // Already gone.
+      }
+    };
+    let graceTimer: NodeJS.Timeout | undefined;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      killGroup('SIGTERM');
+      graceTimer = setTimeout(() => killGroup('SIGKILL'), opts.killGraceMs ?? 5000);
+    }, opts.timeoutMs);
+    const result = await child;
+    clearTimeout(timer);
+    if (graceTimer) clearTimeout(graceTimer);
     const durationMs = Date.now() - started;
     const stdout = String(result.stdout ?? '');
     const stderr = String(result.stderr ?? '');
     if (stdout) log.debug('exec stdout', { cmd: file, out: clip(stdout) });
     if (stderr) log.debug('exec stderr', { cmd: file, err: clip(stderr) });
-    if (result.timedOut) {
+    if (timedOut) {
       throw new DeadlineError('CommandTimedOut', `${cmdline} did not finish within ${opts.timeoutMs} ms`, {
         hint: opts.hint ?? `check why ${file} hangs`,
       });
