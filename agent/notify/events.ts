@@ -1,0 +1,119 @@
+import type { Config } from '../config/schema.js';
+import type { Identity } from '../host/identity.js';
+import type { Aws } from '../host/aws.js';
+import type { Logger } from '../log/logger.js';
+import type { PhaseRecord } from '../log/state.js';
+import { redact, redactDeep } from '../log/redact.js';
+import { agentVersion } from '../version.js';
+
+/**
+ * SNS event messages, one schema for boot and terminate (docs/events.md). Everything in a
+ * message is redacted; sending never fails the caller.
+ */
+
+export const EVENT_SCHEMA = 'zdt-agent/event/v1';
+export type EventName = 'boot.succeeded' | 'boot.failed' | 'terminate.started' | 'terminate.finished';
+
+export interface AgentEvent {
+  schema: typeof EVENT_SCHEMA;
+  event: EventName;
+  time: string;
+  cluster: string | undefined;
+  role: string;
+  controllerIndex: string | undefined;
+  instance: { id: string; type: string; az: string; region: string; lifecycle: string; privateIp: string };
+  asg: string | undefined;
+  stack: { name: string; logicalId: string | undefined } | undefined;
+  agentVersion: string;
+  kubernetesVersion: string | undefined;
+  phases: Array<{ name: string; result: string; durationMs: number; error?: string | undefined }>;
+  failure: { phase: string; error: string; logTail: string[] } | undefined;
+  /** Event-specific facts: terminate's event kind and backup key, boot's join mode, … */
+  details: Record<string, string | number | boolean>;
+  links: { instance: string; asg?: string | undefined; stack?: string | undefined } | undefined;
+}
+
+export const LOG_TAIL_LINES = 50;
+
+export function consoleLinks(identity: Identity): NonNullable<AgentEvent['links']> {
+  const r = encodeURIComponent(identity.region);
+  const base = `https://${identity.region}.console.aws.amazon.com`;
+  return {
+    instance: `${base}/ec2/home?region=${r}#InstanceDetails:instanceId=${encodeURIComponent(identity.instanceId)}`,
+    asg: identity.asgName ? `${base}/ec2/home?region=${r}#AutoScalingGroupDetails:id=${encodeURIComponent(identity.asgName)};view=activity` : undefined,
+    stack: identity.stackName ? `${base}/cloudformation/home?region=${r}#/stacks/stackinfo?stackId=${encodeURIComponent(identity.stackName)}` : undefined,
+  };
+}
+
+export function buildEvent(o: {
+  event: EventName;
+  config: Config;
+  identity: Identity;
+  phases: Record<string, PhaseRecord>;
+  kubernetesVersion?: string | undefined;
+  failure?: { phase: string; error: string } | undefined;
+  log?: Logger | undefined;
+  details?: Record<string, string | number | boolean> | undefined;
+  now?: Date;
+}): AgentEvent {
+  const { identity: id, config } = o;
+  const ev: AgentEvent = {
+    schema: EVENT_SCHEMA,
+    event: o.event,
+    time: (o.now ?? new Date()).toISOString(),
+    cluster: config.cluster?.name,
+    role: config.node.role,
+    controllerIndex: config.node.controllerIndex,
+    instance: { id: id.instanceId, type: id.instanceType, az: id.availabilityZone, region: id.region, lifecycle: id.lifecycle, privateIp: id.privateIp },
+    asg: id.asgName,
+    stack: id.stackName ? { name: id.stackName, logicalId: id.logicalId } : undefined,
+    agentVersion,
+    kubernetesVersion: o.kubernetesVersion,
+    phases: Object.entries(o.phases).map(([name, p]) => ({ name, result: p.result, durationMs: p.durationMs, error: p.error })),
+    failure: o.failure ? { ...o.failure, logTail: o.log?.tail(LOG_TAIL_LINES) ?? [] } : undefined,
+    details: o.details ?? {},
+    links: config.notify.consoleLinks ? consoleLinks(id) : undefined,
+  };
+  return redactDeep(ev);
+}
+
+export function subjectOf(ev: AgentEvent): string {
+  const s = `[${ev.cluster ?? 'no-cluster'}] ${ev.event} ${ev.role}${ev.controllerIndex ? ` ${ev.controllerIndex}` : ''} ${ev.instance.id}`;
+  // SNS subjects: ASCII, no newlines, at most 100 characters.
+  return s.replace(/[^\x20-\x7e]/g, '?').slice(0, 100);
+}
+
+/** SNS allows 256 KiB; the log tail is shortened first if a message would exceed it. */
+const MAX_MESSAGE_BYTES = 250 * 1024;
+
+export function serialise(ev: AgentEvent): string {
+  let text = JSON.stringify(ev, null, 2);
+  while (Buffer.byteLength(text) > MAX_MESSAGE_BYTES && ev.failure && ev.failure.logTail.length > 0) {
+    ev.failure.logTail = ev.failure.logTail.slice(Math.ceil(ev.failure.logTail.length / 2));
+    text = JSON.stringify(ev, null, 2);
+  }
+  return text;
+}
+
+/** Publish; returns false (and logs why) instead of throwing: a notification never fails a boot or a shutdown. */
+export async function publishEvent(aws: Aws, topicArn: string | undefined, ev: AgentEvent, log: Logger, timeoutMs = 10_000): Promise<boolean> {
+  if (!topicArn) return false;
+  try {
+    const { PublishCommand } = await import('@aws-sdk/client-sns');
+    const sns = await aws.sns();
+    const out = await sns.send(
+      new PublishCommand({
+        TopicArn: topicArn,
+        Subject: subjectOf(ev),
+        Message: serialise(ev),
+        MessageAttributes: { event: { DataType: 'String', StringValue: ev.event } },
+      }),
+      { abortSignal: AbortSignal.timeout(timeoutMs) },
+    );
+    log.info('sent SNS event', { event: ev.event, messageId: out.MessageId });
+    return true;
+  } catch (err) {
+    log.warn('could not send SNS event', { event: ev.event, topic: topicArn, err: redact((err as Error).message) });
+    return false;
+  }
+}
