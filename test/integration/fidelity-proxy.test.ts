@@ -12,7 +12,7 @@ import {
   type Volume,
 } from '@aws-sdk/client-ec2';
 import { KMSClient, ListKeysCommand } from '@aws-sdk/client-kms';
-import { CreateBucketCommand, GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, GetObjectCommand, ListBucketsCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startFidelityProxy, type FidelityProxy } from '../testbed/fidelity-proxy.js';
@@ -30,7 +30,8 @@ const clients = (o: { maxAttempts?: number; requestTimeout?: number } = {}) => {
     region: 'us-east-1',
     credentials,
     ...(o.maxAttempts ? { maxAttempts: o.maxAttempts } : {}),
-    ...(o.requestTimeout ? { requestHandler: { requestTimeout: o.requestTimeout } } : {}),
+    // Without throwOnRequestTimeout the SDK only warns when requestTimeout passes, and waits on.
+    ...(o.requestTimeout ? { requestHandler: { requestTimeout: o.requestTimeout, throwOnRequestTimeout: true } } : {}),
   };
   return {
     ec2: new EC2Client(base),
@@ -191,7 +192,7 @@ describe('injected faults', () => {
 
     await expect(ec2.send(new DescribeVolumesCommand({}))).rejects.toMatchObject({ name: 'RequestLimitExceeded', $metadata: { httpStatusCode: 503 } });
     await expect(asg.send(new DescribeAutoScalingGroupsCommand({}))).rejects.toMatchObject({ name: 'Throttling', $metadata: { httpStatusCode: 400 } });
-    await expect(s3.listBuckets({})).rejects.toMatchObject({ name: 'SlowDown', $metadata: { httpStatusCode: 503 } });
+    await expect(s3.send(new ListBucketsCommand({}))).rejects.toMatchObject({ name: 'SlowDown', $metadata: { httpStatusCode: 503 } });
     await expect(kms.send(new ListKeysCommand({}))).rejects.toMatchObject({ name: 'ThrottlingException', $metadata: { httpStatusCode: 400 } });
   });
 

@@ -1,0 +1,37 @@
+/**
+ * The manifest of a backup archive: what it holds, where it came from, and the SHA-256 of
+ * every part. It is the archive's last entry, because the snapshot's digest is known only
+ * once the snapshot has streamed through.
+ */
+
+export const BACKUP_FORMAT = 'zdt-agent/etcd-backup/v1';
+export const MANIFEST_NAME = 'manifest.json';
+export const SNAPSHOT_NAME = 'etcd/snapshot.db';
+export const PKI_PREFIX = 'pki/';
+export const KUBEADM_PREFIX = 'kubeadm/';
+
+export type BackupKind = 'emergency' | 'hourly';
+
+export interface ManifestPart {
+  /** Path inside the archive: etcd/snapshot.db, pki/<path under the PKI dir>, kubeadm/<file name>. */
+  path: string;
+  size: number;
+  /** Hex SHA-256 of the part's bytes. */
+  sha256: string;
+  /** File mode (permission bits) to restore with. */
+  mode: number;
+}
+
+export interface Manifest {
+  format: typeof BACKUP_FORMAT;
+  cluster: string;
+  kind: BackupKind;
+  createdAt: string;
+  instanceId: string;
+  agentVersion: string;
+  etcd: { version: string; memberName: string; memberId: string; peerUrls: string[]; clusterId: string; revision: string; dbSizeBytes: number };
+  kubernetesVersion: string | undefined;
+  /** Node path the kubeadm config was read from (restored to the same path). */
+  kubeadmConfigPath: string | undefined;
+  parts: ManifestPart[];
+}

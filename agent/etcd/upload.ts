@@ -1,0 +1,158 @@
+import { createHash } from 'node:crypto';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { AgentError } from '../errors.js';
+import type { Logger } from '../log/logger.js';
+
+/**
+ * A stream to one S3 object without a temporary file: parts of `partSize` bytes are cut
+ * from the stream in memory and uploaded `concurrency` at a time, each with its SHA-256
+ * (S3 checks it on receipt and refuses a part that does not match). A stream shorter than
+ * one part goes up as one PutObject with its SHA-256. Afterwards HeadObject must show the
+ * expected size, checksum and encryption before the upload counts.
+ *
+ * Why not @aws-sdk/lib-storage's Upload: it does the same part cutting, but adds a
+ * dependency and hides the part checksums that the verification compares; this is about
+ * as long as the code that would configure and check it.
+ */
+
+export type ServerSideEncryption = { mode: 'aws:kms'; kmsKeyId: string } | { mode: 'AES256' };
+
+export interface UploadOptions {
+  s3: S3Client;
+  bucket: string;
+  key: string;
+  body: AsyncIterable<Buffer>;
+  sse: ServerSideEncryption;
+  metadata: Record<string, string>;
+  partSize: number;
+  concurrency: number;
+  log: Logger;
+  signal?: AbortSignal | undefined;
+}
+
+export interface UploadResult {
+  bucket: string;
+  key: string;
+  size: number;
+  parts: number;
+  /** The checksum S3 reports: base64 SHA-256 of the object, or of the part digests with `-<parts>`. */
+  checksumSha256: string;
+}
+
+const sha256 = (b: Buffer) => createHash('sha256').update(b).digest();
+
+/** Cuts a stream into buffers of exactly `size` bytes (the last one shorter). */
+async function* cut(source: AsyncIterable<Buffer>, size: number): AsyncGenerator<Buffer> {
+  let pending: Buffer[] = [];
+  let have = 0;
+  for await (const chunk of source) {
+    let c = chunk;
+    while (have + c.length >= size) {
+      const take = size - have;
+      pending.push(c.subarray(0, take));
+      yield pending.length === 1 ? Buffer.from(pending[0]!) : Buffer.concat(pending, size);
+      c = c.subarray(take);
+      pending = [];
+      have = 0;
+    }
+    if (c.length) {
+      pending.push(c);
+      have += c.length;
+    }
+  }
+  if (have > 0 || pending.length) yield Buffer.concat(pending, have);
+}
+
+export async function uploadStream(o: UploadOptions): Promise<UploadResult> {
+  const s3sdk = await import('@aws-sdk/client-s3');
+  const sseParams = o.sse.mode === 'aws:kms' ? { ServerSideEncryption: 'aws:kms' as const, SSEKMSKeyId: o.sse.kmsKeyId } : { ServerSideEncryption: 'AES256' as const };
+  const opts = { abortSignal: o.signal };
+  const parts = cut(o.body, o.partSize);
+  const first = await parts.next();
+  const firstPart = first.done ? Buffer.alloc(0) : first.value;
+  const second = first.done ? { done: true as const, value: undefined } : await parts.next();
+
+  if (second.done) {
+    // Small enough for one request.
+    const digest = sha256(firstPart).toString('base64');
+    await o.s3.send(
+      new s3sdk.PutObjectCommand({ Bucket: o.bucket, Key: o.key, Body: firstPart, ContentLength: firstPart.length, ChecksumAlgorithm: 'SHA256', ChecksumSHA256: digest, Metadata: o.metadata, ...sseParams }),
+      opts,
+    );
+    return { bucket: o.bucket, key: o.key, size: firstPart.length, parts: 1, checksumSha256: digest };
+  }
+
+  const created = await o.s3.send(
+    new s3sdk.CreateMultipartUploadCommand({ Bucket: o.bucket, Key: o.key, ChecksumAlgorithm: 'SHA256', Metadata: o.metadata, ContentType: 'application/x-tar', ...sseParams }),
+    opts,
+  );
+  const uploadId = created.UploadId;
+  if (!uploadId) throw new AgentError('S3UploadFailed', `S3 gave no upload id for s3://${o.bucket}/${o.key}`, { hint: 'check the S3 endpoint' });
+  const done: Array<{ PartNumber: number; ETag: string; ChecksumSHA256: string; digest: Buffer }> = [];
+  let size = 0;
+  try {
+    const inFlight = new Set<Promise<void>>();
+    let n = 0;
+    const send = (body: Buffer) => {
+      const PartNumber = ++n;
+      size += body.length;
+      const digest = sha256(body);
+      const ChecksumSHA256 = digest.toString('base64');
+      const p = o.s3
+        .send(new s3sdk.UploadPartCommand({ Bucket: o.bucket, Key: o.key, UploadId: uploadId, PartNumber, Body: body, ContentLength: body.length, ChecksumAlgorithm: 'SHA256', ChecksumSHA256 }), opts)
+        .then((r) => {
+          done.push({ PartNumber, ETag: r.ETag ?? '', ChecksumSHA256: r.ChecksumSHA256 ?? ChecksumSHA256, digest });
+        })
+        .finally(() => inFlight.delete(p));
+      inFlight.add(p);
+      // A failed part must not become an unhandled rejection while the stream is read on.
+      p.catch(() => undefined);
+      return p;
+    };
+    const all: Promise<void>[] = [send(firstPart), send(second.value)];
+    for await (const body of parts) {
+      while (inFlight.size >= o.concurrency) await Promise.race(inFlight);
+      all.push(send(body));
+    }
+    await Promise.all(all);
+    done.sort((a, b) => a.PartNumber - b.PartNumber);
+    await o.s3.send(
+      new s3sdk.CompleteMultipartUploadCommand({
+        Bucket: o.bucket,
+        Key: o.key,
+        UploadId: uploadId,
+        MultipartUpload: { Parts: done.map(({ PartNumber, ETag, ChecksumSHA256 }) => ({ PartNumber, ETag, ChecksumSHA256 })) },
+      }),
+      opts,
+    );
+  } catch (err) {
+    // Parts of an unfinished upload cost money until a lifecycle rule removes them.
+    o.s3.send(new s3sdk.AbortMultipartUploadCommand({ Bucket: o.bucket, Key: o.key, UploadId: uploadId }), { abortSignal: AbortSignal.timeout(5000) }).catch((e: Error) => {
+      o.log.warn('could not abort the multipart upload', { key: o.key, err: e.message });
+    });
+    throw err;
+  }
+  const composite = `${sha256(Buffer.concat(done.map((d) => d.digest))).toString('base64')}-${done.length}`;
+  return { bucket: o.bucket, key: o.key, size, parts: done.length, checksumSha256: composite };
+}
+
+/** HeadObject must show the size, SHA-256 and encryption the upload sent. */
+export async function verifyUpload(s3: S3Client, u: UploadResult, sse: ServerSideEncryption, signal?: AbortSignal): Promise<void> {
+  const { HeadObjectCommand } = await import('@aws-sdk/client-s3');
+  const head = await s3.send(new HeadObjectCommand({ Bucket: u.bucket, Key: u.key, ChecksumMode: 'ENABLED' }), { abortSignal: signal });
+  const problems: string[] = [];
+  if (head.ContentLength !== u.size) problems.push(`size ${head.ContentLength} instead of ${u.size}`);
+  // S3 reports a multipart object's checksum with or without the `-<parts>` suffix depending on the API.
+  const base = (s: string | undefined) => s?.split('-')[0];
+  if (!head.ChecksumSHA256) problems.push('no SHA-256 checksum');
+  else if (base(head.ChecksumSHA256) !== base(u.checksumSha256)) problems.push(`SHA-256 ${head.ChecksumSHA256} instead of ${u.checksumSha256}`);
+  if (head.ServerSideEncryption !== sse.mode) problems.push(`encryption ${head.ServerSideEncryption ?? 'none'} instead of ${sse.mode}`);
+  if (sse.mode === 'aws:kms' && head.SSEKMSKeyId && !head.SSEKMSKeyId.endsWith(sse.kmsKeyId) && !sse.kmsKeyId.endsWith(head.SSEKMSKeyId)) {
+    problems.push(`KMS key ${head.SSEKMSKeyId} instead of ${sse.kmsKeyId}`);
+  }
+  if (problems.length) {
+    throw new AgentError('BackupVerifyFailed', `s3://${u.bucket}/${u.key} does not match what was uploaded: ${problems.join('; ')}`, {
+      hint: 'the backup is not trustworthy; check the bucket (versioning, replication rules, default encryption)',
+    });
+  }
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Installs the servers and tools the integration tests run against (DESIGN.md, "The testbed")
+# on a fresh Debian machine, as root. Idempotent: installs only what is missing, so a run on a
+# ready machine takes a second or two. Called by `make testbed-deps` and CI.
+#
+#   Debian packages   etcd 3.4, sshd, qemu-user-static, shellcheck, mkfs/blkid/losetup, …
+#   moto_server       pip install 'moto[server]' (the fidelity proxy was measured on 5.2.1)
+#   AEMM              amazon-ec2-metadata-mock, go install into $ZDT_CACHE_DIR/bin
+#   k8s, sysroot      k8s/build.sh and arm64-sysroot.sh next to this file, when present
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cache_dir="${ZDT_CACHE_DIR:-${HOME:?HOME or ZDT_CACHE_DIR must be set}/.cache/zdt-agent}"
+bin_dir="${cache_dir}/bin"
+moto_version=5.2.1
+aemm_module=github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock
+aemm_version=v1.13.0
+
+log() { printf '[testbed %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+apt_updated=
+apt_install() {
+  [[ $(id -u) == 0 ]] || die "installing $* needs root (apt-get)"
+  if [[ -z ${apt_updated} ]]; then
+    apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# --- Debian packages ----------------------------------------------------------------------
+packages=(etcd-server etcd-client openssh-server openssh-client qemu-user-static shellcheck
+  e2fsprogs xfsprogs util-linux kmod time)
+missing=()
+for p in "${packages[@]}"; do
+  [[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null) == installed ]] || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
+  apt_install "${missing[@]}"
+fi
+
+# --- moto ---------------------------------------------------------------------------------
+if ! command -v moto_server >/dev/null 2>&1; then
+  log "installing moto[server]==${moto_version}"
+  command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || apt_install python3-pip
+  pip=$(command -v pip3 || command -v pip)
+  # Debian's own Python refuses system-wide pip installs (PEP 668) unless told otherwise.
+  "$pip" install --quiet "moto[server]==${moto_version}" 2>/dev/null ||
+    "$pip" install --quiet --break-system-packages "moto[server]==${moto_version}"
+  hash -r
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash
+  command -v moto_server >/dev/null 2>&1 || die "moto_server is not on PATH after pip install"
+fi
+
+# --- amazon-ec2-metadata-mock ---------------------------------------------------------------
+if [[ ! -x ${bin_dir}/ec2-metadata-mock ]]; then
+  go=$(command -v go || echo /usr/local/go/bin/go)
+  [[ -x ${go} ]] || die "Go is needed to build ec2-metadata-mock (Debian's golang-go is too old: AEMM needs Go >= 1.23)"
+  log "building ec2-metadata-mock ${aemm_version} into ${bin_dir}"
+  mkdir -p "${bin_dir}"
+  GOBIN="${bin_dir}" "${go}" install "${aemm_module}@${aemm_version}"
+fi
+
+# --- parts other files own ------------------------------------------------------------------
+[[ ! -f ${here}/k8s/build.sh ]] || bash "${here}/k8s/build.sh" >/dev/null
+[[ ! -f ${here}/arm64-sysroot.sh ]] || bash "${here}/arm64-sysroot.sh"
+
+log "testbed ready (moto_server, ${bin_dir}/ec2-metadata-mock, etcd $(etcd --version | awk 'NR == 1 { print $3 }'))"
