@@ -127,20 +127,35 @@ export class Imds {
     return d as unknown as InstanceIdentityDocument;
   }
 
+  /**
+   * The raw user-data; `undefined` when the instance has none (404). Retried like a required
+   * property otherwise: user-data carries config, and booting without it because IMDS was
+   * slow to come up would boot the wrong node.
+   */
   async userData(): Promise<Uint8Array | undefined> {
-    try {
-      const token = await this.fetchToken();
-      const res = await fetch(`${this.endpoint}/latest/user-data`, {
-        headers: { 'X-aws-ec2-metadata-token': token },
-        signal: AbortSignal.timeout(this.requestTimeoutMs),
-      });
-      if (res.status === 404) return undefined;
-      if (!res.ok) throw new ImdsError(`IMDS user-data answered HTTP ${res.status}`);
-      return new Uint8Array(await res.arrayBuffer());
-    } catch (err) {
-      if (err instanceof ImdsError) throw err;
-      throw new ImdsError(`IMDS user-data: ${(err as Error).message}`);
-    }
+    const got = await waitFor<{ data: Uint8Array | undefined }>({
+      what: 'IMDS latest/user-data',
+      timeoutMs: this.requiredTimeoutMs,
+      initialDelayMs: 250,
+      maxDelayMs: 5000,
+      progressEveryMs: 10_000,
+      hint: 'check that IMDS is enabled (HttpEndpoint=enabled, HttpTokens=required) and reachable from this instance',
+      code: 'ImdsUnavailable',
+      log: this.log,
+      retryable: () => true,
+      check: async () => {
+        const token = await this.fetchToken();
+        const res = await fetch(`${this.endpoint}/latest/user-data`, {
+          headers: { 'X-aws-ec2-metadata-token': token },
+          signal: AbortSignal.timeout(this.requestTimeoutMs),
+        });
+        if (res.status === 404) return { data: undefined };
+        if (res.status === 401) this.token = undefined;
+        if (!res.ok) throw new ImdsError(`IMDS user-data answered HTTP ${res.status}`);
+        return { data: new Uint8Array(await res.arrayBuffer()) };
+      },
+    });
+    return got.data;
   }
 
   /** Instance tags, when "instance metadata tags" is enabled; `undefined` when it is not. */

@@ -58,7 +58,7 @@ export function installedVersions(paths: Paths): Map<string, string> | undefined
 
 export async function installExact(exec: Exec, pkgs: ReadonlyArray<{ name: string; version: string }>): Promise<void> {
   if (pkgs.length === 0) return;
-  await exec('apk', ['add', '--no-interactive', ...pkgs.map((p) => `${p.name}=${p.version}`)], {
+  await exec('apk', ['add', ...pkgs.map((p) => `${p.name}=${p.version}`)], {
     timeoutMs: 600_000,
     hint: 'check that the package repository offers these exact versions (apk policy)',
   });

@@ -135,7 +135,7 @@ describe('EBS volumes behave as on AWS', () => {
     const [holder, volumeId] = await Promise.all([launch(), createVolume()]);
     const { ec2 } = clients();
     await ec2.send(new AttachVolumeCommand({ VolumeId: volumeId, InstanceId: holder, Device: '/dev/xvdf' }));
-    proxy.setAttachDelayMs(1000);
+    proxy.setAttachDelayMs(1500);
 
     await ec2.send(new TerminateInstancesCommand({ InstanceIds: [holder] }));
 

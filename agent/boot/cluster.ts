@@ -1,0 +1,121 @@
+import dns from 'node:dns/promises';
+import fs from 'node:fs';
+import net from 'node:net';
+import type { Config } from '../config/schema.js';
+import { AgentError, ConfigError } from '../errors.js';
+import { KubeClient, loadKubeconfig, type KubeCredentials } from '../host/kube.js';
+import { waitFor } from '../host/retry.js';
+import { clusterCaCert } from './bootstrap.js';
+import type { BootContext } from './context.js';
+
+/**
+ * Reaching the cluster's API before this node is part of it: the configured endpoint, TLS
+ * verified with the cluster CA, anonymous (/readyz and /version are public on kubeadm
+ * clusters); on a node that has joined, with its own kubeconfig.
+ */
+
+export interface ApiEndpoint {
+  host: string;
+  port: number;
+  /** host:port as kubeadm wants it. */
+  hostPort: string;
+  url: string;
+}
+
+export function apiEndpoint(config: Config): ApiEndpoint | undefined {
+  const raw = config.cluster?.apiEndpoint;
+  if (!raw) return undefined;
+  const m = /^(.+?)(?::(\d+))?$/.exec(raw)!;
+  const host = m[1]!;
+  const port = m[2] ? Number(m[2]) : 6443;
+  return { host, port, hostPort: `${host}:${port}`, url: `https://${host}:${port}` };
+}
+
+export function requireApiEndpoint(config: Config): ApiEndpoint {
+  const ep = apiEndpoint(config);
+  if (!ep) {
+    throw new ConfigError('ApiEndpointMissing', `a ${config.node.role} needs cluster.apiEndpoint to find the control plane`, {
+      hint: 'set cluster.apiEndpoint (host:port of the API load balancer), e.g. in the launch template user-data or tag zdt:api-endpoint',
+    });
+  }
+  return ep;
+}
+
+/** Credentials for the API: this node's own kubeconfig once it has one, else anonymous with the cluster CA. */
+export async function apiCredentials(ctx: BootContext, ep: ApiEndpoint): Promise<KubeCredentials | undefined> {
+  for (const f of ['/etc/kubernetes/admin.conf', '/etc/kubernetes/kubelet.conf']) {
+    const file = ctx.paths.at(f);
+    if (fs.existsSync(file)) {
+      try {
+        return { ...loadKubeconfig(file, (p) => ctx.paths.at(p)), server: ep.url };
+      } catch (err) {
+        ctx.log.warn('cannot use the local kubeconfig', { file: f, err: (err as Error).message });
+      }
+    }
+  }
+  const ca = await clusterCaCert(ctx);
+  return ca ? { server: ep.url, ca } : undefined;
+}
+
+export interface ApiProbe {
+  ready: boolean;
+  version?: string | undefined;
+  /** Why it is not ready, for progress lines and errors. */
+  problem?: string | undefined;
+}
+
+/** One look at the API: does the name resolve, does TLS verify, does /readyz answer ok, which version. */
+export async function probeApi(ep: ApiEndpoint, creds: KubeCredentials, timeoutMs = 5000): Promise<ApiProbe> {
+  if (!net.isIP(ep.host)) {
+    try {
+      await dns.lookup(ep.host);
+    } catch (err) {
+      return { ready: false, problem: `${ep.host} does not resolve (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})` };
+    }
+  }
+  const client = new KubeClient(creds);
+  try {
+    if (!(await client.readyz(timeoutMs))) return { ready: false, problem: `${ep.url}/readyz is not ok yet` };
+    const v = await client.version(timeoutMs);
+    return { ready: true, version: v.gitVersion.replace(/^v/, '').replace(/[-+].*$/, '') };
+  } catch (err) {
+    return { ready: false, problem: `${ep.url}: ${(err as Error).message}` };
+  } finally {
+    client.close();
+  }
+}
+
+/**
+ * Waits until the control plane answers: bounded by boot.controlPlaneWait (whole clusters
+ * launch at once, so workers may start long before it), jittered backoff, progress every 30s.
+ */
+export async function waitForControlPlane(ctx: BootContext, ep: ApiEndpoint): Promise<{ version: string }> {
+  const timeoutMs = ctx.config.boot.controlPlaneWait * 1000;
+  let creds: KubeCredentials | undefined;
+  let lastProblem = '';
+  return waitFor({
+    what: `the control plane at ${ep.url}`,
+    timeoutMs,
+    initialDelayMs: 1000,
+    maxDelayMs: 15_000,
+    progressEveryMs: 30_000,
+    log: ctx.log,
+    signal: ctx.signal,
+    code: 'ControlPlaneWaitTimeout',
+    hint: `check that the controllers are up and the API load balancer forwards ${ep.hostPort}; boot.controlPlaneWait bounds this wait`,
+    retryable: (err) => !(err instanceof AgentError && err.code === 'ClusterCaMissing'),
+    check: async () => {
+      creds ??= await apiCredentials(ctx, ep);
+      if (!creds) {
+        throw new AgentError('ClusterCaMissing', 'the cluster CA certificate is not known, so the API server cannot be verified', {
+          hint: 'put the cluster CA at <cluster.bootstrap.s3Uri>/pki/ca.crt (controller 00 uploads it after kubeadm init)',
+        });
+      }
+      const p = await probeApi(ep, creds);
+      if (p.ready && p.version) return { version: p.version };
+      if (p.problem !== lastProblem) ctx.log.debug('control plane not ready', { problem: p.problem });
+      lastProblem = p.problem ?? '';
+      throw new Error(p.problem ?? 'not ready');
+    },
+  });
+}

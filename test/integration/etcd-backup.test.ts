@@ -1,0 +1,353 @@
+import { execFileSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import type { KMSClient } from '@aws-sdk/client-kms';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { takeBackup } from '../../agent/etcd/backup.js';
+import { leaveEtcd } from '../../agent/etcd/leave.js';
+import { MANIFEST_NAME, SNAPSHOT_NAME, type Manifest } from '../../agent/etcd/manifest.js';
+import { findBackups, restoreBackup } from '../../agent/etcd/restore.js';
+import { scheduledBackup } from '../../agent/etcd/scheduled.js';
+import { readTar } from '../../agent/etcd/tar.js';
+import type { ConfigInput } from '../../agent/config/schema.js';
+import { AgentError } from '../../agent/errors.js';
+import { startEtcd, startEtcdCluster, type EtcdCluster, type EtcdMember } from '../testbed/etcd.js';
+import { startFidelityProxy, type FidelityProxy } from '../testbed/fidelity-proxy.js';
+import { startMoto, type Moto } from '../testbed/moto.js';
+import { makeTempRoot, type TempRoot } from '../testbed/root.js';
+import { startServer } from '../testbed/process.js';
+import { freePort } from '../testbed/ports.js';
+import { awsConfig, contextFor, makeBucket, makeKmsKey, testClients, useTestCredentials, writeFakePki } from '../support/terminate-env.js';
+
+const BUCKET = 'zdt-backups';
+const INSTANCE = 'i-0123456789abcdef0';
+
+let moto: Moto;
+let proxy: FidelityProxy;
+let s3: S3Client;
+let kms: KMSClient;
+let kmsKeyId: string;
+let etcd: EtcdMember;
+let etcdDir: string;
+const roots: TempRoot[] = [];
+
+const etcdctl = (endpoints: string, ...args: string[]) =>
+  execFileSync('etcdctl', [`--endpoints=${endpoints}`, ...args], { env: { ...process.env, ETCDCTL_API: '3' }, encoding: 'utf8' });
+
+async function newRoot(): Promise<TempRoot> {
+  const r = await makeTempRoot();
+  roots.push(r);
+  return r;
+}
+
+function controllerConfig(clientUrl: string, backup: Record<string, unknown> = {}, cluster = 'test'): ConfigInput {
+  return {
+    cluster: { name: cluster },
+    node: { role: 'controller', controllerIndex: '00' },
+    etcd: { clientUrl, backup: { bucket: BUCKET, kmsKeyId, partSizeMiB: 5, ...backup } },
+    aws: awsConfig(proxy.endpoint),
+  };
+}
+
+async function objectBytes(key: string): Promise<Buffer> {
+  const out = await s3.send(new GetObjectCommand({ Bucket: BUCKET, Key: key }));
+  return Buffer.from(await out.Body!.transformToByteArray());
+}
+
+async function untar(bytes: Buffer): Promise<Map<string, { data: Buffer; mode: number }>> {
+  const files = new Map<string, { data: Buffer; mode: number }>();
+  for await (const e of readTar([bytes])) {
+    const chunks: Buffer[] = [];
+    for await (const c of e.body) chunks.push(c);
+    files.set(e.name, { data: Buffer.concat(chunks), mode: e.mode });
+  }
+  return files;
+}
+
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+/** Index of the member that leads, from etcdctl endpoint status (ids quoted before parsing). */
+function leaderIndex(cluster: EtcdCluster): number {
+  const status = JSON.parse(etcdctl(cluster.clientUrls.join(','), 'endpoint', 'status', '-w', 'json').replace(/"(member_id|leader)":(\d+)/g, '"$1":"$2"')) as Array<{
+    Endpoint: string;
+    Status: { header: { member_id: string }; leader: string };
+  }>;
+  const leader = status.find((s) => s.Status.header.member_id === s.Status.leader)!;
+  return cluster.clientUrls.indexOf(leader.Endpoint);
+}
+
+beforeAll(async () => {
+  useTestCredentials();
+  moto = await startMoto();
+  proxy = await startFidelityProxy({ target: moto.endpoint });
+  ({ s3, kms } = testClients(proxy.endpoint));
+  await makeBucket(s3, BUCKET);
+  kmsKeyId = await makeKmsKey(kms);
+  etcdDir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-etcd-single-'));
+  etcd = await startEtcd({ dir: path.join(etcdDir, 'data'), name: 'etcd00' });
+  // ~12 MiB of data, so the archive goes up in several 5 MiB parts.
+  for (let i = 0; i < 12; i++) {
+    execFileSync('etcdctl', [`--endpoints=${etcd.clientUrl}`, 'put', `/registry/blob/${i}`], { env: { ...process.env, ETCDCTL_API: '3' }, input: randomBytes(700 * 1024).toString('base64') });
+  }
+  etcdctl(etcd.clientUrl, 'put', '/registry/marker', 'before-backup');
+});
+
+afterAll(async () => {
+  await etcd?.stop();
+  await proxy?.stop();
+  await moto?.stop();
+  for (const r of roots) await r.cleanup();
+  if (etcdDir) fs.rmSync(etcdDir, { recursive: true, force: true });
+});
+
+describe('emergency backup of a single-member etcd', () => {
+  let key: string;
+  let root: TempRoot;
+  let pki: Record<string, Buffer>;
+
+  it('streams the snapshot, PKI and kubeadm config into one verified, SSE-KMS encrypted object', async () => {
+    root = await newRoot();
+    pki = writeFakePki(root.dir);
+    const ctx = await contextFor(root.dir, controllerConfig(etcd.clientUrl));
+    const r = await takeBackup({ ctx, instanceId: INSTANCE, kind: 'emergency', now: new Date('2026-03-01T12:00:00Z') });
+    key = r.key;
+    expect(key).toBe(`etcd-backups/test/emergency/20260301T120000Z-${INSTANCE}.tar`);
+    expect(r.parts).toBeGreaterThan(1);
+
+    const head = await s3.send(new HeadObjectCommand({ Bucket: BUCKET, Key: key, ChecksumMode: 'ENABLED' }));
+    expect(head.ServerSideEncryption).toBe('aws:kms');
+    expect(head.SSEKMSKeyId).toContain(kmsKeyId);
+    expect(head.ChecksumSHA256).toBeTruthy();
+    expect(head.ContentLength).toBe(r.sizeBytes);
+    expect(head.Metadata?.['zdt-cluster']).toBe('test');
+
+    // A fresh snapshot taken with etcdctl now is the same database, byte for byte.
+    const fresh = path.join(root.dir, 'fresh.db');
+    etcdctl(etcd.clientUrl, 'snapshot', 'save', fresh);
+    const files = await untar(await objectBytes(key));
+    expect(files.get(SNAPSHOT_NAME)!.data.equals(fs.readFileSync(fresh))).toBe(true);
+
+    const manifest = JSON.parse(files.get(MANIFEST_NAME)!.data.toString('utf8')) as Manifest;
+    expect(manifest).toMatchObject({ cluster: 'test', kind: 'emergency', instanceId: INSTANCE, kubernetesVersion: 'v1.34.1' });
+    expect(manifest.etcd.version).toMatch(/^3\.\d+\.\d+$/);
+    expect(manifest.etcd.memberName).toBe('etcd00');
+    for (const part of manifest.parts) expect(sha(files.get(part.path)!.data), part.path).toBe(part.sha256);
+    expect(files.get('pki/ca.key')!.data.equals(pki['ca.key']!)).toBe(true);
+    expect(files.get('pki/ca.key')!.mode).toBe(0o600);
+    expect(files.get('pki/etcd/ca.crt')!.data.equals(pki['etcd/ca.crt']!)).toBe(true);
+    expect(files.has('kubeadm/kubeadm-config.yaml')).toBe(true);
+  });
+
+  it('restores onto a blank data dir: PKI in place, and etcd started from it reads back the data', async () => {
+    const target = await newRoot();
+    const ctx = await contextFor(target.dir, controllerConfig(etcd.clientUrl));
+    const peerPort = await freePort();
+    const r = await restoreBackup({ ctx, from: 'latest', dataDir: '/var/lib/etcd', memberName: 'etcd00', peerUrl: `http://127.0.0.1:${peerPort}` });
+    expect(r.key).toBe(key);
+    expect(fs.readFileSync(target.at('/etc/kubernetes/pki/ca.key')).equals(pki['ca.key']!)).toBe(true);
+    expect(fs.statSync(target.at('/etc/kubernetes/pki/ca.key')).mode & 0o777).toBe(0o600);
+    expect(fs.existsSync(target.at('/etc/kubernetes/kubeadm-config.yaml'))).toBe(true);
+    expect(fs.readdirSync(target.at('/var/lib/etcd'))).toEqual(['member']);
+
+    const clientUrl = `http://127.0.0.1:${await freePort()}`;
+    const restored = await startServer({
+      what: 'restored etcd',
+      file: '/usr/bin/etcd',
+      args: ['--name', 'etcd00', '--data-dir', target.at('/var/lib/etcd'), '--listen-client-urls', clientUrl, '--advertise-client-urls', clientUrl, '--listen-peer-urls', `http://127.0.0.1:${peerPort}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peerPort}`],
+      ready: async () => ((await (await fetch(`${clientUrl}/health`, { signal: AbortSignal.timeout(1000) })).json()) as { health?: string }).health === 'true',
+    });
+    try {
+      expect(etcdctl(clientUrl, 'get', '/registry/marker', '--print-value-only').trim()).toBe('before-backup');
+      expect(etcdctl(clientUrl, 'get', '/registry/blob/', '--prefix', '--keys-only').trim().split(/\n+/)).toHaveLength(12);
+    } finally {
+      await restored.stop();
+    }
+  });
+
+  it('refuses to restore over existing etcd data', async () => {
+    const target = await newRoot();
+    fs.mkdirSync(target.at('/var/lib/etcd/member'), { recursive: true });
+    const ctx = await contextFor(target.dir, controllerConfig(etcd.clientUrl));
+    await expect(restoreBackup({ ctx, from: key, dataDir: '/var/lib/etcd' })).rejects.toMatchObject({ code: 'DataDirNotEmpty' });
+  });
+
+  it("refuses a backup of another cluster and changes nothing", async () => {
+    const target = await newRoot();
+    const ctx = await contextFor(target.dir, controllerConfig(etcd.clientUrl, {}, 'other'));
+    await expect(restoreBackup({ ctx, from: key, dataDir: '/var/lib/etcd', memberName: 'x', peerUrl: 'http://127.0.0.1:1' })).rejects.toMatchObject({
+      code: 'BackupOfAnotherCluster',
+    });
+    expect(fs.existsSync(target.at('/etc/kubernetes/pki'))).toBe(false);
+    expect(fs.existsSync(target.at('/var/lib/etcd/member'))).toBe(false);
+    // Also when the object's metadata is missing (copied by hand): the manifest decides.
+    const copy = 'etcd-backups/other/hourly/20260301T130000Z-i-copy.tar';
+    await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: copy, Body: await objectBytes(key) }));
+    await expect(restoreBackup({ ctx, from: copy, dataDir: '/var/lib/etcd', memberName: 'x', peerUrl: 'http://127.0.0.1:1' })).rejects.toMatchObject({
+      code: 'BackupOfAnotherCluster',
+    });
+    expect(fs.existsSync(target.at('/etc/kubernetes/pki'))).toBe(false);
+  });
+
+  it("'latest' skips a damaged newest backup and restores the newest valid one", async () => {
+    const bytes = await objectBytes(key);
+    bytes[bytes.length - 3000] ^= 0xff; // inside the manifest or snapshot tail
+    const damaged = `etcd-backups/test/emergency/20260301T150000Z-${INSTANCE}.tar`;
+    await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: damaged, Body: bytes, Metadata: { 'zdt-cluster': 'test' } }));
+    const target = await newRoot();
+    const ctx = await contextFor(target.dir, controllerConfig(etcd.clientUrl));
+    expect((await findBackups(ctx))[0]!.key).toBe(damaged);
+    await expect(restoreBackup({ ctx, from: damaged, dataDir: '/var/lib/etcd', pkiOnly: true })).rejects.toMatchObject({ code: 'BackupCorrupt' });
+    expect(fs.existsSync(target.at('/etc/kubernetes/pki'))).toBe(false);
+    const r = await restoreBackup({ ctx, from: 'latest', dataDir: '/var/lib/etcd', memberName: 'etcd00', peerUrl: 'http://127.0.0.1:2380' });
+    expect(r.key).toBe(key);
+    await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: damaged, Body: Buffer.alloc(0) })); // listed no more (empty)
+  });
+});
+
+describe('client-side envelope encryption', () => {
+  it('uploads ciphertext under a KMS data key, and restore decrypts and verifies it', async () => {
+    const root = await newRoot();
+    const pki = writeFakePki(root.dir);
+    const ctx = await contextFor(root.dir, controllerConfig(etcd.clientUrl, { clientSideEncryption: true }, 'sealed'));
+    const r = await takeBackup({ ctx, instanceId: INSTANCE, kind: 'emergency' });
+    expect(r.encryption).toBe('aws:kms+kms-envelope');
+    const bytes = await objectBytes(r.key);
+    expect(bytes.subarray(0, 8).toString('latin1')).toBe('ZDTENC1\n');
+    expect(bytes.includes(pki['ca.key']!.subarray(0, 40))).toBe(false);
+    expect(bytes.includes(Buffer.from('ustar'))).toBe(false);
+
+    const target = await newRoot();
+    const tctx = await contextFor(target.dir, controllerConfig(etcd.clientUrl, { clientSideEncryption: true }, 'sealed'));
+    const back = await restoreBackup({ ctx: tctx, from: r.key, dataDir: '/var/lib/etcd', memberName: 'etcd00', peerUrl: 'http://127.0.0.1:2380' });
+    expect(back.manifest.cluster).toBe('sealed');
+    expect(fs.readFileSync(target.at('/etc/kubernetes/pki/ca.key')).equals(pki['ca.key']!)).toBe(true);
+    expect(fs.existsSync(target.at('/var/lib/etcd/member/snap/db'))).toBe(true);
+  });
+});
+
+describe('without a KMS key', () => {
+  it('falls back to SSE-S3 with a warning, and the upload still verifies', async () => {
+    const root = await newRoot();
+    writeFakePki(root.dir);
+    const cfg = controllerConfig(etcd.clientUrl, { kmsKeyId: undefined }, 'nokms');
+    const ctx = await contextFor(root.dir, cfg);
+    const warnings: string[] = [];
+    const warn = ctx.log.warn;
+    ctx.log.warn = (m, f) => {
+      warnings.push(m);
+      warn(m, f);
+    };
+    const r = await takeBackup({ ctx, instanceId: INSTANCE, kind: 'emergency' });
+    expect(r.encryption).toBe('AES256');
+    expect(warnings.some((w) => w.includes('SSE-S3'))).toBe(true);
+    const head = await s3.send(new HeadObjectCommand({ Bucket: BUCKET, Key: r.key }));
+    expect(head.ServerSideEncryption).toBe('AES256');
+  });
+});
+
+describe('scheduled backups on a three-member etcd', () => {
+  let cluster: EtcdCluster;
+  beforeAll(async () => {
+    cluster = await startEtcdCluster(3);
+    etcdctl(cluster.clientUrls[0]!, 'put', 'k', 'v');
+  });
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+
+  it('only the leader backs up; then retention keeps 24 hourly and 7 daily and never the newest', async () => {
+    const leader = leaderIndex(cluster);
+    const follower = (leader + 1) % 3;
+    const root = await newRoot();
+    writeFakePki(root.dir);
+    const fctx = await contextFor(root.dir, controllerConfig(cluster.clientUrls[follower]!, {}, 'ha'));
+    const skipped = await scheduledBackup(fctx, { instanceId: 'i-follower' });
+    expect(skipped).toMatchObject({ result: 'skipped' });
+
+    // Ten days of hourly backups already there (tiny stand-ins), plus one emergency backup.
+    const now = new Date('2026-03-20T12:30:00Z');
+    const old: string[] = [];
+    for (let h = 1; h <= 24 * 10; h++) {
+      const t = new Date(now.getTime() - h * 3600_000);
+      const k = `etcd-backups/ha/hourly/${t.toISOString().replace(/\.\d+Z$/, 'Z').replace(/[-:]/g, '')}-i-old.tar`;
+      old.push(k);
+    }
+    await Promise.all(old.map((Key) => s3.send(new PutObjectCommand({ Bucket: BUCKET, Key, Body: 'x' }))));
+    await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: 'etcd-backups/ha/emergency/20260101T000000Z-i-old.tar', Body: 'x' }));
+
+    const lctx = await contextFor(root.dir, controllerConfig(cluster.clientUrls[leader]!, {}, 'ha'));
+    const done = await scheduledBackup(lctx, { instanceId: 'i-leader', now });
+    expect(done.result).toBe('done');
+    if (done.result !== 'done') return;
+    const listed = await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: 'etcd-backups/ha/hourly/' }));
+    const keys = (listed.Contents ?? []).map((c) => c.Key!).sort().reverse();
+    expect(keys[0]).toBe(done.backup.key);
+    // The new one and the 23 hours before it, then one per day for the 6 days before those.
+    const hourly = keys.slice(0, 24);
+    expect(hourly[23]).toBe(old[22]);
+    const days = new Set(keys.map((k) => k.split('/').pop()!.slice(0, 8)));
+    expect(days.size).toBe(7);
+    expect(keys).toHaveLength(24 + 6);
+    expect(done.deleted).toHaveLength(241 - 30);
+    const emergency = await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: 'etcd-backups/ha/emergency/' }));
+    expect(emergency.KeyCount).toBe(1);
+  });
+
+  it('leaving etcd is refused when the remaining members would lose quorum', async () => {
+    const root = await newRoot();
+    const leaver = 0;
+    const down = 1;
+    const ctx = await contextFor(root.dir, controllerConfig(cluster.clientUrls[leaver]!, {}, 'ha'));
+    await cluster.members[down]!.stop();
+    const out = await leaveEtcd(ctx);
+    expect(out.result).toBe('refused');
+    if (out.result === 'refused') expect(out.reason).toMatch(/below quorum 2/);
+    expect(etcdctl(cluster.clientUrls[2]!, 'member', 'list')).toContain('etcd-0');
+  });
+});
+
+describe('etcd leave with quorum', () => {
+  let cluster: EtcdCluster;
+  beforeAll(async () => {
+    cluster = await startEtcdCluster(3);
+  });
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+
+  it('removes this member when the other two are healthy, moving leadership away first', async () => {
+    const root = await newRoot();
+    // Leave from the member that leads, to cover the move-leader path.
+    const idx = leaderIndex(cluster);
+    const ctx = await contextFor(root.dir, controllerConfig(cluster.clientUrls[idx]!, {}, 'ha'));
+    const out = await leaveEtcd(ctx);
+    expect(out).toMatchObject({ result: 'removed', name: `etcd-${idx}`, remaining: 2 });
+    const other = cluster.clientUrls[(idx + 1) % 3]!;
+    const list = etcdctl(other, 'member', 'list');
+    expect(list).not.toContain(`etcd-${idx},`);
+    expect(list.trim().split('\n')).toHaveLength(2);
+  });
+
+  it('a single member does not leave', async () => {
+    const root = await newRoot();
+    const ctx = await contextFor(root.dir, controllerConfig(etcd.clientUrl));
+    expect(await leaveEtcd(ctx)).toMatchObject({ result: 'single-member' });
+  });
+});
+
+describe('backup errors are classified', () => {
+  it('an unreachable etcd is EtcdUnavailable, and nothing is uploaded', async () => {
+    const root = await newRoot();
+    writeFakePki(root.dir);
+    const port = await freePort();
+    const ctx = await contextFor(root.dir, controllerConfig(`http://127.0.0.1:${port}`, {}, 'noetcd'));
+    const err = await takeBackup({ ctx, instanceId: INSTANCE, kind: 'emergency' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(AgentError);
+    expect((err as AgentError).code).toBe('EtcdUnavailable');
+    const listed = await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: 'etcd-backups/noetcd/' }));
+    expect(listed.KeyCount ?? 0).toBe(0);
+  });
+});
