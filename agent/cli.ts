@@ -44,7 +44,7 @@ export async function runCli(argv: string[]): Promise<number> {
     .option('root', { type: 'string', describe: 'Root prefix for every node path (tests, chroots)', global: true, hidden: true })
     .option('log-format', { choices: ['human', 'json'] as const, describe: 'Log line format', global: true })
     .option('log-level', { choices: ['debug', 'info', 'warn', 'error'] as const, describe: 'Lowest level logged', global: true })
-    .command('boot', 'Bring this node up (run by cloud-init at every boot)', {}, wrap(notImplemented('boot', 'the boot issue (#5)')))
+    .command('boot', 'Bring this node up (run by cloud-init at every boot)', {}, wrap(async (a) => (await import('./commands/boot.js')).runBoot(a)))
     .command(
       'terminate',
       'Retire this node at shutdown: classify, drain, back up, notify (run by OpenRC)',
@@ -58,11 +58,11 @@ export async function runCli(argv: string[]): Promise<number> {
         y
           .positional('user', { type: 'string', demandOption: true, describe: 'Local login name (%u)' })
           .positional('fingerprint', { type: 'string', describe: 'Fingerprint of the offered key (%f), for the audit line' }),
-      wrap(notImplemented('ssh-keys', 'the ssh-keys issue (#7)')),
+      wrap(async (a) => (await import('./commands/ssh-keys.js')).runSshKeys(a)),
     )
     .command('ssh-users <action>', 'Local accounts for IAM users (bastions)', (y: Argv) =>
       y.positional('action', { choices: ['sync'] as const, demandOption: true, describe: 'sync: refresh the key cache and local users' }),
-      wrap(notImplemented('ssh-users sync', 'the ssh-keys issue (#7)')),
+      wrap(async (a) => (await import('./commands/ssh-users.js')).runSshUsersSync(a)),
     )
     .command('etcd <action>', 'etcd backup to S3 and restore from it', (y: Argv) =>
       y

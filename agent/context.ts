@@ -27,6 +27,7 @@ export interface CommandContext {
 export type InstanceMode = 'imds' | 'cached' | 'none';
 
 const DEFAULT_IMDS = 'http://169.254.169.254';
+const DEFAULT_IMDS_TIMEOUT_S = 120;
 
 export function instanceCacheFile(paths: Paths): string {
   return paths.at('/var/lib/zdt-agent/instance-config.json');
@@ -43,12 +44,13 @@ export async function loadLayers(
   const cliLayer = args.config ? readFileLayer('--config', args.config, true) : undefined;
   const local = [fileLayer, cliLayer].filter((l): l is Layer => l !== undefined);
   // IMDS is where user-data lives, so its endpoint can only come from local files.
-  const awsSection = mergeLayers(local).merged.aws as { imdsEndpoint?: unknown } | undefined;
+  const awsSection = mergeLayers(local).merged.aws as { imdsEndpoint?: unknown; imdsTimeout?: unknown } | undefined;
   const imdsEndpoint = typeof awsSection?.imdsEndpoint === 'string' ? awsSection.imdsEndpoint : DEFAULT_IMDS;
+  const imdsTimeoutS = typeof awsSection?.imdsTimeout === 'number' && awsSection.imdsTimeout > 0 ? awsSection.imdsTimeout : DEFAULT_IMDS_TIMEOUT_S;
 
   let instance: InstanceSources | undefined;
   if (mode === 'imds') {
-    const imds = new Imds({ endpoint: imdsEndpoint, log });
+    const imds = new Imds({ endpoint: imdsEndpoint, log, requiredTimeoutMs: imdsTimeoutS * 1000 });
     instance = await fetchInstanceSources(imds);
     try {
       saveInstanceSources(instanceCacheFile(paths), instance);
@@ -77,7 +79,7 @@ export async function buildContext(
     file: opts.logToFile === false ? undefined : paths.logFile,
     console: opts.console,
   });
-  const imds = new Imds({ endpoint: config.aws.imdsEndpoint ?? imdsEndpoint, log });
+  const imds = new Imds({ endpoint: config.aws.imdsEndpoint ?? imdsEndpoint, log, requiredTimeoutMs: config.aws.imdsTimeout * 1000 });
   const aws = makeAws({ aws: config.aws, region: async () => (await imds.identityDocument()).region });
   return { paths, config, layers, log, imds, aws, exec: makeExec(log), instance };
 }

@@ -12,6 +12,14 @@ async function main(argv: string[]): Promise<number> {
     const { runVersion } = await import('./commands/version.js');
     return runVersion();
   }
+  if (argv[0] === 'ssh-keys') {
+    // sshd runs this for every key a client offers: answer from the key cache before yargs
+    // and the CLI load (agent/ssh/warm.ts). A miss goes on to the full lookup below.
+    const warm = await import('./ssh/warm.js');
+    const args = warm.parseSshKeysArgv(argv.slice(1));
+    const code = args && (await warm.answerFromCache(args));
+    if (code !== undefined) return code;
+  }
   const { runCli } = await import('./cli.js');
   return runCli(argv);
 }

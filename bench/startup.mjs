@@ -80,11 +80,11 @@ const rows = subjects.map((s) => {
   return { s, median, p95: quantile(t, 0.95), delta: median - floor, rss: peakRssMb(s) };
 });
 
-const mb = (bytes) => `${(bytes / 1e6).toFixed(1)} MB`;
+const size = (bytes) => (bytes >= 1e6 ? `${(bytes / 1e6).toFixed(1)} MB` : `${(bytes / 1e3).toFixed(1)} kB`);
 console.log('binary sizes');
-for (const f of ['dist/zdt-agent', 'dist/zdt-agent-arm64', 'dist/zdt-agent.cjs']) {
+for (const f of ['dist/zdt-agent', 'dist/zdt-agent-arm64', 'dist/zdt-agent.cjs', 'dist/zdt-agent-cli.cjs']) {
   const p = path.join(ROOT, f);
-  console.log(`  ${f.padEnd(24)} ${fs.existsSync(p) ? mb(fs.statSync(p).size) : 'missing'}`);
+  console.log(`  ${f.padEnd(24)} ${fs.existsSync(p) ? size(fs.statSync(p).size) : 'missing'}`);
 }
 console.log(`\nstart-up, ${runs} runs each (ms)`);
 const header = ['command', 'median', 'p95', 'vs floor', 'peak RSS'];

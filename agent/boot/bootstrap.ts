@@ -106,15 +106,18 @@ export async function readJoinToken(ctx: BootContext): Promise<string | undefine
   return token;
 }
 
-/** Copies the shared PKI from S3 into /etc/kubernetes/pki (keys 0600); returns the files written. */
+/**
+ * Copies the shared PKI from S3 into /etc/kubernetes/pki (keys 0600), leaving files that
+ * exist (restored from a backup, or an earlier run); returns the files written.
+ */
 export async function installSharedPki(ctx: BootContext, files: readonly string[] = SHARED_PKI_FILES): Promise<string[]> {
   const written: string[] = [];
   const dir = ctx.paths.at('/etc/kubernetes/pki');
   for (const f of files) {
     const target = path.join(dir, f);
+    if (fs.existsSync(target)) continue;
     const body = await readBootstrapObject(ctx, `pki/${f}`);
     if (!body) continue;
-    if (fs.existsSync(target) && fs.readFileSync(target).equals(body)) continue;
     writeFileAtomic(target, body, f.endsWith('.key') ? 0o600 : 0o644);
     written.push(f);
   }

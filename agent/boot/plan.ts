@@ -50,9 +50,10 @@ export const bootPhaseOrder: ReadonlyArray<{ name: BootPhaseName; decide: Decide
     name: 'etcd-restore',
     decide: ({ config }) => {
       if (!isController(config)) return { applies: false, why: `${config.node.role}s hold no etcd data` };
+      if (!isFirstController(config)) return { applies: false, why: `controller ${config.node.controllerIndex} joins the running cluster; only 00 restores` };
       if (config.etcd?.restore === 'never') return { applies: false, why: 'etcd.restore is never' };
       if (!config.etcd?.backup.bucket) return { applies: false, why: 'no etcd.backup.bucket configured' };
-      return { applies: true, why: `only if the volume is blank: restore the newest backup from s3://${config.etcd.backup.bucket}` };
+      return { applies: true, why: `only if the volume is blank and no control plane answers: restore the newest backup from s3://${config.etcd.backup.bucket}` };
     },
   },
   {
@@ -63,11 +64,11 @@ export const bootPhaseOrder: ReadonlyArray<{ name: BootPhaseName; decide: Decide
         return {
           applies: true,
           why: config.cluster?.kubernetesVersion
-            ? `controller 00: install ${config.cluster.kubernetesVersion} (upgrade the cluster if it runs an older one; never downgrade)`
+            ? `controller 00: install the version the cluster runs, or ${config.cluster.kubernetesVersion} for a new cluster (never older than the cluster)`
             : 'controller 00 without cluster.kubernetesVersion: install the version the cluster runs',
         };
       }
-      return { applies: true, why: 'install exactly the version the cluster runs (never the configured one)' };
+      return { applies: true, why: `wait for the control plane (up to ${config.boot.controlPlaneWait}s), then install exactly the version the cluster runs (never the configured one)` };
     },
   },
   {

@@ -6,7 +6,7 @@ import { readIdentity, type Identity } from '../host/identity.js';
 import type { Imds } from '../host/imds.js';
 import type { Paths } from '../host/paths.js';
 import type { Logger } from '../log/logger.js';
-import { readState, writeState, type AgentState, type PhaseRecord } from '../log/state.js';
+import { readState, writeState, type AgentState, type PhaseRecord, type RunRecord } from '../log/state.js';
 import { agentVersion } from '../version.js';
 import type { BootContext, BootPhase, BootShared, PhaseOutcome } from './context.js';
 import { acquireBootLock } from './lock.js';
@@ -55,7 +55,7 @@ export async function runBoot(deps: BootDeps, phases: Record<Exclude<BootPhaseNa
 async function runPhases(deps: BootDeps, phases: Record<Exclude<BootPhaseName, 'identity'>, BootPhase>): Promise<BootResult> {
   const { config, paths, log } = deps;
   const state = readState(paths.stateFile, agentVersion);
-  const run = { startedAt: new Date().toISOString(), phases: {} as Record<string, PhaseRecord> };
+  const run: RunRecord = { startedAt: new Date().toISOString(), phases: {} };
   state.boot = run;
   const save = () => {
     try {
@@ -127,7 +127,7 @@ async function runPhases(deps: BootDeps, phases: Record<Exclude<BootPhaseName, '
 
   function finish(ok: boolean, failedPhase: BootPhaseName | undefined, error: AgentError | undefined): BootResult {
     run.finishedAt = new Date().toISOString();
-    (run as { result?: string }).result = ok ? 'ok' : error instanceof DeadlineError ? 'deadline' : 'failed';
+    run.result = ok ? 'ok' : error instanceof DeadlineError ? 'deadline' : 'failed';
     save();
     return { ok, error, failedPhase, changed, phases: run.phases, state };
   }

@@ -160,17 +160,37 @@ export const terminateSchema = z
   })
   .strict();
 
+/** authorized_keys options: `name` or `name="value"`, comma-separated (e.g. `restrict,port-forwarding,from="10.0.0.0/8"`). */
+const keyOptionsPattern = /^([A-Za-z0-9-]+(="([^"\\\x00-\x1f\x7f]|\\")*")?(,[A-Za-z0-9-]+(="([^"\\\x00-\x1f\x7f]|\\")*")?)*)?$/;
+
 export const sshSchema = z
   .object({
     iamGroup: z.string().regex(/^[\w+=,.@-]{1,128}$/, 'use an IAM group name').describe('IAM group whose members may log in'),
-    roleArn: z.string().regex(/^arn:aws[a-z-]*:iam::\d{12}:role\//, 'use an IAM role ARN').optional(),
-    externalId: z.string().min(2).optional(),
-    mode: z.enum(['per-user', 'shared']).default('per-user'),
-    sharedUser: z.string().optional().describe("Login name in 'shared' mode"),
-    keyOptions: z.string().default('').describe('authorized_keys options put before every key'),
-    cacheTtl: seconds('ssh.cacheTtl').default(60),
-    staleMax: z.number().int().min(0).default(600).describe('Serve a stale cache during an IAM outage this long (0: never)'),
-    deadline: seconds('ssh.deadline').default(5),
+    roleArn: z
+      .string()
+      .regex(/^arn:aws[a-z-]*:iam::\d{12}:role\//, 'use an IAM role ARN')
+      .optional()
+      .describe('Role to assume for reading IAM in another (central) account'),
+    externalId: z.string().min(2).optional().describe('External id the role trust policy demands'),
+    mode: z
+      .enum(['per-user', 'shared'])
+      .default('per-user')
+      .describe("per-user: each member logs in as their own account; shared: every member's keys open ssh.sharedUser"),
+    sharedUser: z
+      .string()
+      .regex(/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$/, 'use a login name (up to 32 letters, digits, _ . -)')
+      .optional()
+      .describe("Login name in 'shared' mode"),
+    keyOptions: z
+      .string()
+      .regex(keyOptionsPattern, 'use comma-separated authorized_keys options such as restrict,port-forwarding')
+      .default('')
+      .describe('authorized_keys options put before every key'),
+    cacheTtl: seconds('ssh.cacheTtl').default(60).describe('Key cache age up to which ssh-keys answers without asking IAM'),
+    staleMax: z.number().int().min(0).default(600).describe('Serve a stale cache during an IAM outage this long past cacheTtl (0: never)'),
+    deadline: seconds('ssh.deadline').default(5).describe('Bound for one ssh-keys answer; past it: no keys, non-zero exit'),
+    minUid: z.number().int().min(0).default(1000).describe('per-user: logins with a lower uid (system accounts, root) get no keys'),
+    shell: z.string().startsWith('/').default('/bin/sh').describe('Login shell of the accounts ssh-users sync creates'),
     sudoGroup: z.string().optional().describe('Group that synced users join'),
   })
   .strict();
@@ -196,6 +216,7 @@ export const awsSchema = z
     endpoint: endpointUrl.optional().describe('One endpoint for every service (the testbed)'),
     endpoints: endpointsSchema.prefault({}).describe('Per-service endpoints (VPC endpoints)'),
     imdsEndpoint: endpointUrl.default('http://169.254.169.254').describe('IMDS base URL'),
+    imdsTimeout: seconds('aws.imdsTimeout').default(120).describe('How long required IMDS properties are retried (IMDS can be late at early boot)'),
     maxAttempts: z.number().int().min(1).max(20).default(5),
     connectTimeoutMs: z.number().int().positive().default(3000),
     requestTimeoutMs: z.number().int().positive().default(15000),

@@ -1,4 +1,5 @@
 import { AgentError } from '../errors.js';
+import { waitFor } from '../host/retry.js';
 import type { EtcdContext } from './restore.js';
 
 /**
@@ -81,7 +82,7 @@ export class Etcdctl {
   }
 }
 
-export async function leaveEtcd(ctx: EtcdContext, o: { commandTimeoutS?: number } = {}): Promise<LeaveOutcome> {
+export async function leaveEtcd(ctx: EtcdContext, o: { commandTimeoutS?: number; removeRetryMs?: number; signal?: AbortSignal | undefined } = {}): Promise<LeaveOutcome> {
   const log = ctx.log;
   const local = ctx.config.etcd?.clientUrl ?? 'https://127.0.0.1:2379';
   const etcdctl = new Etcdctl(ctx, o.commandTimeoutS);
@@ -110,7 +111,22 @@ export async function leaveEtcd(ctx: EtcdContext, o: { commandTimeoutS?: number 
     await etcdctl.run([local], ['move-leader', hex(healthyOthers[0].id)]);
     log.info('etcd leadership moved', { to: healthyOthers[0].name });
   }
-  await etcdctl.run(via.length ? via : [local], ['member', 'remove', hex(memberId)]);
+  // etcd's reconfiguration check answers 'unhealthy cluster' until a new leader has heard
+  // from every member; that settles within an election timeout or two.
+  await waitFor({
+    what: `etcd to accept the removal of ${self.name}`,
+    timeoutMs: o.removeRetryMs ?? 10_000,
+    initialDelayMs: 300,
+    maxDelayMs: 2000,
+    hint: 'check the health of the other etcd members',
+    log,
+    signal: o.signal,
+    retryable: (err) => /unhealthy cluster|leader changed|no leader/i.test((err as Error).message),
+    check: async () => {
+      await etcdctl.run(via.length ? via : [local], ['member', 'remove', hex(memberId)]);
+      return true;
+    },
+  });
   log.info('left etcd', { member: self.name, id: hex(memberId), remaining: staying });
   return { result: 'removed', memberId: hex(memberId), name: self.name, remaining: staying };
 }

@@ -52,7 +52,9 @@ export function makeAws(o: AwsOptions): Aws {
       region: await region(),
       maxAttempts: o.aws.maxAttempts,
       retryMode: 'adaptive' as const,
-      requestHandler: { connectionTimeout: o.aws.connectTimeoutMs, requestTimeout: o.aws.requestTimeoutMs },
+      // Without throwOnRequestTimeout the SDK only logs a warning when requestTimeout passes,
+      // and a hung call waits forever.
+      requestHandler: { connectionTimeout: o.aws.connectTimeoutMs, requestTimeout: o.aws.requestTimeoutMs, throwOnRequestTimeout: true },
       ...(endpoint ? { endpoint } : {}),
       ...(o.credentials ? { credentials: o.credentials } : {}),
     };

@@ -45,7 +45,8 @@ export function makeExec(log: Logger): Exec {
     const child = execa(file, [...args], {
       detached: true,
       forceKillAfterDelay: false,
-      input: opts.input,
+      // No input: stdin is /dev/null, so a command that reads it does not wait on an open pipe.
+      ...(opts.input === undefined ? { stdin: 'ignore' as const } : { input: opts.input }),
       env: opts.env,
       extendEnv: true,
       cwd: opts.cwd,

@@ -107,7 +107,7 @@ export class KubeClient {
   }
 
   /** One request; resolves for every HTTP status (callers decide), rejects on network errors and the timeout. */
-  raw<T = unknown>(method: string, urlPath: string, opts: { body?: unknown; timeoutMs?: number; contentType?: string } = {}): Promise<KubeResponse<T>> {
+  raw<T = unknown>(method: string, urlPath: string, opts: { body?: unknown; timeoutMs?: number; contentType?: string; signal?: AbortSignal | undefined } = {}): Promise<KubeResponse<T>> {
     const payload = opts.body === undefined ? undefined : Buffer.from(JSON.stringify(opts.body));
     return new Promise((resolve, reject) => {
       const req = https.request(
@@ -124,6 +124,7 @@ export class KubeClient {
             ...(payload ? { 'content-type': opts.contentType ?? 'application/json', 'content-length': payload.length } : {}),
           },
           timeout: opts.timeoutMs ?? 10_000,
+          signal: opts.signal,
         },
         (res) => {
           const chunks: Buffer[] = [];
@@ -148,7 +149,11 @@ export class KubeClient {
   }
 
   /** A request that must succeed (2xx); anything else is a KubeApiError. */
-  async call<T = unknown>(method: string, urlPath: string, opts: { body?: unknown; timeoutMs?: number; contentType?: string; okStatus?: number[] } = {}): Promise<KubeResponse<T>> {
+  async call<T = unknown>(
+    method: string,
+    urlPath: string,
+    opts: { body?: unknown; timeoutMs?: number; contentType?: string; okStatus?: number[]; signal?: AbortSignal | undefined } = {},
+  ): Promise<KubeResponse<T>> {
     const res = await this.raw<T>(method, urlPath, opts);
     if ((res.status >= 200 && res.status < 300) || opts.okStatus?.includes(res.status)) return res;
     const status = res.body as { reason?: string; message?: string } | string | undefined;

@@ -55,7 +55,8 @@ function nodeRegistration(n: NodeRegistration) {
   if (labels) kubelet['node-labels'] = labels;
   return {
     name: n.name,
-    taints: n.taints.map((t) => ({ key: t.key, ...(t.value !== undefined ? { value: t.value } : {}), effect: t.effect })),
+    // Left out when empty: kubeadm then applies its default (the control-plane taint on controllers, none on workers).
+    ...(n.taints.length ? { taints: n.taints.map((t) => ({ key: t.key, ...(t.value !== undefined ? { value: t.value } : {}), effect: t.effect })) } : {}),
     kubeletExtraArgs: args(kubelet),
     ...(n.ignorePreflightErrors?.length ? { ignorePreflightErrors: [...n.ignorePreflightErrors] } : {}),
   };

@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -27,18 +27,30 @@ afterAll(async () => {
   await root?.cleanup();
 });
 
+/**
+ * Runs the binary without blocking this process: the IMDS mock's output pipe is read here,
+ * and a blocked test process would stall the mock, and the agent with it.
+ */
+function run(args: string[], timeoutMs = 60_000): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((resolve) => {
+    execFile(BIN, args, { encoding: 'utf8', timeout: timeoutMs }, (error, stdout, stderr) => {
+      const code = error ? (typeof error.code === 'number' ? error.code : null) : 0;
+      resolve({ code, out: stdout, err: stderr });
+    });
+  });
+}
+
 function agent(config: string, ...args: string[]) {
   const file = path.join(root.dir, `config-${Math.random().toString(36).slice(2)}.yaml`);
   fs.writeFileSync(file, `aws: { imdsEndpoint: '${imds.endpoint}' }\n${config}`);
-  const r = spawnSync(BIN, [...args, '--root', root.dir, '--config', file], { encoding: 'utf8', timeout: 60_000 });
-  return { code: r.status, out: r.stdout, err: r.stderr };
+  return run([...args, '--root', root.dir, '--config', file]);
 }
 
 const line = (out: string, name: string) => out.split('\n').find((l) => new RegExp(`^\\s+(run |skip)\\s+${name}\\s`).test(l)) ?? '';
 
-describe('zdt-agent plan', () => {
-  it('a Neuron worker: neuron and worker-join run, etcd phases are skipped, terminate drains and self-deletes', () => {
-    const r = agent(`cluster: { name: prod, apiEndpoint: 'k8s.prod:6443' }\nnode: { role: worker }\nnotify: { snsTopicArn: 'arn:aws:sns:eu-central-1:123456789012:t' }\nboot: { launchLifecycleHook: launch }\n`, 'plan');
+describe('zdt-agent plan', async () => {
+  it('a Neuron worker: neuron and worker-join run, etcd phases are skipped, terminate drains and self-deletes', async () => {
+    const r = await agent(`cluster: { name: prod, apiEndpoint: 'k8s.prod:6443' }\nnode: { role: worker }\nnotify: { snsTopicArn: 'arn:aws:sns:eu-central-1:123456789012:t' }\nboot: { launchLifecycleHook: launch }\n`, 'plan');
     expect(r.code, r.err).toBe(0);
     expect(r.out).toContain('i-0aaaabbbbccccdddd inf2.xlarge in eu-central-1a');
     expect(line(r.out, 'neuron')).toMatch(/run .*inf2.xlarge has AWS Neuron devices/);
@@ -49,8 +61,8 @@ describe('zdt-agent plan', () => {
     expect(line(r.out, 'etcd-backup')).toMatch(/skip .*not a controller/);
   });
 
-  it('a controller on reboot: no backup, no etcd leave, no self-delete', () => {
-    const r = agent(`cluster: { name: prod }\nnode: { role: controller, controllerIndex: '00' }\netcd: { backup: { bucket: prod-backups } }\n`, 'plan', '--event', 'reboot');
+  it('a controller on reboot: no backup, no etcd leave, no self-delete', async () => {
+    const r = await agent(`cluster: { name: prod }\nnode: { role: controller, controllerIndex: '00' }\netcd: { backup: { bucket: prod-backups } }\n`, 'plan', '--event', 'reboot');
     expect(r.code, r.err).toBe(0);
     expect(r.out).toContain('terminate (event reboot) would:');
     expect(line(r.out, 'etcd-volume')).toMatch(/^\s+run /);
@@ -58,40 +70,41 @@ describe('zdt-agent plan', () => {
     expect(line(r.out, 'etcd-leave')).toMatch(/skip .*never on reboot/);
   });
 
-  it('an invalid config is reported before IMDS is asked, exit 2, no stack trace', () => {
-    const r = agent(`node: { role: worker }\netcd: {}\n`, 'plan');
+  it('an invalid config is reported before IMDS is asked, exit 2, no stack trace', async () => {
+    const r = await agent(`node: { role: worker }\netcd: {}\n`, 'plan');
     expect(r.code).toBe(2);
     expect(r.err.trim().split('\n')).toHaveLength(1);
     expect(r.err).toMatch(/^zdt-agent: ConfigInvalid: \d+ problems? in the configuration; first: /);
     expect(r.err).not.toMatch(/\n\s+at /);
   });
 
-  it('an unreachable IMDS ends in one line and exit 1 after a bounded wait', () => {
+  it('an unreachable IMDS ends in one line and exit 3 after a bounded wait', async () => {
     const file = path.join(root.dir, 'no-imds.yaml');
-    fs.writeFileSync(file, `aws: { imdsEndpoint: 'http://127.0.0.1:9' }\ncluster: { name: prod }\n`);
-    const r = spawnSync(BIN, ['plan', '--root', root.dir, '--config', file], { encoding: 'utf8', timeout: 120_000 });
-    expect(r.status).toBe(3);
-    expect(r.stderr).toMatch(/ImdsUnavailable: gave up waiting for IMDS .* check that IMDS is enabled/);
+    fs.writeFileSync(file, `aws: { imdsEndpoint: 'http://127.0.0.1:9', imdsTimeout: 3 }\ncluster: { name: prod }\n`);
+    const r = await run(['plan', '--root', root.dir, '--config', file]);
+    expect(r.code).toBe(3);
+    expect(r.err.trim().split('\n')).toHaveLength(1);
+    expect(r.err).toMatch(/ImdsUnavailable: gave up waiting for IMDS .* check that IMDS is enabled/);
   });
 });
 
-describe('zdt-agent config validate', () => {
-  it('prints every problem with path, source and hint, and exits 2', () => {
-    const r = agent(`cluster: { name: Bad_Name }\nnode: { role: worker, controllerIndex: '01' }\nterminate: { budget: 0, bogus: 1 }\n`, 'config', 'validate');
+describe('zdt-agent config validate', async () => {
+  it('prints every problem with path, source and hint, and exits 2', async () => {
+    const r = await agent(`cluster: { name: Bad_Name }\nnode: { role: worker, controllerIndex: '01' }\nterminate: { budget: 0, bogus: 1 }\n`, 'config', 'validate');
     expect(r.code).toBe(2);
     for (const p of ['cluster.name', 'node.controllerIndex', 'terminate.budget', 'terminate.bogus']) expect(r.out).toContain(`${p}: `);
     expect(r.out).toMatch(/hint: /);
     expect(r.err).toBe('zdt-agent: 4 problems in the configuration\n');
   });
 
-  it('says OK and names the sources of a valid config', () => {
-    const r = agent(`cluster: { name: prod }\nnode: { role: worker }\n`, 'config', 'validate');
+  it('says OK and names the sources of a valid config', async () => {
+    const r = await agent(`cluster: { name: prod }\nnode: { role: worker }\n`, 'config', 'validate');
     expect(r.code, r.err).toBe(0);
     expect(r.out).toMatch(/^config OK \(worker of cluster prod; sources: .*config-.*\.yaml\)/);
   });
 
-  it('reads user-data and tags from IMDS with --instance', () => {
-    const r = agent(`cluster: { name: prod }\nnode: { role: worker }\n`, 'config', 'validate', '--instance');
+  it('reads user-data and tags from IMDS with --instance', async () => {
+    const r = await agent(`cluster: { name: prod }\nnode: { role: worker }\n`, 'config', 'validate', '--instance');
     expect(r.code, r.err).toBe(0);
   });
 });

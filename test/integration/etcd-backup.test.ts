@@ -35,7 +35,7 @@ let etcdDir: string;
 const roots: TempRoot[] = [];
 
 const etcdctl = (endpoints: string, ...args: string[]) =>
-  execFileSync('etcdctl', [`--endpoints=${endpoints}`, ...args], { env: { ...process.env, ETCDCTL_API: '3' }, encoding: 'utf8' });
+  execFileSync('etcdctl', [`--endpoints=${endpoints}`, ...args], { env: { ...process.env, ETCDCTL_API: '3' }, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 
 async function newRoot(): Promise<TempRoot> {
   const r = await makeTempRoot();
@@ -59,7 +59,9 @@ async function objectBytes(key: string): Promise<Buffer> {
 
 async function untar(bytes: Buffer): Promise<Map<string, { data: Buffer; mode: number }>> {
   const files = new Map<string, { data: Buffer; mode: number }>();
-  for await (const e of readTar([bytes])) {
+  for await (const e of readTar((async function* () {
+    yield bytes;
+  })())) {
     const chunks: Buffer[] = [];
     for await (const c of e.body) chunks.push(c);
     files.set(e.name, { data: Buffer.concat(chunks), mode: e.mode });
@@ -285,13 +287,14 @@ describe('scheduled backups on a three-member etcd', () => {
     const listed = await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: 'etcd-backups/ha/hourly/' }));
     const keys = (listed.Contents ?? []).map((c) => c.Key!).sort().reverse();
     expect(keys[0]).toBe(done.backup.key);
-    // The new one and the 23 hours before it, then one per day for the 6 days before those.
+    // The new one and the 23 hours before it (reaching back into yesterday), then the newest
+    // of each day for 7 days: today and yesterday are covered by the hourly ones already.
     const hourly = keys.slice(0, 24);
     expect(hourly[23]).toBe(old[22]);
     const days = new Set(keys.map((k) => k.split('/').pop()!.slice(0, 8)));
     expect(days.size).toBe(7);
-    expect(keys).toHaveLength(24 + 6);
-    expect(done.deleted).toHaveLength(241 - 30);
+    expect(keys).toHaveLength(24 + 5);
+    expect(done.deleted).toHaveLength(241 - 29);
     const emergency = await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: 'etcd-backups/ha/emergency/' }));
     expect(emergency.KeyCount).toBe(1);
   });

@@ -7,7 +7,7 @@
 #   test/testbed/k8s/build.sh            # build if needed; prints the bin dir last
 #   ZDT_REBUILD=1 test/testbed/k8s/build.sh   # force a rebuild
 #
-# See README.md next to this file (first build: roughly 10-15 minutes on 2 cores).
+# See README.md next to this file (first build: about 6-8 minutes on 2 cores).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -81,7 +81,7 @@ done
 log "$(go version)"
 log "building kube-apiserver and kubeadm ${k8s_version} into ${bin_dir}"
 log "GOMODCACHE=${GOMODCACHE} GOCACHE=${GOCACHE}"
-log "the first build takes about 10-15 minutes on 2 cores; later builds reuse GOCACHE"
+log "first build: about 6-8 minutes on 2 cores; later builds reuse GOCACHE (seconds)"
 
 cd "${here}"
 start=${SECONDS}

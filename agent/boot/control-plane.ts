@@ -1,0 +1,231 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { AgentError } from '../errors.js';
+import { upsertStableName } from '../host/dns.js';
+import { renderEtcdPatch, renderInitConfig, renderJoinConfig } from '../host/kubeadm.js';
+import { ensureServiceRunning } from '../host/services.js';
+import { addSecret } from '../log/redact.js';
+import { isFirstController } from '../node.js';
+import {
+  caCertHash,
+  clusterCaCert,
+  installSharedPki,
+  newBootstrapToken,
+  readJoinToken,
+  SHARED_PKI_FILES,
+  uploadSharedPki,
+  writeBootstrapObject,
+} from './bootstrap.js';
+import { requireApiEndpoint } from './cluster.js';
+import type { BootContext, BootPhase, JoinMode, MountedVolume, PhaseOutcome } from './context.js';
+import { addThisMember, listMembers, type EtcdAccess } from './etcd-members.js';
+import { holdsEtcdData, readVolumeIdentity, volumeSettings, writeVolumeIdentity } from './etcd-volume.js';
+import { dirAvailableCheck, fileAvailableCheck, kubeadm, kubeFiles, removeStaleSlotNodes, writeKubeadmConfig, writePatch } from './kubeadm-run.js';
+import { clusterSettingsFor, nodeNameOf, nodeRegistrationFor, stableEtcdName } from './registration.js';
+
+/**
+ * A controller becomes part of the control plane in one of three ways (KubeZero's controller
+ * flow, unattended):
+ *
+ * - bootstrap: controller 00, no running cluster, blank etcd data: `kubeadm init`.
+ * - restore:   controller 00, no running cluster, etcd data on the volume (its predecessor's,
+ *              or restored from S3 by etcd-restore): the cluster's PKI, then `kubeadm init`
+ *              on the existing data (its phases write manifests and API objects, never etcd's
+ *              data directory).
+ * - join:      a running cluster: `kubeadm join --control-plane`; with stable names the
+ *              agent manages this slot's etcd member itself.
+ *
+ * A node that has joined before (kubelet.conf and the API server manifest exist) only makes
+ * sure kubelet runs.
+ */
+
+const ETCD_SLOTS = ['00', '01', '02', '03', '04'];
+const BIND_PORT = 6443;
+
+export const controlPlanePhase: BootPhase = {
+  name: 'control-plane',
+  budgetMs: (c) => (c.boot.controlPlaneWait + c.boot.kubeadmTimeout * 4 + c.boot.dnsWait + 900) * 1000,
+  run: async (ctx) => bringUpControlPlane(ctx),
+};
+
+async function bringUpControlPlane(ctx: BootContext): Promise<PhaseOutcome> {
+  const { config, log, identity } = ctx;
+  const files = kubeFiles(ctx);
+  const volume = ctx.shared.volume;
+  const version = ctx.shared.versions?.install;
+  if (!volume || !version) throw new AgentError('BootOrder', 'control-plane needs the etcd volume and the version decision', { hint: 'a bug: see the phase order' });
+
+  if (fs.existsSync(files.kubeletConf) && fs.existsSync(files.apiServerManifest)) {
+    ctx.shared.joinMode = 'already-joined';
+    const started = await ensureServiceRunning(ctx.exec, 'kubelet');
+    recordVersionOnVolume(volume, version);
+    return { detail: `already a control-plane node${started ? '; started kubelet' : ''}`, changed: started };
+  }
+
+  const first = isFirstController(config);
+  const hasData = holdsEtcdData(volume.dataDir);
+  const mode: JoinMode = first && !ctx.shared.apiReachable ? (hasData ? 'restore' : 'bootstrap') : 'join';
+  ctx.shared.joinMode = mode;
+  ctx.state.facts.joinMode = mode;
+  log.info('control-plane mode', {
+    mode,
+    why:
+      mode === 'join'
+        ? 'the control plane answers'
+        : `controller 00, no control plane answers, ${hasData ? 'etcd data on the volume' : 'blank etcd data'}`,
+  });
+
+  const stable = stableEtcdName(config);
+  if (stable && config.cluster?.route53ZoneId) {
+    await upsertStableName({
+      aws: ctx.aws,
+      zoneId: config.cluster.route53ZoneId,
+      name: stable,
+      ip: identity.privateIp,
+      resolveWaitMs: config.boot.dnsWait * 1000,
+      log,
+      signal: ctx.signal,
+    });
+  }
+  const pki = await installSharedPki(ctx);
+  if (pki.length) log.info('installed the cluster PKI from the bootstrap location', { files: pki.join(' ') });
+
+  if (mode === 'join') await joinControlPlane(ctx, volume, version, stable);
+  else await initControlPlane(ctx, volume, version, stable, mode === 'restore');
+
+  recordVersionOnVolume(volume, version);
+  const removed = await removeStaleSlotNodes(ctx, nodeNameOf(identity)).catch((err: Error) => {
+    log.warn('could not remove stale Node objects of this slot', { err: err.message });
+    return [] as string[];
+  });
+  const extra = removed.length ? `; removed stale Node ${removed.join(', ')}` : '';
+  return { detail: `${mode}: control plane ${version} on ${nodeNameOf(identity)}${stable ? ` (etcd ${stable})` : ''}${extra}`, changed: true };
+}
+
+function nodePathOf(ctx: BootContext, volume: MountedVolume): string {
+  const v = volumeSettings(ctx.config);
+  return path.posix.join(v.mountPoint, path.relative(volume.mountPoint, volume.dataDir));
+}
+
+async function initControlPlane(ctx: BootContext, volume: MountedVolume, version: string, stable: string | undefined, restore: boolean): Promise<void> {
+  const { config, identity, log } = ctx;
+  const dataDir = nodePathOf(ctx, volume);
+  if (restore) {
+    // Existing etcd data with a new CA would be a cluster nobody can talk to.
+    const missing = ['ca.crt', 'ca.key', 'etcd/ca.crt', 'etcd/ca.key', 'sa.key', 'sa.pub'].filter((f) => !fs.existsSync(ctx.paths.at(`/etc/kubernetes/pki/${f}`)));
+    if (missing.length) {
+      throw new AgentError('ClusterPkiMissing', `the etcd volume holds cluster data but the cluster's PKI is missing (${missing.join(', ')})`, {
+        hint: 'put the PKI at <cluster.bootstrap.s3Uri>/pki/ (or keep a backup with etcd.backup.bucket); the agent never pairs existing data with a new CA',
+      });
+    }
+  }
+  let token = await readJoinToken(ctx);
+  const generated = !token;
+  token ??= newBootstrapToken();
+  addSecret(token);
+  const ignore = restore ? [dirAvailableCheck(dataDir)] : [];
+  const initYaml = renderInitConfig({
+    node: nodeRegistrationFor(config, identity, ignore),
+    cluster: clusterSettingsFor(config, { kubernetesVersion: version, etcdDataDir: dataDir }),
+    advertiseAddress: identity.privateIp,
+    bindPort: BIND_PORT,
+    bootstrapToken: { token, ttl: config.cluster!.bootstrap.tokenTtl },
+  });
+  const file = writeKubeadmConfig(ctx, 'init.yaml', initYaml);
+  if (stable) {
+    const peerUrl = `https://${stable}:2380`;
+    writePatch(ctx, 'etcd+json.yaml', renderEtcdPatch({ name: stable, peerUrl, initialCluster: `${stable}=${peerUrl}`, initialClusterState: 'new' }));
+  }
+  await kubeadm(ctx, ['init', '--config', file, '--skip-token-print'], restore ? 'kubeadm init on the existing etcd data' : 'kubeadm init of a new cluster');
+
+  // Others join with what controller 00 used: publish what S3 does not have yet.
+  if (config.cluster?.bootstrap.s3Uri) {
+    const uploaded = await uploadSharedPki(ctx);
+    if (generated) await writeBootstrapObject(ctx, 'token', `${token}\n`);
+    if (uploaded.length || generated) log.info('published the bootstrap material', { pki: uploaded.join(' ') || 'none', token: generated });
+  } else if (generated) {
+    log.warn('no cluster.bootstrap.s3Uri: workers and other controllers cannot learn the join token');
+  }
+}
+
+async function joinControlPlane(ctx: BootContext, volume: MountedVolume, version: string, stable: string | undefined): Promise<void> {
+  const { config, identity, log } = ctx;
+  const ep = requireApiEndpoint(config);
+  const token = await readJoinToken(ctx);
+  const ca = await clusterCaCert(ctx);
+  if (!token || !ca) {
+    throw new AgentError('BootstrapMaterialMissing', `cannot join: the ${!token ? 'bootstrap token' : 'cluster CA'} is not at ${config.cluster?.bootstrap.s3Uri ?? '(no cluster.bootstrap.s3Uri)'}`, {
+      hint: 'controller 00 publishes pki/ and token to cluster.bootstrap.s3Uri after kubeadm init; check that it ran and that this role may read them',
+    });
+  }
+  const missing = SHARED_PKI_FILES.filter((f) => !fs.existsSync(ctx.paths.at(`/etc/kubernetes/pki/${f}`)));
+  if (missing.length) {
+    throw new AgentError('ClusterPkiMissing', `a joining controller needs the shared cluster PKI; missing ${missing.join(', ')}`, {
+      hint: 'check <cluster.bootstrap.s3Uri>/pki/ and the instance role',
+    });
+  }
+  const dataDir = nodePathOf(ctx, volume);
+  const ignore: string[] = [dirAvailableCheck(dataDir)];
+  const controlPlane = { advertiseAddress: identity.privateIp, bindPort: BIND_PORT };
+  const skip: string[] = [];
+
+  if (stable) {
+    // kubeadm would add this member under its IP; with a stable name the agent does it and
+    // writes etcd's manifest through `kubeadm init phase etcd local` plus the name patch.
+    const clusterYaml = writeKubeadmConfig(
+      ctx,
+      'cluster.yaml',
+      renderInitConfig({
+        node: nodeRegistrationFor(config, identity),
+        cluster: clusterSettingsFor(config, { kubernetesVersion: version, etcdDataDir: dataDir }),
+        advertiseAddress: identity.privateIp,
+        bindPort: BIND_PORT,
+      }),
+    );
+    await kubeadm(ctx, ['init', 'phase', 'certs', 'etcd-healthcheck-client', '--config', clusterYaml], 'the etcd client certificate');
+    const pki = (f: string) => ctx.paths.at(`/etc/kubernetes/pki/etcd/${f}`);
+    const access: EtcdAccess = {
+      endpoints: ETCD_SLOTS.filter((s) => s !== config.node.controllerIndex).map((s) => `https://${stableEtcdName(config, s)}:2379`),
+      tls: { cacert: pki('ca.crt'), cert: pki('healthcheck-client.crt'), key: pki('healthcheck-client.key') },
+    };
+    const peerUrl = `https://${stable}:2380`;
+    let initialCluster: string;
+    if (holdsEtcdData(volume.dataDir)) {
+      // The predecessor's volume: the same member with its data; etcd rejoins as itself.
+      const members = await listMembers(ctx.exec, access);
+      if (!members.some((m) => m.peerUrls.includes(peerUrl))) {
+        throw new AgentError('EtcdMemberMissing', `the volume holds etcd data of ${stable}, but the cluster has no member with ${peerUrl}`, {
+          hint: 'the member was removed while its volume was kept; move the old data aside (it is stale) and boot again to join as a new member',
+        });
+      }
+      initialCluster = members.map((m) => `${m.name || stable}=${m.peerUrls[0]}`).join(',');
+      log.info('the etcd volume holds this slot member\'s data; rejoining as that member', { member: stable });
+    } else {
+      initialCluster = (await addThisMember({ exec: ctx.exec, access, name: stable, peerUrl, log })).initialCluster;
+    }
+    writePatch(ctx, 'etcd+json.yaml', renderEtcdPatch({ name: stable, peerUrl, initialCluster, initialClusterState: 'existing' }));
+    await kubeadm(ctx, ['init', 'phase', 'etcd', 'local', '--config', clusterYaml], "etcd's static pod with the stable name");
+    ignore.push(fileAvailableCheck('/etc/kubernetes/manifests/etcd.yaml'));
+    skip.push('control-plane-join/etcd');
+  }
+
+  const joinYaml = writeKubeadmConfig(
+    ctx,
+    'join.yaml',
+    renderJoinConfig({
+      node: nodeRegistrationFor(config, identity, ignore),
+      apiServerEndpoint: ep.hostPort,
+      token,
+      caCertHashes: [caCertHash(ca)],
+      controlPlane,
+    }),
+  );
+  await kubeadm(ctx, ['join', '--config', joinYaml, ...(skip.length ? [`--skip-phases=${skip.join(',')}`] : [])], 'kubeadm join --control-plane');
+}
+
+/** The version the cluster on this volume runs: what a replacement controller 00 starts with when the API is down. */
+function recordVersionOnVolume(volume: MountedVolume, version: string): void {
+  const id = readVolumeIdentity(volume.mountPoint);
+  if (!id || id.kubernetesVersion === version) return;
+  writeVolumeIdentity(volume.mountPoint, { ...id, kubernetesVersion: version });
+}

@@ -1,0 +1,95 @@
+import { AgentError } from '../errors.js';
+import type { Exec } from '../host/exec.js';
+import type { Logger } from '../log/logger.js';
+
+/**
+ * etcd membership for a joining controller, through etcdctl (v3 API): find the member of this
+ * slot, remove a stale one only when the rest keep quorum, add this one.
+ */
+
+export interface EtcdAccess {
+  endpoints: readonly string[];
+  /** Client TLS (kubeadm's etcd CA and healthcheck-client certificate); omitted for plain HTTP. */
+  tls?: { cacert: string; cert: string; key: string } | undefined;
+}
+
+export interface EtcdMember {
+  /** Hex id, as etcdctl prints and takes it. */
+  id: string;
+  name: string;
+  started: boolean;
+  peerUrls: string[];
+  clientUrls: string[];
+}
+
+function base(a: EtcdAccess): string[] {
+  const args = [`--endpoints=${a.endpoints.join(',')}`, '--dial-timeout=5s', '--command-timeout=15s'];
+  if (a.tls) args.push(`--cacert=${a.tls.cacert}`, `--cert=${a.tls.cert}`, `--key=${a.tls.key}`);
+  return args;
+}
+
+const env = { ETCDCTL_API: '3' };
+
+/** Parses `etcdctl member list -w simple`: `id, started|unstarted, name, peers, clients[, learner]`. */
+export function parseMemberList(text: string): EtcdMember[] {
+  return text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean)
+    .map((l) => {
+      const [id = '', status = '', name = '', peers = '', clients = ''] = l.split(', ');
+      return { id, name, started: status === 'started', peerUrls: peers.split(',').filter(Boolean), clientUrls: clients.split(',').filter(Boolean) };
+    });
+}
+
+export async function listMembers(exec: Exec, a: EtcdAccess): Promise<EtcdMember[]> {
+  const r = await exec('etcdctl', [...base(a), 'member', 'list', '-w', 'simple'], { timeoutMs: 30_000, env, hint: 'check that the etcd members answer on their client URLs' });
+  return parseMemberList(r.stdout);
+}
+
+/** Endpoints that answer `endpoint health`. */
+export async function healthyEndpoints(exec: Exec, a: EtcdAccess, endpoints: readonly string[]): Promise<string[]> {
+  if (endpoints.length === 0) return [];
+  const r = await exec('etcdctl', [...base({ ...a, endpoints }), 'endpoint', 'health', '-w', 'json'], { timeoutMs: 30_000, env, okExitCodes: [1] });
+  try {
+    const list = JSON.parse(r.stdout) as Array<{ endpoint: string; health: boolean }>;
+    return list.filter((e) => e.health).map((e) => e.endpoint);
+  } catch {
+    return [];
+  }
+}
+
+export const quorumOf = (members: number) => Math.floor(members / 2) + 1;
+
+/**
+ * Makes this slot's member ready to start with an empty data dir: a stale member of the slot
+ * (same peer URL, data lost with its instance) is removed first, only when the remaining
+ * members that answer keep quorum; then the member is added. Returns the initial cluster
+ * string for the new member's `--initial-cluster`.
+ */
+export async function addThisMember(o: { exec: Exec; access: EtcdAccess; name: string; peerUrl: string; log: Logger }): Promise<{ initialCluster: string; removedStale: boolean }> {
+  let members = await listMembers(o.exec, o.access);
+  let removedStale = false;
+  const stale = members.find((m) => m.peerUrls.includes(o.peerUrl));
+  if (stale) {
+    const rest = members.filter((m) => m.id !== stale.id);
+    const healthy = await healthyEndpoints(o.exec, o.access, rest.flatMap((m) => m.clientUrls));
+    const healthyMembers = rest.filter((m) => m.clientUrls.some((u) => healthy.includes(u)));
+    // After the removal the cluster has rest.length members; the healthy ones must be a quorum of that.
+    if (healthyMembers.length < quorumOf(rest.length)) {
+      throw new AgentError(
+        'EtcdQuorumAtRisk',
+        `the stale member ${stale.name || stale.id} of this slot cannot be removed: only ${healthyMembers.length} of the other ${rest.length} members are healthy`,
+        { hint: 'bring the other controllers back first; removing a member now could lose quorum' },
+      );
+    }
+    o.log.warn('removing the stale etcd member of this slot (its data is gone)', { member: stale.name || stale.id, id: stale.id });
+    await o.exec('etcdctl', [...base(o.access), 'member', 'remove', stale.id], { timeoutMs: 30_000, env });
+    removedStale = true;
+    members = rest;
+  }
+  o.log.info('adding this etcd member', { name: o.name, peerUrl: o.peerUrl });
+  await o.exec('etcdctl', [...base(o.access), 'member', 'add', o.name, `--peer-urls=${o.peerUrl}`], { timeoutMs: 30_000, env });
+  const initialCluster = [...members.filter((m) => m.name).map((m) => `${m.name}=${m.peerUrls[0]}`), `${o.name}=${o.peerUrl}`].join(',');
+  return { initialCluster, removedStale };
+}

@@ -1,0 +1,23 @@
+import path from 'node:path';
+import type { GlobalOptions } from '../cli.js';
+import { buildContext } from '../context.js';
+import { ExitCode } from '../errors.js';
+import { syncSsh } from '../ssh/sync.js';
+
+/**
+ * `zdt-agent ssh-users sync` (root, periodic): refresh the key cache from IAM and, in
+ * per-user mode, create and remove the local accounts of group members.
+ */
+export async function runSshUsersSync(args: GlobalOptions): Promise<number> {
+  const ctx = await buildContext(args, { instance: 'cached' });
+  const r = await syncSsh(ctx, args.config ? path.resolve(args.config) : null);
+  const keys = r.snapshot.members.reduce((n, m) => n + (m.keys?.length ?? 0), 0);
+  const lines = [`group ${r.snapshot.group}: ${r.snapshot.members.length} members, ${keys} active keys; cache ${r.cacheFile}`];
+  if (r.users) {
+    const u = r.users;
+    lines.push(`accounts: created ${u.created.join(' ') || '-'}; removed ${u.removed.join(' ') || '-'}; not ours, left alone ${u.unmanaged.join(' ') || '-'}`);
+    for (const f of u.failed) lines.push(`failed: ${f.user}: ${f.error}`);
+  }
+  process.stdout.write(`${lines.join('\n')}\n`);
+  return r.users && r.users.failed.length > 0 ? ExitCode.failed : ExitCode.ok;
+}

