@@ -1,0 +1,79 @@
+import { DescribeVolumesCommand } from '@aws-sdk/client-ec2';
+import { ListBucketsCommand } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { awsSchema } from '../../agent/config/schema.js';
+import { makeAws } from '../../agent/host/aws.js';
+import { Imds } from '../../agent/host/imds.js';
+import { silentLogger } from '../../agent/log/logger.js';
+import { startFidelityProxy, type FidelityProxy } from '../testbed/fidelity-proxy.js';
+import { startImds, type Imds as ImdsServer } from '../testbed/imds.js';
+import { startMoto, type Moto } from '../testbed/moto.js';
+
+/** The AWS client factory against moto (behind the fidelity proxy) and the IMDS mock. */
+
+let moto: Moto;
+let proxy: FidelityProxy;
+let imdsServer: ImdsServer;
+beforeAll(async () => {
+  process.env.AWS_ACCESS_KEY_ID = 'test';
+  process.env.AWS_SECRET_ACCESS_KEY = 'test';
+  [moto, imdsServer] = await Promise.all([
+    startMoto(),
+    startImds({ instanceId: 'i-0123456789abcdef0', region: 'ap-southeast-2', availabilityZone: 'ap-southeast-2a', instanceType: 'm6i.large', privateIp: '10.0.0.1' }),
+  ]);
+  proxy = await startFidelityProxy({ target: moto.endpoint });
+});
+afterAll(async () => {
+  await proxy?.stop();
+  await moto?.stop();
+  await imdsServer?.stop();
+});
+
+const awsConfig = (extra: object) => awsSchema.parse({ maxAttempts: 3, ...extra });
+
+describe('AWS client factory', () => {
+  it('takes the region from IMDS when the config names none, and creates each client once', async () => {
+    const imds = new Imds({ endpoint: imdsServer.endpoint, log: silentLogger });
+    let lookups = 0;
+    const aws = makeAws({
+      aws: awsConfig({ endpoint: proxy.endpoint }),
+      region: async () => {
+        lookups++;
+        return (await imds.identityDocument()).region;
+      },
+    });
+    const ec2 = await aws.ec2();
+    expect(await ec2.config.region()).toBe('ap-southeast-2');
+    expect(await aws.ec2()).toBe(ec2);
+    await aws.s3();
+    expect(lookups).toBe(1);
+    const out = await ec2.send(new DescribeVolumesCommand({}));
+    expect(out.Volumes).toEqual([]);
+  });
+
+  it('a per-service endpoint wins over the common one (VPC endpoints)', async () => {
+    const aws = makeAws({
+      aws: awsConfig({ region: 'eu-west-1', endpoint: 'http://127.0.0.1:9', endpoints: { s3: proxy.endpoint }, s3ForcePathStyle: true }),
+      region: async () => 'unused',
+    });
+    const s3 = await aws.s3();
+    expect((await s3.send(new ListBucketsCommand({}))).Buckets ?? []).toEqual([]);
+  });
+
+  it('retries throttling (adaptive mode) and succeeds', async () => {
+    proxy.inject({ action: 'DescribeVolumes', kind: 'throttle', times: 2 });
+    const aws = makeAws({ aws: awsConfig({ region: 'eu-west-1', endpoint: proxy.endpoint }), region: async () => 'unused' });
+    const out = await (await aws.ec2()).send(new DescribeVolumesCommand({}));
+    expect(out.Volumes).toEqual([]);
+    proxy.clearFaults();
+  });
+
+  it('a hanging call ends at the request timeout instead of waiting forever', async () => {
+    proxy.inject({ action: 'DescribeVolumes', kind: 'hang' });
+    const aws = makeAws({ aws: awsConfig({ region: 'eu-west-1', endpoint: proxy.endpoint, requestTimeoutMs: 500, maxAttempts: 1 }), region: async () => 'unused' });
+    const started = Date.now();
+    await expect((await aws.ec2()).send(new DescribeVolumesCommand({}))).rejects.toThrow();
+    expect(Date.now() - started).toBeLessThan(20_000);
+    proxy.clearFaults();
+  });
+});
