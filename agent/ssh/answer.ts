@@ -57,7 +57,7 @@ function checkedKeys(keys: readonly PublicKey[] | undefined): PublicKey[] {
   const out: PublicKey[] = [];
   for (const k of keys ?? []) {
     const r = checkBlob(k.type, k.blob);
-    if (r.ok) out.push(r.key);
+    if (r.ok) out.push({ ...r.key, sha256: k.sha256 });
   }
   return out;
 }

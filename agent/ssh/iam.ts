@@ -2,7 +2,7 @@ import { GetGroupCommand, GetSSHPublicKeyCommand, ListSSHPublicKeysCommand, type
 import { AgentError, DeadlineError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import type { GroupSnapshot, Member } from './cache.js';
-import { parsePublicKey, type PublicKey } from './keys.js';
+import { parsePublicKey, withFingerprint, type PublicKey } from './keys.js';
 
 /**
  * The cold path: read the group's members and their active keys from IAM. Any API error
@@ -128,7 +128,7 @@ async function activeKey(o: FetchOptions, user: string, id: string, call: Call):
     o.log.warn('ignoring an IAM SSH key', { user, keyId: id, why: parsed.problem });
     return undefined;
   }
-  return parsed.key;
+  return withFingerprint(parsed.key);
 }
 
 /** Run `f` over `items`, at most `limit` at a time; the first failure rejects (the rest finish unobserved). */

@@ -1,5 +1,3 @@
-import { createHash } from 'node:crypto';
-
 /**
  * OpenSSH public keys from IAM, checked down to the wire format and written out again from
  * the parsed parts. Nothing of the uploaded text survives except the key type and the
@@ -26,6 +24,11 @@ const RSA_MAX_BITS = 16384;
 export interface PublicKey {
   type: KeyType;
   blob: string;
+  /**
+   * Its SHA256 fingerprint, stored by the cache writer so that the hot path can name the
+   * owner of an offered key without loading node:crypto (which costs more than the rest).
+   */
+  sha256?: string | undefined;
 }
 
 export type KeyProblem =
@@ -154,15 +157,23 @@ export function keyLine(key: PublicKey, options: string, comment: string): strin
   return `${options ? `${options} ` : ''}${key.type} ${key.blob} ${comment}`;
 }
 
+/** node:crypto, loaded on first use only (see PublicKey.sha256). */
+const hash = (algorithm: 'sha256' | 'md5', key: PublicKey) =>
+  process.getBuiltinModule('node:crypto').createHash(algorithm).update(Buffer.from(key.blob, 'base64'));
+
 /** `SHA256:…` as ssh-keygen -l and sshd's %f print it. */
 export function fingerprintSha256(key: PublicKey): string {
-  return `SHA256:${createHash('sha256').update(Buffer.from(key.blob, 'base64')).digest('base64').replace(/=+$/, '')}`;
+  return key.sha256 ?? `SHA256:${hash('sha256', key).digest('base64').replace(/=+$/, '')}`;
 }
 
 /** `MD5:aa:bb:…`, for sshd configured with FingerprintHash md5. */
 export function fingerprintMd5(key: PublicKey): string {
-  const hex = createHash('md5').update(Buffer.from(key.blob, 'base64')).digest('hex');
-  return `MD5:${hex.match(/../g)?.join(':')}`;
+  return `MD5:${hash('md5', key).digest('hex').match(/../g)?.join(':')}`;
+}
+
+/** The key with its SHA256 fingerprint, as the cache stores it. */
+export function withFingerprint(key: PublicKey): PublicKey {
+  return { type: key.type, blob: key.blob, sha256: fingerprintSha256({ type: key.type, blob: key.blob }) };
 }
 
 const FINGERPRINT = /^(SHA256:[A-Za-z0-9+/]{43}|MD5:([0-9a-f]{2}:){15}[0-9a-f]{2})$/;

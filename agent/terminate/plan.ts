@@ -5,7 +5,9 @@ export type ShutdownEvent = 'reboot' | 'stop' | 'terminate' | 'unknown';
 
 /**
  * The terminate steps in order, and for an event whether each applies and why. Shared by
- * the terminate command and `zdt-agent plan --event`.
+ * the terminate runner (terminate/run.ts acts on exactly these decisions) and
+ * `zdt-agent plan --event`. What only the run can know (how many etcd members there are,
+ * whether a lifecycle hook holds the instance) is decided by the step itself and logged.
  */
 export function planTerminate({ config, identity }: NodeFacts, event: ShutdownEvent): PhaseDecision[] {
   const role = config.node.role;
@@ -37,15 +39,17 @@ export function planTerminate({ config, identity }: NodeFacts, event: ShutdownEv
           : `a ${event} comes back: the Node object is kept`,
   );
   const ctl = isController(config);
+  // An unknown shutdown may be the last one: a backup changes nothing and may save the cluster.
+  const backupEvent = event === 'terminate' || event === 'stop' || event === 'unknown';
   add(
     'etcd-backup',
-    ctl && (event === 'terminate' || event === 'stop') && !!config.etcd?.backup.bucket,
+    ctl && backupEvent && !!config.etcd?.backup.bucket,
     !ctl
       ? 'not a controller'
       : !config.etcd?.backup.bucket
         ? 'no etcd.backup.bucket configured'
-        : event === 'terminate' || event === 'stop'
-          ? `if etcd has a single member: emergency backup to s3://${config.etcd.backup.bucket}/${config.etcd.backup.prefix}/${config.cluster?.name}/emergency/`
+        : backupEvent
+          ? `if etcd has a single member: emergency backup to s3://${config.etcd.backup.bucket}/${config.etcd.backup.prefix}/${config.cluster?.name}/emergency/ within ${t.backupTimeout}s`
           : `no backup on ${event}`,
   );
   add(
@@ -53,10 +57,15 @@ export function planTerminate({ config, identity }: NodeFacts, event: ShutdownEv
     ctl && event === 'terminate',
     !ctl ? 'not a controller' : event === 'terminate' ? 'if etcd has several members: remove this member, only when the rest keep quorum' : `never on ${event}`,
   );
+  const terminating = event === 'terminate' || event === 'unknown';
   add(
     'lifecycle',
-    !!identity.asgName,
-    identity.asgName ? `if a terminating lifecycle hook holds the instance: heartbeats, then CONTINUE on ${identity.asgName}` : 'not in an Auto Scaling group',
+    !!identity.asgName && terminating,
+    !identity.asgName
+      ? 'not in an Auto Scaling group'
+      : terminating
+        ? `if ${identity.asgName} has a terminating lifecycle hook: heartbeats every ${t.heartbeatInterval}s, then CONTINUE (also when time runs out)`
+        : `a ${event} holds no terminating lifecycle hook`,
   );
   add('notify', !!config.notify.snsTopicArn, config.notify.snsTopicArn ? `terminate.started / terminate.finished to ${config.notify.snsTopicArn}` : 'no notify.snsTopicArn configured');
   return steps;
