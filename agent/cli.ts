@@ -49,7 +49,7 @@ export async function runCli(argv: string[]): Promise<number> {
       'terminate',
       'Retire this node at shutdown: classify, drain, back up, notify (run by OpenRC)',
       (y: Argv) => y.option('event', { choices: ['reboot', 'stop', 'terminate', 'unknown'] as const, describe: 'Skip classification' }),
-      wrap(notImplemented('terminate', 'the terminate issue (#6)')),
+      wrap(async (a) => (await import('./commands/terminate.js')).runTerminateCommand(a)),
     )
     .command(
       'ssh-keys <user> [fingerprint]',
@@ -68,8 +68,13 @@ export async function runCli(argv: string[]): Promise<number> {
       y
         .positional('action', { choices: ['backup', 'restore'] as const, demandOption: true })
         .option('from', { type: 'string', describe: "restore: 'latest' or an S3 key", default: 'latest' })
-        .option('data-dir', { type: 'string', describe: 'restore: etcd data directory to create' }),
-      wrap(notImplemented('etcd', 'the terminate issue (#6)')),
+        .option('data-dir', { type: 'string', describe: 'restore: etcd data directory (must hold no member/ yet)' })
+        .option('member-name', { type: 'string', describe: "restore: this member's etcd name (default: the backed-up member's)" })
+        .option('peer-url', { type: 'string', describe: "restore: this member's peer URL (default: the backed-up member's)" })
+        .option('initial-cluster', { type: 'string', describe: 'restore: --initial-cluster (default: this member alone)' })
+        .option('cluster-token', { type: 'string', describe: 'restore: --initial-cluster-token (default: the cluster name)' })
+        .option('pki-only', { type: 'boolean', describe: 'restore: PKI and kubeadm config only, no snapshot' }),
+      wrap(async (a) => (await import('./commands/etcd.js')).runEtcd(a)),
     )
     .command('status', 'Show what the last boot and terminate did, phase by phase', {}, wrap(async (a) => (await import('./commands/status.js')).runStatus(a)))
     .command(

@@ -104,7 +104,7 @@ export async function waitForControlPlane(ctx: BootContext, ep: ApiEndpoint): Pr
     code: 'ControlPlaneWaitTimeout',
     hint: `check that the controllers are up and the API load balancer forwards ${ep.hostPort}; boot.controlPlaneWait bounds this wait`,
     retryable: (err) => !(err instanceof AgentError && err.code === 'ClusterCaMissing'),
-    check: async () => {
+    check: async (attempt) => {
       creds ??= await apiCredentials(ctx, ep);
       if (!creds) {
         throw new AgentError('ClusterCaMissing', 'the cluster CA certificate is not known, so the API server cannot be verified', {
@@ -113,7 +113,8 @@ export async function waitForControlPlane(ctx: BootContext, ep: ApiEndpoint): Pr
       }
       const p = await probeApi(ep, creds);
       if (p.ready && p.version) return { version: p.version };
-      if (p.problem !== lastProblem) ctx.log.debug('control plane not ready', { problem: p.problem });
+      if (attempt === 1) ctx.log.info('waiting for the control plane', { url: ep.url, limitS: ctx.config.boot.controlPlaneWait, problem: p.problem });
+      else if (p.problem !== lastProblem) ctx.log.debug('control plane not ready', { problem: p.problem });
       lastProblem = p.problem ?? '';
       throw new Error(p.problem ?? 'not ready');
     },

@@ -1,6 +1,7 @@
 import { AgentError } from '../errors.js';
 import type { Exec } from '../host/exec.js';
 import type { Logger } from '../log/logger.js';
+import { waitFor } from '../host/retry.js';
 
 /**
  * etcd membership for a joining controller, through etcdctl (v3 API): find the member of this
@@ -84,12 +85,44 @@ export async function addThisMember(o: { exec: Exec; access: EtcdAccess; name: s
       );
     }
     o.log.warn('removing the stale etcd member of this slot (its data is gone)', { member: stale.name || stale.id, id: stale.id });
-    await o.exec('etcdctl', [...base(o.access), 'member', 'remove', stale.id], { timeoutMs: 30_000, env });
+    await reconfigure(o, ['member', 'remove', stale.id]);
     removedStale = true;
     members = rest;
   }
   o.log.info('adding this etcd member', { name: o.name, peerUrl: o.peerUrl });
-  await o.exec('etcdctl', [...base(o.access), 'member', 'add', o.name, `--peer-urls=${o.peerUrl}`], { timeoutMs: 30_000, env });
+  await reconfigure(o, ['member', 'add', o.name, `--peer-urls=${o.peerUrl}`]);
   const initialCluster = [...members.filter((m) => m.name).map((m) => `${m.name}=${m.peerUrls[0]}`), `${o.name}=${o.peerUrl}`].join(',');
   return { initialCluster, removedStale };
+}
+
+/**
+ * A membership change. etcd's strict reconfiguration check answers "unhealthy cluster" until
+ * every member has been connected for a few seconds (after a start, a restart, or the previous
+ * change), and an add right after a remove can meet "member not found": both are retried,
+ * bounded. An answer that says the change is in place already (a retried call whose first
+ * attempt went through) counts as done.
+ */
+async function reconfigure(o: { exec: Exec; access: EtcdAccess; log: Logger }, args: string[]): Promise<void> {
+  const adding = args[1] === 'add';
+  const inPlace = adding ? /Peer URLs already exists/i : /member not found/i;
+  await waitFor({
+    what: `etcd to accept 'etcdctl ${args.slice(0, 2).join(' ')}'`,
+    timeoutMs: 60_000,
+    initialDelayMs: 1000,
+    maxDelayMs: 5000,
+    progressEveryMs: 15_000,
+    log: o.log,
+    code: 'EtcdReconfigureTimeout',
+    hint: 'check that every etcd member is healthy (etcdctl endpoint health --cluster)',
+    retryable: (err) => new RegExp(`unhealthy cluster|too many learner|not enough started members${adding ? '|member not found' : ''}`, 'i').test((err as Error).message),
+    check: async (attempt) => {
+      try {
+        await o.exec('etcdctl', [...base(o.access), ...args], { timeoutMs: 30_000, env });
+      } catch (err) {
+        if (attempt > 1 && inPlace.test((err as Error).message)) return true;
+        throw err;
+      }
+      return true;
+    },
+  });
 }

@@ -92,7 +92,7 @@ async function setUpEtcdVolume(ctx: BootContext): Promise<PhaseOutcome> {
     if (dev && m && m.majorMinor === majorMinorOf(dev.device)) {
       checkIdentity(mountPoint, cluster, known, log, { instanceId: identity.instanceId });
       ensureDataDir(dataDir);
-      const grew = await growIfEnlarged({ exec, device: dev.device, mountPoint, type: m.fsType, log });
+      const grew = await grow(ctx, dev.device, mountPoint, m.fsType);
       ctx.shared.volume = { volumeId: known, device: dev.device, mountPoint, dataDir, formatted: false };
       return { detail: `${known} mounted at ${v.mountPoint}${grew ? ' (filesystem grown)' : ''}`, changed: grew };
     }
@@ -166,7 +166,7 @@ async function setUpEtcdVolume(ctx: BootContext): Promise<PhaseOutcome> {
     throw err;
   }
   ensureDataDir(dataDir);
-  const grew = await growIfEnlarged({ exec, device, mountPoint, type: fsType, log });
+  const grew = await grow(ctx, device, mountPoint, fsType);
 
   const result: MountedVolume = { volumeId, device, mountPoint, dataDir, formatted };
   ctx.shared.volume = result;
@@ -202,6 +202,13 @@ function checkIdentity(mountPoint: string, cluster: string, volumeId: string, lo
     createdAt: id?.createdAt ?? new Date().toISOString(),
     createdBy: id?.createdBy ?? create.instanceId,
   });
+}
+
+async function grow(ctx: BootContext, device: string, mountPoint: string, type: string): Promise<boolean> {
+  const checked = ctx.state.facts.etcdDeviceBytes;
+  const r = await growIfEnlarged({ exec: ctx.exec, device, mountPoint, type, log: ctx.log, checkedBytes: typeof checked === 'number' ? checked : undefined });
+  ctx.state.facts.etcdDeviceBytes = r.deviceBytes;
+  return r.grew;
 }
 
 function ensureDataDir(dataDir: string): void {

@@ -6,7 +6,8 @@ import { restoreBackup } from '../etcd/restore.js';
 import { scheduledBackup } from '../etcd/scheduled.js';
 
 export interface EtcdArgs extends GlobalOptions {
-  action: 'backup' | 'restore';
+  /** yargs allows only 'backup' and 'restore'. */
+  action?: unknown;
   from?: string | undefined;
   dataDir?: string | undefined;
   memberName?: string | undefined;
@@ -20,7 +21,7 @@ export interface EtcdArgs extends GlobalOptions {
 export async function runEtcd(args: EtcdArgs): Promise<number> {
   const ctx = await buildContext(args, { instance: 'cached' });
   if (!isController(ctx.config) || !ctx.config.etcd) {
-    throw new ConfigError('NotAController', `etcd ${args.action} runs on controllers; this node is a ${ctx.config.node.role}`, { hint: 'check node.role and the etcd section' });
+    throw new ConfigError('NotAController', `etcd ${String(args.action)} runs on controllers; this node is a ${ctx.config.node.role}`, { hint: 'check node.role and the etcd section' });
   }
   if (args.action === 'backup') {
     const limitS = ctx.config.etcd.backup.timeout;

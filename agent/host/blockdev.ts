@@ -229,22 +229,35 @@ export function filesystemBytes(device: string, type: string): number | undefine
 /** An enlarged EBS volume grows by at least 1 GiB; smaller gaps are alignment slack. */
 const GROW_THRESHOLD = 16 * 1024 * 1024;
 
-/** Grows a mounted filesystem to its device when the volume was enlarged; returns whether it grew. */
-export async function growIfEnlarged(o: { exec: Exec; device: string; mountPoint: string; type: string; log: Logger }): Promise<boolean> {
+/**
+ * Grows a mounted filesystem to its device when the volume was enlarged. `checkedBytes` is the
+ * device size at which the filesystem was last known to fill the device: while the device has
+ * that size nothing is read (the superblock on the block device may be stale in the page cache
+ * after an online grow, which writes through the filesystem's own buffers).
+ */
+export async function growIfEnlarged(o: {
+  exec: Exec;
+  device: string;
+  mountPoint: string;
+  type: string;
+  log: Logger;
+  checkedBytes?: number | undefined;
+}): Promise<{ grew: boolean; deviceBytes: number }> {
   const dev = deviceBytes(o.device);
+  if (o.checkedBytes === dev) return { grew: false, deviceBytes: dev };
   const fsb = filesystemBytes(o.device, o.type);
   if (fsb === undefined) {
     o.log.warn('cannot read the filesystem size; not growing', { device: o.device, type: o.type });
-    return false;
+    return { grew: false, deviceBytes: dev };
   }
-  if (dev - fsb <= GROW_THRESHOLD) return false;
+  if (dev - fsb <= GROW_THRESHOLD) return { grew: false, deviceBytes: dev };
   o.log.info('the volume was enlarged; growing the filesystem', { device: o.device, deviceBytes: dev, filesystemBytes: fsb });
   if (o.type === 'xfs') {
     await o.exec('xfs_growfs', [o.mountPoint], { timeoutMs: 300_000 });
   } else if (o.type.startsWith('ext')) {
-    await o.exec('resize2fs', [o.device], { timeoutMs: 300_000 });
+    await o.exec('resize2fs', [o.device], { timeoutMs: 300_000, hint: 'online ext4 growth needs CAP_SYS_RESOURCE and a kernel with online resize' });
   } else {
     throw new AgentError('FilesystemNotGrowable', `cannot grow a ${o.type} filesystem on ${o.device}`, { hint: 'grow it by hand' });
   }
-  return true;
+  return { grew: true, deviceBytes: dev };
 }

@@ -29,7 +29,9 @@ export function checkLogin(req: Request, settings: SshSettings | undefined, path
   if (settings.ssh.mode === 'shared') {
     return req.user === settings.ssh.sharedUser ? undefined : { user: req.user, outcome: 'not-shared-user', offered: req.fingerprint };
   }
-  const uid = req.user === 'root' ? 0 : passwdUid(paths, req.user);
+  // An IAM user named root never becomes root, whatever ssh.minUid says.
+  if (req.user === 'root') return { user: req.user, outcome: 'system-user', detail: 'root', offered: req.fingerprint };
+  const uid = passwdUid(paths, req.user);
   if (uid !== undefined && uid < settings.ssh.minUid) {
     return { user: req.user, outcome: 'system-user', detail: `uid ${uid} is below ssh.minUid ${settings.ssh.minUid}`, offered: req.fingerprint };
   }

@@ -43,10 +43,10 @@ export interface AuditRecord {
 const LOGGER_BIN = '/usr/bin/logger';
 const LOGGER_TIMEOUT_MS = 1000;
 
-/** Printable ASCII only: the values come from sshd arguments and IAM. */
+/** Printable ASCII only (the values come from sshd arguments and IAM); quotes and backslashes escaped. */
 function clean(v: string, max = 96): string {
-  const s = v.length > max ? `${v.slice(0, max)}…` : v;
-  return s.replace(/[^\x21-\x7e]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  const s = v.length > max ? `${v.slice(0, max)}...` : v;
+  return s.replace(/[^\x20-\x7e]|["\\]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
 }
 
 export function auditFields(r: AuditRecord): Record<string, string | number | undefined> {
@@ -58,14 +58,15 @@ export function auditFields(r: AuditRecord): Record<string, string | number | un
     offered: r.offered === undefined ? undefined : clean(r.offered, 64),
     'offered-by': r.offeredBy === undefined ? undefined : clean(r.offeredBy),
     source: r.source,
-    detail: r.detail === undefined ? undefined : clean(r.detail.replace(/\s+/g, '_'), 200),
+    detail: r.detail === undefined ? undefined : clean(r.detail, 300),
   };
 }
 
+/** `ssh-keys key=value …`, a value with blanks in double quotes (as the agent log writes it). */
 export function auditMessage(r: AuditRecord): string {
   const parts = Object.entries(auditFields(r))
     .filter(([, v]) => v !== undefined)
-    .map(([k, v]) => `${k}=${v}`);
+    .map(([k, v]) => `${k}=${/[\s=]/.test(String(v)) || v === '' ? `"${v}"` : v}`);
   return `ssh-keys ${parts.join(' ')}`;
 }
 

@@ -37,7 +37,8 @@ export async function assumeSshRole(o: {
   aws: Aws;
   roleArn: string;
   externalId: string | undefined;
-  sessionName: string;
+  /** Asked only when STS is called (it may need IMDS). */
+  sessionName: () => Promise<string>;
   paths: Paths;
   log: Logger;
   signal: AbortSignal;
@@ -55,7 +56,7 @@ export async function assumeSshRole(o: {
   let out;
   try {
     out = await sts.send(
-      new AssumeRoleCommand({ RoleArn: o.roleArn, RoleSessionName: o.sessionName, ExternalId: o.externalId, DurationSeconds: DURATION_S }),
+      new AssumeRoleCommand({ RoleArn: o.roleArn, RoleSessionName: await o.sessionName(), ExternalId: o.externalId, DurationSeconds: DURATION_S }),
       { abortSignal: o.signal },
     );
   } catch (err) {

@@ -59,7 +59,7 @@ export async function readGroup(o: {
         aws,
         roleArn: settings.ssh.roleArn,
         externalId: settings.ssh.externalId,
-        sessionName: roleSessionName({ ...settings, instanceId: settings.instanceId ?? (await facts()).instanceId }, os.hostname()),
+        sessionName: async () => roleSessionName({ ...settings, instanceId: settings.instanceId ?? (await facts()).instanceId }, os.hostname()),
         paths: o.paths,
         log,
         signal,

@@ -39,7 +39,7 @@ export class Budget {
 
   /** A window of at most `maxMs`, ending `reserveMs` before the budget does (never negative). */
   window(maxMs: number, reserveMs = 0): StepWindow {
-    const ms = Math.max(0, Math.min(maxMs, this.remainingMs() - reserveMs));
+    const ms = Math.floor(Math.max(0, Math.min(maxMs, this.remainingMs() - reserveMs)));
     const signal = AbortSignal.any([this.signal, AbortSignal.timeout(Math.max(1, ms))]);
     return { signal, deadline: this.now() + ms, ms };
   }

@@ -183,7 +183,7 @@ describe('etcd volume', () => {
     expect(await attachedTo(volumeId)).toBe(inst.instanceId);
   });
 
-  it('retries throttling and VolumeInUse on attach', async () => {
+  it('retries a throttled attach with backoff until it goes through', async () => {
     const name = nextCluster();
     const { root, loop, cmd } = await node({ cluster: name });
     const volumeId = await createEtcdVolume(w, { cluster: name });

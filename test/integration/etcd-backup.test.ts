@@ -195,7 +195,8 @@ describe('emergency backup of a single-member etcd', () => {
 
   it("'latest' skips a damaged newest backup and restores the newest valid one", async () => {
     const bytes = await objectBytes(key);
-    bytes[bytes.length - 3000] ^= 0xff; // inside the manifest or snapshot tail
+    const at = bytes.length - 3000; // inside the manifest or the snapshot's tail
+    bytes.writeUInt8(bytes.readUInt8(at) ^ 0xff, at);
     const damaged = `etcd-backups/test/emergency/20260301T150000Z-${INSTANCE}.tar`;
     await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: damaged, Body: bytes, Metadata: { 'zdt-cluster': 'test' } }));
     const target = await newRoot();

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -187,4 +187,37 @@ export async function runAgent(args: string[], env: NodeJS.ProcessEnv, timeoutMs
   } finally {
     clearTimeout(timer);
   }
+}
+
+export const KUBEADM = path.join(process.env.ZDT_CACHE_DIR ?? path.join(os.homedir(), '.cache', 'zdt-agent'), 'bin', 'kubeadm');
+
+/**
+ * Why kubeadm configs cannot be validated here, or undefined when they can. Only while the
+ * Kubernetes testbed binary is missing on a developer machine; under CI it must be there.
+ */
+export function kubeadmMissing(): string | undefined {
+  if (fs.existsSync(KUBEADM)) return undefined;
+  if (process.env.CI === 'true') throw new Error(`${KUBEADM} is missing under CI: run test/testbed/k8s/build.sh`);
+  return `pending: ${KUBEADM} is not built yet (test/testbed/k8s/build.sh)`;
+}
+
+/** `kubeadm config validate` of the real, pinned kubeadm: '' when valid, else its error. */
+export function kubeadmValidate(file: string): string {
+  const r = spawnSync(KUBEADM, ['config', 'validate', '--config', file], { encoding: 'utf8', timeout: 60_000 });
+  return r.status === 0 ? '' : `${r.stderr}${r.stdout}`.trim() || `exit ${r.status}`;
+}
+
+/** Writes the node's config file and builds what `zdt-agent boot` builds: config from file and IMDS, logger, clients. */
+export async function bootDepsFor(root: string, config: ConfigInput): Promise<CommandContext & { tags: Record<string, string> | undefined }> {
+  writeConfig(root, config);
+  const { buildContext } = await import('../../agent/context.js');
+  const verbose = !!process.env.ZDT_TEST_LOG;
+  const ctx = await buildContext({ root, logLevel: verbose ? 'debug' : 'info' }, { instance: 'imds', console: verbose ? process.stderr : null });
+  return { ...ctx, tags: ctx.instance?.tags };
+}
+
+/** The agent's log file under a node root. */
+export function agentLog(root: string): string {
+  const f = path.join(root, 'var/log/zdt-agent.log');
+  return fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : '';
 }

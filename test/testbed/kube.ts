@@ -50,6 +50,8 @@ export interface Kube {
   /** A kubeconfig file with the node's credentials embedded, written to `file`. */
   writeNodeKubeconfig(name: string, file: string): Promise<void>;
   nodeClient(name: string): Promise<KubeClient>;
+  /** PID of the running kube-apiserver (e.g. to SIGSTOP it: a server that accepts and never answers). */
+  apiserverPid(): number | undefined;
   /** Stop only the API server (etcd stays); `startApiserver` brings it back on the same port. */
   stopApiserver(): Promise<void>;
   startApiserver(): Promise<void>;
@@ -159,6 +161,7 @@ export async function startKube(): Promise<Kube> {
         const c = await nodeCredentials(name);
         return new KubeClient({ server, ca: Buffer.from(ca), cert: Buffer.from(c.cert), key: Buffer.from(c.key) });
       },
+      apiserverPid: () => apiserver?.pid,
       stopApiserver: async () => {
         await apiserver?.stop(10_000);
         apiserver = undefined;
@@ -181,8 +184,8 @@ export async function startKube(): Promise<Kube> {
 
 export interface FakeKubelet {
   nodeName: string;
-  /** Pods it finalised (namespace/name), in order. */
-  finalised: string[];
+  /** Pods it finalised, in order, with the grace period the deletion asked for. */
+  finalised: Array<{ pod: string; graceS: number | undefined }>;
   stop(): Promise<void>;
 }
 
@@ -203,7 +206,7 @@ export async function startFakeKubelet(kube: Kube, nodeName: string, o: { pollMs
     },
     okStatus: [409],
   });
-  const finalised: string[] = [];
+  const finalised: FakeKubelet['finalised'] = [];
   const firstSeen = new Map<string, number>();
   let stopped = false;
   const loop = (async () => {
@@ -220,7 +223,7 @@ export async function startFakeKubelet(kube: Kube, nodeName: string, o: { pollMs
             body: { apiVersion: 'v1', kind: 'DeleteOptions', gracePeriodSeconds: 0, preconditions: { uid: p.metadata.uid } },
             timeoutMs: 5000,
           });
-          if (del.status === 200 || del.status === 404) finalised.push(id);
+          if (del.status === 200 || del.status === 404) finalised.push({ pod: id, graceS: p.metadata.deletionGracePeriodSeconds });
         }
       } catch {
         // API down (a test stopped it): try again.
@@ -240,7 +243,7 @@ export async function startFakeKubelet(kube: Kube, nodeName: string, o: { pollMs
 }
 
 interface Pod {
-  metadata: { name: string; namespace: string; uid: string; deletionTimestamp?: string };
+  metadata: { name: string; namespace: string; uid: string; deletionTimestamp?: string; deletionGracePeriodSeconds?: number };
 }
 
 /** Sets a PodDisruptionBudget's status as the disruption controller would (observedGeneration current). */
@@ -256,10 +259,24 @@ export async function ensureNamespace(admin: KubeClient, name: string): Promise<
   await admin.call('POST', `/api/v1/namespaces/${name}/serviceaccounts`, { body: { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'default' } }, okStatus: [409] });
 }
 
-/** A pod bound to `node` (no scheduler here), with the given owner, labels and grace period. */
+/**
+ * A pod bound to `node` (no scheduler here), with the given owner, labels and grace period,
+ * and reported Running and Ready as its kubelet would (the Eviction API ignores PDBs for
+ * pending pods, so a PDB test needs running ones).
+ */
 export async function createPod(
   admin: KubeClient,
-  o: { namespace: string; name: string; node: string; labels?: Record<string, string>; owner?: { kind: string; name: string }; annotations?: Record<string, string>; graceS?: number; emptyDir?: boolean },
+  o: {
+    namespace: string;
+    name: string;
+    node: string;
+    labels?: Record<string, string>;
+    owner?: { kind: string; name: string };
+    annotations?: Record<string, string>;
+    graceS?: number;
+    emptyDir?: boolean;
+    pending?: boolean;
+  },
 ): Promise<void> {
   await admin.call('POST', `/api/v1/namespaces/${o.namespace}/pods`, {
     body: {
@@ -279,6 +296,22 @@ export async function createPod(
         terminationGracePeriodSeconds: o.graceS ?? 30,
         containers: [{ name: 'c', image: 'registry.k8s.io/pause:3.10', ...(o.emptyDir ? { volumeMounts: [{ name: 'scratch', mountPath: '/scratch' }] } : {}) }],
         ...(o.emptyDir ? { volumes: [{ name: 'scratch', emptyDir: {} }] } : {}),
+      },
+    },
+  });
+  if (o.pending) return;
+  const now = new Date().toISOString();
+  await admin.call('PATCH', `/api/v1/namespaces/${o.namespace}/pods/${o.name}/status`, {
+    contentType: 'application/merge-patch+json',
+    body: {
+      status: {
+        phase: 'Running',
+        startTime: now,
+        conditions: [
+          { type: 'Ready', status: 'True', lastTransitionTime: now },
+          { type: 'ContainersReady', status: 'True', lastTransitionTime: now },
+        ],
+        containerStatuses: [{ name: 'c', ready: true, restartCount: 0, image: 'registry.k8s.io/pause:3.10', imageID: '', state: { running: { startedAt: now } } }],
       },
     },
   });
@@ -304,4 +337,26 @@ export const NODE_SELF_DELETE_RBAC = [
 export async function applyNodeSelfDeleteRbac(admin: KubeClient): Promise<void> {
   await admin.call('POST', '/apis/rbac.authorization.k8s.io/v1/clusterroles', { body: NODE_SELF_DELETE_RBAC[0], okStatus: [409] });
   await admin.call('POST', '/apis/rbac.authorization.k8s.io/v1/clusterrolebindings', { body: NODE_SELF_DELETE_RBAC[1], okStatus: [409] });
+}
+
+/** A mirror pod, as the kubelet creates one for a static pod: with the node's credentials, owned by its Node. */
+export async function createMirrorPod(kube: Kube, o: { namespace: string; name: string; node: string }): Promise<void> {
+  const client = await kube.nodeClient(o.node);
+  try {
+    const node = (await client.call<{ metadata: { uid: string } }>('GET', `/api/v1/nodes/${o.node}`)).body;
+    await client.call('POST', `/api/v1/namespaces/${o.namespace}/pods`, {
+      body: {
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: {
+          name: o.name,
+          annotations: { 'kubernetes.io/config.mirror': 'static-pod-hash', 'kubernetes.io/config.source': 'file' },
+          ownerReferences: [{ apiVersion: 'v1', kind: 'Node', name: o.node, uid: node.metadata.uid, controller: true }],
+        },
+        spec: { nodeName: o.node, automountServiceAccountToken: false, containers: [{ name: 'c', image: 'registry.k8s.io/pause:3.10' }] },
+      },
+    });
+  } finally {
+    client.close();
+  }
 }

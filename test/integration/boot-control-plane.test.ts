@@ -1,0 +1,297 @@
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { CreateHostedZoneCommand, ListResourceRecordSetsCommand, Route53Client } from '@aws-sdk/client-route-53';
+import { CreateBucketCommand, GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { parseAllDocuments } from 'yaml';
+import { readVolumeIdentity, VOLUME_IDENTITY_FILE } from '../../agent/boot/etcd-volume.js';
+import { runBoot } from '../../agent/boot/run.js';
+import type { ConfigInput } from '../../agent/config/schema.js';
+import { startImds } from '../testbed/imds.js';
+import { kubeApiserverAvailable, startKube, type Kube } from '../testbed/kube.js';
+import { createLoopDevice } from '../testbed/loop.js';
+import { makeTempRoot, type TempRoot } from '../testbed/root.js';
+import { readRecords, standinPath } from '../testbed/standins.js';
+import {
+  AZ,
+  REGION,
+  awsSection,
+  bootDepsFor,
+  createEtcdVolume,
+  credentials,
+  kubeadmMissing,
+  kubeadmValidate,
+  launchInstance,
+  startAwsWorld,
+  type AwsWorld,
+} from '../support/boot-env.js';
+
+/**
+ * Controllers: controller 00 bootstraps a new cluster (kubeadm init with the pre-generated PKI
+ * from S3 and its stable name in Route53), restores onto the data its volume holds (and
+ * refuses without the cluster's PKI), a second controller joins the running control plane,
+ * and controller 00 upgrades the cluster (never downgrades). Real loop devices as etcd
+ * volumes, moto (S3, Route53, EC2), a real kube-apiserver, the recording kubeadm and apk;
+ * every rendered kubeadm config goes through the real `kubeadm config validate`.
+ */
+
+const apiserver = await kubeApiserverAvailable();
+if (!apiserver && process.env.CI === 'true') throw new Error('kube-apiserver is missing under CI: run test/testbed/k8s/build.sh');
+const pending = apiserver ? undefined : 'pending: kube-apiserver is not built yet (test/testbed/k8s/build.sh)';
+const validateSkip = kubeadmMissing();
+
+const BUCKET = 'zdt-cp-bootstrap';
+const TOKEN = 'kq4x2m.7fj3k9d0s8a7b6c5';
+const APK_VERSIONS = '1.34.13-r0,1.34.12-r1,1.34.3-r0,1.36.1-r0';
+const PKI = ['ca.crt', 'ca.key', 'sa.key', 'sa.pub', 'front-proxy-ca.crt', 'front-proxy-ca.key', 'etcd/ca.crt', 'etcd/ca.key'];
+
+let w: AwsWorld;
+let kube: Kube;
+let s3: S3Client;
+let r53: Route53Client;
+let zoneId: string;
+let pkiDir: string;
+let wrapperDir: string;
+const records = `/tmp/zdt-cp-records-${process.pid}.jsonl`;
+const cleanups: Array<() => Promise<void>> = [];
+let slot = 0;
+
+const openssl = (cwd: string, ...args: string[]) => execFileSync('openssl', args, { cwd, stdio: 'ignore' });
+
+/** The cluster PKI as kubecfn pre-generates it: the API server's CA and SA keys, plus front-proxy and etcd CAs. */
+function clusterPki(kubeDir: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-cp-pki-'));
+  fs.mkdirSync(path.join(dir, 'etcd'));
+  for (const f of ['ca.crt', 'ca.key', 'sa.key', 'sa.pub']) fs.copyFileSync(path.join(kubeDir, 'pki', f), path.join(dir, f));
+  openssl(dir, 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'front-proxy-ca.key', '-out', 'front-proxy-ca.crt', '-days', '2', '-subj', '/CN=front-proxy-ca');
+  openssl(dir, 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'etcd/ca.key', '-out', 'etcd/ca.crt', '-days', '2', '-subj', '/CN=etcd-ca');
+  return dir;
+}
+
+async function putPki(prefix: string, files = PKI): Promise<void> {
+  for (const f of files) await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: `${prefix}/pki/${f}`, Body: fs.readFileSync(path.join(pkiDir, f)) }));
+}
+
+async function s3Text(key: string): Promise<string | undefined> {
+  try {
+    return await (await s3.send(new GetObjectCommand({ Bucket: BUCKET, Key: key }))).Body!.transformToString();
+  } catch {
+    return undefined;
+  }
+}
+
+beforeAll(async () => {
+  if (pending) return;
+  w = await startAwsWorld();
+  kube = await startKube();
+  pkiDir = clusterPki(kube.dir);
+  const common = { region: REGION, endpoint: w.proxy.endpoint, credentials };
+  s3 = new S3Client({ ...common, forcePathStyle: true });
+  r53 = new Route53Client(common);
+  await s3.send(new CreateBucketCommand({ Bucket: BUCKET, CreateBucketConfiguration: { LocationConstraint: REGION } }));
+  zoneId = (await r53.send(new CreateHostedZoneCommand({ Name: 'prod.internal', CallerReference: `zdt-${process.pid}` }))).HostedZone!.Id!.replace('/hostedzone/', '');
+  // kubeadm as the recording stand-in, plus what a real `kubeadm join` leaves behind: admin.conf.
+  wrapperDir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-cp-bin-'));
+  fs.writeFileSync(
+    path.join(wrapperDir, 'kubeadm'),
+    `#!/bin/bash\n${standinPath()}/kubeadm "$@"; rc=$?\nif [[ $1 == join && -n $ZDT_TEST_ADMIN_CONF ]]; then cp "$ZDT_TEST_ADMIN_CONF" "$ZDT_TEST_ROOT/etc/kubernetes/admin.conf"; fi\nexit $rc\n`,
+    { mode: 0o755 },
+  );
+  process.env.PATH = `${wrapperDir}:${standinPath()}:${process.env.PATH}`;
+  process.env.ZDT_RECORD_FILE = records;
+  process.env.ZDT_APK_VERSIONS = APK_VERSIONS;
+}, 180_000);
+
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+  fs.rmSync(records, { force: true });
+  delete process.env.ZDT_TEST_ADMIN_CONF;
+  delete process.env.ZDT_TEST_ROOT;
+});
+
+afterAll(async () => {
+  await kube?.stop();
+  await w?.stop();
+  if (pkiDir) fs.rmSync(pkiDir, { recursive: true, force: true });
+  if (wrapperDir) fs.rmSync(wrapperDir, { recursive: true, force: true });
+});
+
+/** A controller node: its own cluster name and S3 prefix, a loop device as its etcd volume, IMDS. */
+async function controller(o: { index: string; cluster?: Partial<NonNullable<ConfigInput['cluster']>>; prepareVolume?: (mountPoint: string, cluster: string) => void }) {
+  const name = `cp${++slot}`;
+  const root = await makeTempRoot();
+  cleanups.push(() => root.cleanup());
+  const loop = await createLoopDevice(64);
+  cleanups.push(() => loop.detach());
+  if (o.prepareVolume) {
+    execFileSync('mkfs.ext4', ['-q', '-L', 'etcd', loop.device]);
+    const mnt = root.at('/mnt/prep');
+    fs.mkdirSync(mnt, { recursive: true });
+    execFileSync('mount', [loop.device, mnt]);
+    try {
+      o.prepareVolume(mnt, name);
+    } finally {
+      execFileSync('umount', [mnt]);
+    }
+  }
+  const inst = await launchInstance(w);
+  const volumeId = await createEtcdVolume(w, { cluster: name });
+  await root.linkVolume(volumeId, loop.device);
+  const imds = await startImds({ instanceId: inst.instanceId, region: REGION, availabilityZone: AZ, instanceType: 'm5.large', privateIp: inst.privateIp });
+  cleanups.push(() => imds.stop());
+  const config: ConfigInput = {
+    cluster: { name, kubernetesVersion: '1.34.X', bootstrap: { s3Uri: `s3://${BUCKET}/${name}` }, ...o.cluster },
+    node: { role: 'controller', controllerIndex: o.index },
+    etcd: { volume: { attachTimeout: 20, deviceTimeout: 5 } },
+    boot: { controlPlaneWait: 30, dnsWait: 0 },
+    aws: { ...awsSection(w.proxy.endpoint), imdsEndpoint: imds.endpoint },
+  };
+  process.env.ZDT_TEST_ROOT = root.dir;
+  return { name, root, loop, inst, volumeId, config, prefix: name };
+}
+
+const calls = async () => (await readRecords(records)).map((r) => `${r.tool} ${r.argv.join(' ')}`);
+const closedEndpoint = '127.0.0.1:1';
+
+describe.skipIf(!!pending)(`controller boot${pending ? ` (${pending})` : ''}`, () => {
+  it('controller 00 bootstraps a new cluster: stable name in Route53, pre-generated PKI from S3, kubeadm init, token published', async () => {
+    const n = await controller({ index: '00', cluster: { apiEndpoint: closedEndpoint, domain: 'prod.internal', route53ZoneId: zoneId } });
+    await putPki(n.prefix);
+    const result = await runBoot(await bootDepsFor(n.root.dir, n.config));
+    expect(result.error?.oneLine()).toBeUndefined();
+    expect(result.phases['control-plane']!.detail).toMatch(/^bootstrap: control plane 1\.34\.13 on .* \(etcd etcd00\.prod\.internal\)$/);
+
+    const rr = await r53.send(new ListResourceRecordSetsCommand({ HostedZoneId: zoneId }));
+    const a = rr.ResourceRecordSets!.find((r) => r.Name === 'etcd00.prod.internal.' && r.Type === 'A');
+    expect(a?.ResourceRecords?.map((r) => r.Value)).toEqual([n.inst.privateIp]);
+    for (const f of PKI) expect(fs.readFileSync(n.root.at(`/etc/kubernetes/pki/${f}`)).equals(fs.readFileSync(path.join(pkiDir, f))), f).toBe(true);
+    expect(fs.statSync(n.root.at('/etc/kubernetes/pki/ca.key')).mode & 0o777).toBe(0o600);
+
+    const initFile = n.root.at('/etc/kubernetes/zdt-agent/init.yaml');
+    expect(await calls()).toEqual([
+      'apk policy kubeadm kubelet kubectl',
+      'apk add kubeadm=1.34.13-r0 kubelet=1.34.13-r0 kubectl=1.34.13-r0',
+      `kubeadm init --config ${initFile} --skip-token-print`,
+    ]);
+    const [init, cluster] = parseAllDocuments(fs.readFileSync(initFile, 'utf8')).map((d) => d.toJS());
+    expect(cluster).toMatchObject({ clusterName: n.name, kubernetesVersion: 'v1.34.13', controlPlaneEndpoint: closedEndpoint, etcd: { local: { dataDir: '/var/lib/etcd/data' } } });
+    expect(init.nodeRegistration.ignorePreflightErrors).toBeUndefined();
+    if (!validateSkip) expect(kubeadmValidate(initFile)).toBe('');
+    const patch = fs.readFileSync(n.root.at('/etc/kubernetes/patches/etcd+json.yaml'), 'utf8');
+    expect(patch).toContain('--name=etcd00.prod.internal');
+    expect(patch).toContain('--initial-cluster=etcd00.prod.internal=https://etcd00.prod.internal:2380');
+    // The token kubeadm init was given is now where workers and other controllers find it.
+    const published = (await s3Text(`${n.prefix}/token`))?.trim();
+    expect(published).toBe(init.bootstrapTokens[0].token);
+    expect(readVolumeIdentity(n.root.at('/var/lib/etcd'))?.kubernetesVersion).toBe('1.34.13');
+  });
+
+  it('controller 00 on a volume that holds etcd data restores: the cluster PKI, then kubeadm init on the existing data', async () => {
+    const n = await controller({
+      index: '00',
+      // Exact: an upgrade would wait for the API, which the recording kubeadm does not start.
+      cluster: { apiEndpoint: closedEndpoint, kubernetesVersion: '1.34.12' },
+      prepareVolume: (mnt, cluster) => {
+        fs.mkdirSync(path.join(mnt, 'data/member/snap'), { recursive: true, mode: 0o700 });
+        fs.writeFileSync(path.join(mnt, 'data/member/snap/db'), 'the cluster');
+        fs.writeFileSync(path.join(mnt, VOLUME_IDENTITY_FILE), JSON.stringify({ schema: 1, cluster, volumeId: 'vol-0', createdAt: 't', createdBy: 'i-0', kubernetesVersion: '1.34.12' }));
+      },
+    });
+    await putPki(n.prefix);
+    await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: `${n.prefix}/token`, Body: TOKEN }));
+    const result = await runBoot(await bootDepsFor(n.root.dir, n.config));
+    expect(result.error?.oneLine()).toBeUndefined();
+    expect(result.phases['control-plane']!.detail).toMatch(/^restore: control plane 1\.34\.12/);
+    const c = await calls();
+    expect(c[1]).toBe('apk add kubeadm=1.34.12-r1 kubelet=1.34.12-r1 kubectl=1.34.12-r1');
+    const initFile = n.root.at('/etc/kubernetes/zdt-agent/init.yaml');
+    expect(c[2]).toBe(`kubeadm init --config ${initFile} --skip-token-print`);
+    const [init] = parseAllDocuments(fs.readFileSync(initFile, 'utf8')).map((d) => d.toJS());
+    expect(init.nodeRegistration.ignorePreflightErrors).toEqual(['DirAvailable--var-lib-etcd-data']);
+    expect(init.bootstrapTokens[0].token).toBe(TOKEN);
+    if (!validateSkip) expect(kubeadmValidate(initFile)).toBe('');
+    expect(fs.readFileSync(n.root.at('/var/lib/etcd/data/member/snap/db'), 'utf8')).toBe('the cluster');
+  }, 120_000);
+
+  it('refuses to pair existing etcd data with a new CA when the cluster PKI is nowhere', async () => {
+    const n = await controller({
+      index: '00',
+      cluster: { apiEndpoint: closedEndpoint },
+      prepareVolume: (mnt) => fs.mkdirSync(path.join(mnt, 'data/member'), { recursive: true, mode: 0o700 }),
+    });
+    const result = await runBoot(await bootDepsFor(n.root.dir, { ...n.config, cluster: { ...n.config.cluster!, kubernetesVersion: '1.34.12' } }));
+    expect(result.ok).toBe(false);
+    expect(result.failedPhase).toBe('control-plane');
+    expect(result.error?.code).toBe('ClusterPkiMissing');
+    expect((await calls()).filter((x) => x.startsWith('kubeadm'))).toEqual([]);
+  });
+
+  it('a second controller joins the running control plane with the shared PKI and removes its predecessor\'s Node', async () => {
+    const n = await controller({ index: '01', cluster: { apiEndpoint: new URL(kube.server).host, kubernetesVersion: '1.36.X' } });
+    await putPki(n.prefix);
+    await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: `${n.prefix}/token`, Body: TOKEN }));
+    await kube.admin.call('POST', '/api/v1/nodes', {
+      body: { apiVersion: 'v1', kind: 'Node', metadata: { name: 'ip-10-0-9-9.old', labels: { 'zdt-agent/controller-index': '01' } } },
+      okStatus: [409],
+    });
+    process.env.ZDT_TEST_ADMIN_CONF = kube.adminKubeconfig;
+    const result = await runBoot(await bootDepsFor(n.root.dir, n.config));
+    expect(result.error?.oneLine()).toBeUndefined();
+    const joinFile = n.root.at('/etc/kubernetes/zdt-agent/join.yaml');
+    expect(await calls()).toEqual([
+      'apk policy kubeadm kubelet kubectl',
+      // The cluster's version, never the configured 1.36.X: only controller 00 changes it.
+      'apk add kubeadm=1.34.12-r1 kubelet=1.34.12-r1 kubectl=1.34.12-r1',
+      `kubeadm join --config ${joinFile}`,
+    ]);
+    const join = parseAllDocuments(fs.readFileSync(joinFile, 'utf8'))[0]!.toJS();
+    expect(join.controlPlane).toEqual({ localAPIEndpoint: { advertiseAddress: n.inst.privateIp, bindPort: 6443 } });
+    expect(join.discovery.bootstrapToken.token).toBe(TOKEN);
+    if (!validateSkip) expect(kubeadmValidate(joinFile)).toBe('');
+    expect(result.phases['control-plane']!.detail).toContain('removed stale Node ip-10-0-9-9.old');
+    expect((await kube.admin.raw('GET', '/api/v1/nodes/ip-10-0-9-9.old')).status).toBe(404);
+  });
+
+  it('controller 00 upgrades the running cluster to the newest 1.34 patch: kubeadm first, kubelet after', async () => {
+    const n = await controller({ index: '00', cluster: { apiEndpoint: new URL(kube.server).host } });
+    // Joined before (a reboot): kubeadm's files are there.
+    for (const f of ['/etc/kubernetes/kubelet.conf', '/etc/kubernetes/manifests/kube-apiserver.yaml']) {
+      fs.mkdirSync(path.dirname(n.root.at(f)), { recursive: true });
+      fs.writeFileSync(n.root.at(f), '# kubeadm\n');
+    }
+    fs.copyFileSync(kube.adminKubeconfig, n.root.at('/etc/kubernetes/admin.conf'));
+    const result = await runBoot(await bootDepsFor(n.root.dir, n.config));
+    expect(result.error?.oneLine()).toBeUndefined();
+    const upgradeFile = n.root.at('/etc/kubernetes/zdt-agent/upgrade.yaml');
+    expect(await calls()).toEqual([
+      'apk policy kubeadm kubelet kubectl',
+      'apk add kubeadm=1.34.12-r1 kubelet=1.34.12-r1 kubectl=1.34.12-r1',
+      'rc-service kubelet status',
+      'apk policy kubeadm kubelet kubectl',
+      'apk add kubeadm=1.34.13-r0',
+      `kubeadm upgrade apply --config ${upgradeFile} --yes`,
+      'apk add kubelet=1.34.13-r0 kubectl=1.34.13-r0',
+      'rc-service kubelet restart',
+    ]);
+    expect(parseAllDocuments(fs.readFileSync(upgradeFile, 'utf8'))[0]!.toJS().apply.kubernetesVersion).toBe('v1.34.13');
+    if (!validateSkip) expect(kubeadmValidate(upgradeFile)).toBe('');
+    expect(result.phases['kube-upgrade']!.detail).toBe('upgraded the cluster from 1.34.12 to 1.34.13');
+  });
+
+  it.each([
+    ['1.34.3', 'KubernetesDowngradeRefused', /the cluster runs 1\.34\.12; cluster\.kubernetesVersion asks for the older 1\.34\.3/],
+    ['1.36.X', 'KubernetesUpgradeTooFar', /1\.36\.1 skips a minor version/],
+  ])('controller 00 refuses kubernetesVersion %s against a 1.34.12 cluster (%s) and installs nothing', async (version, code, message) => {
+    const n = await controller({ index: '00', cluster: { apiEndpoint: new URL(kube.server).host, kubernetesVersion: version } });
+    fs.mkdirSync(n.root.at('/etc/kubernetes/pki'), { recursive: true });
+    fs.copyFileSync(kube.caFile, n.root.at('/etc/kubernetes/pki/ca.crt'));
+    const result = await runBoot(await bootDepsFor(n.root.dir, n.config));
+    expect(result.ok).toBe(false);
+    expect(result.failedPhase).toBe('kube-version');
+    expect(result.error?.code).toBe(code);
+    expect(result.error?.message).toMatch(message);
+    expect((await calls()).filter((c) => !c.startsWith('apk policy'))).toEqual([]);
+  });
+});
