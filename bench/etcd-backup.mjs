@@ -47,8 +47,9 @@ function start(file, args) {
   const child = spawn(file, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr.on('data', (c) => (err = (err + c).slice(-4000)));
-  children.push(child);
-  return { child, output: () => err };
+  const handle = { child, output: () => err };
+  children.push(handle);
+  return handle;
 }
 async function until(what, check, ms = 60_000) {
   const end = Date.now() + ms;
@@ -93,6 +94,7 @@ try {
     );
   }
   const dbBytes = Number((await status()).dbSize);
+  console.error(`bench: etcd filled: ${(dbBytes / 1048576).toFixed(0)} MiB`);
   const dbMiB = dbBytes / 1048576;
 
   // moto as S3 and KMS.

@@ -51,7 +51,9 @@ export async function listMembers(exec: Exec, a: EtcdAccess): Promise<EtcdMember
 /** Endpoints that answer `endpoint health`. */
 export async function healthyEndpoints(exec: Exec, a: EtcdAccess, endpoints: readonly string[]): Promise<string[]> {
   if (endpoints.length === 0) return [];
-  const r = await exec('etcdctl', [...base({ ...a, endpoints }), 'endpoint', 'health', '-w', 'json'], { timeoutMs: 30_000, env, okExitCodes: [1] });
+  // A member without quorum blocks the health read until the command timeout: keep it short.
+  const args = [...base({ ...a, endpoints }).map((x) => (x.startsWith('--command-timeout=') ? '--command-timeout=5s' : x)), 'endpoint', 'health', '-w', 'json'];
+  const r = await exec('etcdctl', args, { timeoutMs: 30_000, env, okExitCodes: [1] });
   try {
     const list = JSON.parse(r.stdout) as Array<{ endpoint: string; health: boolean }>;
     return list.filter((e) => e.health).map((e) => e.endpoint);

@@ -80,8 +80,8 @@ export class Imds {
     throw new ImdsError(`IMDS refused the session token twice for ${path}`);
   }
 
-  /** A property the agent cannot work without: retried with backoff for a long, bounded time. */
-  async required(path: string): Promise<string> {
+  /** Retry `attempt` with backoff for the long, bounded time required properties get. */
+  private retryRequired<T>(path: string, attempt: () => Promise<T>): Promise<T> {
     return waitFor({
       what: `IMDS ${path}`,
       timeoutMs: this.requiredTimeoutMs,
@@ -92,11 +92,13 @@ export class Imds {
       code: 'ImdsUnavailable',
       log: this.log,
       retryable: () => true,
-      check: async () => {
-        const v = await this.getOnce(path);
-        return v;
-      },
+      check: attempt,
     });
+  }
+
+  /** A property the agent cannot work without: retried with backoff for a long, bounded time. */
+  async required(path: string): Promise<string> {
+    return this.retryRequired(path, () => this.getOnce(path));
   }
 
   /** An optional property: one quick attempt; `undefined` when absent or IMDS does not answer. */
@@ -133,27 +135,16 @@ export class Imds {
    * slow to come up would boot the wrong node.
    */
   async userData(): Promise<Uint8Array | undefined> {
-    const got = await waitFor<{ data: Uint8Array | undefined }>({
-      what: 'IMDS latest/user-data',
-      timeoutMs: this.requiredTimeoutMs,
-      initialDelayMs: 250,
-      maxDelayMs: 5000,
-      progressEveryMs: 10_000,
-      hint: 'check that IMDS is enabled (HttpEndpoint=enabled, HttpTokens=required) and reachable from this instance',
-      code: 'ImdsUnavailable',
-      log: this.log,
-      retryable: () => true,
-      check: async () => {
-        const token = await this.fetchToken();
-        const res = await fetch(`${this.endpoint}/latest/user-data`, {
-          headers: { 'X-aws-ec2-metadata-token': token },
-          signal: AbortSignal.timeout(this.requestTimeoutMs),
-        });
-        if (res.status === 404) return { data: undefined };
-        if (res.status === 401) this.token = undefined;
-        if (!res.ok) throw new ImdsError(`IMDS user-data answered HTTP ${res.status}`);
-        return { data: new Uint8Array(await res.arrayBuffer()) };
-      },
+    const got = await this.retryRequired('latest/user-data', async (): Promise<{ data: Uint8Array | undefined }> => {
+      const token = await this.fetchToken();
+      const res = await fetch(`${this.endpoint}/latest/user-data`, {
+        headers: { 'X-aws-ec2-metadata-token': token },
+        signal: AbortSignal.timeout(this.requestTimeoutMs),
+      });
+      if (res.status === 404) return { data: undefined };
+      if (res.status === 401) this.token = undefined;
+      if (!res.ok) throw new ImdsError(`IMDS user-data answered HTTP ${res.status}`);
+      return { data: new Uint8Array(await res.arrayBuffer()) };
     });
     return got.data;
   }

@@ -9,6 +9,7 @@ import { parseAllDocuments } from 'yaml';
 import { readVolumeIdentity, VOLUME_IDENTITY_FILE } from '../../agent/boot/etcd-volume.js';
 import { runBoot } from '../../agent/boot/run.js';
 import type { ConfigInput } from '../../agent/config/schema.js';
+import { startEtcdCluster } from '../testbed/etcd.js';
 import { startImds } from '../testbed/imds.js';
 import { kubeApiserverAvailable, startKube, type Kube } from '../testbed/kube.js';
 import { createLoopDevice } from '../testbed/loop.js';
@@ -99,6 +100,23 @@ beforeAll(async () => {
     `#!/bin/bash\n${standinPath()}/kubeadm "$@"; rc=$?\nif [[ $1 == join && -n $ZDT_TEST_ADMIN_CONF ]]; then cp "$ZDT_TEST_ADMIN_CONF" "$ZDT_TEST_ROOT/etc/kubernetes/admin.conf"; fi\nexit $rc\n`,
     { mode: 0o755 },
   );
+  // etcdctl as the agent calls it for a joining controller, pointed at the test's etcd: the
+  // stable names (https://etcdNN.prod.internal:2379) become its loopback URLs, without TLS.
+  fs.writeFileSync(
+    path.join(wrapperDir, 'etcdctl'),
+    `#!/bin/bash
+args=()
+for a in "$@"; do
+  case $a in
+    --endpoints=https://etcd*) args+=("--endpoints=$ZDT_TEST_ETCD_ENDPOINTS") ;;
+    --cacert=*|--cert=*|--key=*) ;;
+    *) args+=("$a") ;;
+  esac
+done
+exec /usr/bin/etcdctl "\${args[@]}"
+`,
+    { mode: 0o755 },
+  );
   process.env.PATH = `${wrapperDir}:${standinPath()}:${process.env.PATH}`;
   process.env.ZDT_RECORD_FILE = records;
   process.env.ZDT_APK_VERSIONS = APK_VERSIONS;
@@ -109,6 +127,7 @@ afterEach(async () => {
   fs.rmSync(records, { force: true });
   delete process.env.ZDT_TEST_ADMIN_CONF;
   delete process.env.ZDT_TEST_ROOT;
+  delete process.env.ZDT_TEST_ETCD_ENDPOINTS;
 });
 
 afterAll(async () => {
@@ -253,6 +272,51 @@ describe.skipIf(!!pending)(`controller boot${pending ? ` (${pending})` : ''}`, (
     expect(result.phases['control-plane']!.detail).toContain('removed stale Node ip-10-0-9-9.old');
     expect((await kube.admin.raw('GET', '/api/v1/nodes/ip-10-0-9-9.old')).status).toBe(404);
   });
+
+  it('a controller with a stable name replaces its slot\'s stale etcd member, then joins without kubeadm\'s own etcd join', async () => {
+    const etcd = await startEtcdCluster(3);
+    cleanups.push(() => etcd.stop());
+    process.env.ZDT_TEST_ETCD_ENDPOINTS = etcd.clientUrls.join(',');
+    const stable = 'etcd02.prod.internal';
+    const peerUrl = `https://${stable}:2380`;
+    for (let i = 0; ; i++) {
+      try {
+        execFileSync('etcdctl', [`--endpoints=${etcd.clientUrls.join(',')}`, 'member', 'add', stable, `--peer-urls=${peerUrl}`], { env: { ...process.env, ETCDCTL_API: '3' }, stdio: 'pipe' });
+        break;
+      } catch (err) {
+        if (i > 40) throw err;
+        await new Promise((r) => setTimeout(r, 250)); // etcd refuses changes for ~5 s after its start
+      }
+    }
+    const n = await controller({ index: '02', cluster: { apiEndpoint: new URL(kube.server).host, domain: 'prod.internal' } });
+    await putPki(n.prefix);
+    await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: `${n.prefix}/token`, Body: TOKEN }));
+    const result = await runBoot(await bootDepsFor(n.root.dir, n.config));
+    expect(result.error?.oneLine()).toBeUndefined();
+    const clusterFile = n.root.at('/etc/kubernetes/zdt-agent/cluster.yaml');
+    const joinFile = n.root.at('/etc/kubernetes/zdt-agent/join.yaml');
+    expect(await calls()).toEqual([
+      'apk policy kubeadm kubelet kubectl',
+      'apk add kubeadm=1.34.12-r1 kubelet=1.34.12-r1 kubectl=1.34.12-r1',
+      `kubeadm init phase certs etcd-healthcheck-client --config ${clusterFile}`,
+      `kubeadm init phase etcd local --config ${clusterFile}`,
+      `kubeadm join --config ${joinFile} --skip-phases=control-plane-join/etcd`,
+    ]);
+    const members = execFileSync('etcdctl', [`--endpoints=${etcd.clientUrls.join(',')}`, 'member', 'list'], { env: { ...process.env, ETCDCTL_API: '3' }, encoding: 'utf8' });
+    expect(members.split('\n').filter((l) => l.includes(peerUrl))).toHaveLength(1);
+    const patch = parseAllDocuments(fs.readFileSync(n.root.at('/etc/kubernetes/patches/etcd+json.yaml'), 'utf8'))[0]!.toJS() as Array<{ value: string }>;
+    const flags = patch.map((p) => p.value);
+    expect(flags).toContain('--initial-cluster-state=existing');
+    expect(flags).toContain(`--name=${stable}`);
+    const initial = flags.find((f) => f.startsWith('--initial-cluster='))!.slice('--initial-cluster='.length).split(',').sort();
+    expect(initial).toEqual([...etcd.members.map((m) => `${m.name}=${m.peerUrl}`), `${stable}=${peerUrl}`].sort());
+    const join = parseAllDocuments(fs.readFileSync(joinFile, 'utf8'))[0]!.toJS();
+    expect(join.nodeRegistration.ignorePreflightErrors).toEqual(['DirAvailable--var-lib-etcd-data', 'FileAvailable--etc-kubernetes-manifests-etcd.yaml']);
+    if (!validateSkip) {
+      expect(kubeadmValidate(clusterFile)).toBe('');
+      expect(kubeadmValidate(joinFile)).toBe('');
+    }
+  }, 120_000);
 
   it('controller 00 upgrades the running cluster to the newest 1.34 patch: kubeadm first, kubelet after', async () => {
     const n = await controller({ index: '00', cluster: { apiEndpoint: new URL(kube.server).host } });
