@@ -12,7 +12,7 @@
  *
  * Needs: dist/zdt-agent (make binary), /usr/bin/etcd and etcdctl, moto_server, aws (CLI v1 or v2).
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -60,13 +60,22 @@ async function until(what, check, ms = 60_000) {
   }
 }
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-const timed = (cmd, args, env = {}) => {
-  const t = process.hrtime.bigint();
-  const r = spawnSync(cmd, args, { env: { ...process.env, ...CREDS, ...env }, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
-  const ms = Number(process.hrtime.bigint() - t) / 1e6;
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr?.slice(-2000)}`);
-  return { ms, stdout: r.stdout, stderr: r.stderr };
-};
+/** Runs a command to its end (asynchronously: the IMDS stand-in lives in this process) and times it. */
+const timed = (cmd, args, env = {}) =>
+  new Promise((resolve, reject) => {
+    const t = process.hrtime.bigint();
+    const child = spawn(cmd, args, { env: { ...process.env, ...CREDS, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c) => (stdout += c));
+    child.stderr.on('data', (c) => (stderr = (stderr + c).slice(-8000)));
+    child.on('error', reject);
+    child.on('exit', (code) => {
+      const ms = Number(process.hrtime.bigint() - t) / 1e6;
+      if (code !== 0) reject(new Error(`${cmd} ${args.join(' ')} failed (${code}): ${stderr.slice(-2000)}`));
+      else resolve({ ms, stdout, stderr });
+    });
+  });
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-bench-etcd-'));
 let imdsServer;
@@ -140,15 +149,15 @@ try {
   for (let i = 0; i < RUNS; i++) {
     const useTime = fs.existsSync('/usr/bin/time');
     const a = useTime
-      ? timed('/usr/bin/time', ['-f', 'RSS_KB=%M', BIN, '--root', root, 'etcd', 'backup'])
-      : timed(BIN, ['--root', root, 'etcd', 'backup']);
+      ? await timed('/usr/bin/time', ['-f', 'RSS_KB=%M', BIN, '--root', root, 'etcd', 'backup'])
+      : await timed(BIN, ['--root', root, 'etcd', 'backup']);
     agent.push(a.ms);
     rssKb = /RSS_KB=(\d+)/.exec(a.stderr)?.[1] ?? rssKb;
     partCount = String(Math.ceil(dbBytes / (16 * 1048576)));
     await sleep(1100); // backup keys are per second
-    save.push(timed('etcdctl', [`--endpoints=${etcdUrl}`, 'snapshot', 'save', snapFile], { ETCDCTL_API: '3' }).ms);
+    save.push((await timed('etcdctl', [`--endpoints=${etcdUrl}`, 'snapshot', 'save', snapFile], { ETCDCTL_API: '3' })).ms);
     cp.push(
-      timed('aws', ['s3', 'cp', snapFile, `s3://bench/baseline/${i}.db`, '--endpoint-url', motoUrl, '--sse', 'aws:kms', '--sse-kms-key-id', kmsKeyId, '--only-show-errors']).ms,
+      (await timed('aws', ['s3', 'cp', snapFile, `s3://bench/baseline/${i}.db`, '--endpoint-url', motoUrl, '--sse', 'aws:kms', '--sse-kms-key-id', kmsKeyId, '--only-show-errors'])).ms,
     );
     fs.rmSync(snapFile, { force: true });
   }

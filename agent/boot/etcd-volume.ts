@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Config } from '../config/schema.js';
+import { etcdSchema, type Config } from '../config/schema.js';
 import { AgentError, ConfigError } from '../errors.js';
 import { writeFileAtomic } from '../host/atomic.js';
 import {
@@ -39,12 +39,10 @@ export interface VolumeIdentity {
   kubernetesVersion?: string | undefined;
 }
 
+/** The etcd volume settings; a controller without an etcd section gets the defaults. */
 export function volumeSettings(config: Config) {
-  const v = config.etcd?.volume;
-  if (!v || !config.cluster) {
-    throw new ConfigError('EtcdConfigMissing', 'a controller needs the cluster and etcd sections', { hint: 'see docs/config.md' });
-  }
-  return v;
+  if (!config.cluster) throw new ConfigError('ClusterConfigMissing', 'a controller needs the cluster section', { hint: 'see docs/config.md' });
+  return (config.etcd ?? etcdSchema.parse({})).volume;
 }
 
 export function readVolumeIdentity(mountPoint: string): VolumeIdentity | undefined {

@@ -65,9 +65,11 @@ async function runPhases(deps: BootDeps, phases: Record<Exclude<BootPhaseName, '
     }
   };
   save();
-  const record = (name: BootPhaseName, rec: PhaseRecord) => {
+  // Written as soon as a phase that ran ends (status shows how far an interrupted boot got);
+  // skipped phases ride along with the next write.
+  const record = (name: BootPhaseName, rec: PhaseRecord, ran = true) => {
     run.phases[name] = rec;
-    save();
+    if (ran) save();
   };
   let failure: { phase: BootPhaseName; error: AgentError } | undefined;
   let changed = false;
@@ -89,17 +91,17 @@ async function runPhases(deps: BootDeps, phases: Record<Exclude<BootPhaseName, '
     const decision = decide({ config, identity });
     const started = new Date().toISOString();
     if (failure && !reportingPhases.has(name)) {
-      record(name, { result: 'skipped', startedAt: started, durationMs: 0, detail: `not run: ${failure.phase} failed` });
+      record(name, { result: 'skipped', startedAt: started, durationMs: 0, detail: `not run: ${failure.phase} failed` }, false);
       continue;
     }
     if (!decision.applies) {
       log.debug(`skip ${name}`, { why: decision.why });
-      record(name, { result: 'skipped', startedAt: started, durationMs: 0, detail: decision.why });
+      record(name, { result: 'skipped', startedAt: started, durationMs: 0, detail: decision.why }, false);
       continue;
     }
     // A boot that changed nothing (a re-run on a booted node) sends no notification.
     if (name === 'notify' && !changed && !failure) {
-      record(name, { result: 'skipped', startedAt: started, durationMs: 0, detail: 'nothing changed on this run' });
+      record(name, { result: 'skipped', startedAt: started, durationMs: 0, detail: 'nothing changed on this run' }, false);
       continue;
     }
     const phase = phases[name];
@@ -154,7 +156,8 @@ async function timed(
   let timer: NodeJS.Timeout | undefined;
   const budget = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
-      const err = new DeadlineError('PhaseDeadline', `${name} did not finish within its budget of ${Math.round(budgetMs / 1000)}s`, {
+      const budget = budgetMs >= 1000 ? `${Math.round(budgetMs / 1000)}s` : `${budgetMs} ms`;
+      const err = new DeadlineError('PhaseDeadline', `${name} did not finish within its budget of ${budget}`, {
         hint: 'see the log for what it was waiting for',
       });
       ac.abort(err);

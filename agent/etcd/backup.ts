@@ -7,6 +7,7 @@ import { readState } from '../log/state.js';
 import { agentVersion } from '../version.js';
 import { encryptStream } from './envelope.js';
 import { EtcdGateway, localEtcdEndpoint } from './gateway.js';
+import { openSnapshot } from './snapshot.js';
 import { BACKUP_FORMAT, KUBEADM_PREFIX, MANIFEST_NAME, PKI_PREFIX, SNAPSHOT_NAME, type BackupKind, type Manifest, type ManifestPart } from './manifest.js';
 import type { EtcdContext } from './restore.js';
 import { backupKey, backupLocation } from './store.js';
@@ -14,7 +15,7 @@ import { tarEnd, tarEntry, tarHeader, tarPadding } from './tar.js';
 import { uploadStream, verifyUpload, type ServerSideEncryption } from './upload.js';
 
 /**
- * One backup set, streamed: the local etcd's snapshot (through the gateway), the PKI
+ * One backup set, streamed: the local etcd's snapshot (gRPC stream), the PKI
  * directory and the kubeadm config, in one tar with a manifest, optionally envelope-
  * encrypted, uploaded with SHA-256 checksums and verified with HeadObject. Nothing of the
  * snapshot touches the disk.
@@ -94,7 +95,8 @@ export async function takeBackup(o: { ctx: EtcdContext; instanceId: string; kind
   const key = backupKey(loc, o.kind, now, o.instanceId);
   const log = ctx.log;
 
-  const gateway = new EtcdGateway(localEtcdEndpoint(ctx));
+  const endpoint = localEtcdEndpoint(ctx);
+  const gateway = new EtcdGateway(endpoint);
   try {
     const [status, members] = await Promise.all([gateway.status(signal), gateway.members(signal)]);
     const self = members.find((m) => m.id === status.memberId);
@@ -108,7 +110,7 @@ export async function takeBackup(o: { ctx: EtcdContext; instanceId: string; kind
     if (kubeadmData) files.push({ name: `${KUBEADM_PREFIX}${path.basename(b.kubeadmConfig)}`, nodePath: b.kubeadmConfig, data: kubeadmData, mode: 0o600 });
     else log.warn('no kubeadm config to back up', { path: b.kubeadmConfig });
 
-    const snap = await gateway.snapshot(signal);
+    const snap = await openSnapshot(endpoint, signal);
     log.info('etcd snapshot stream open', { bytes: snap.size, etcd: status.version, member: self?.name });
     const partsOut: ManifestPart[] = [];
     const manifest: Manifest = {

@@ -1,4 +1,5 @@
 import { AgentError } from '../errors.js';
+import { ByteReader } from './bytes.js';
 
 /**
  * The few bytes of POSIX ustar the backup archive needs: regular files only, written as a
@@ -86,43 +87,6 @@ export class TarFormatError extends AgentError {
   }
 }
 
-/** Reads exact byte counts from an async stream of chunks. */
-class ByteReader {
-  private buf: Buffer = Buffer.alloc(0);
-  private done = false;
-  constructor(private readonly it: AsyncIterator<Uint8Array>) {}
-
-  private async fill(n: number): Promise<void> {
-    while (this.buf.length < n && !this.done) {
-      const r = await this.it.next();
-      if (r.done) this.done = true;
-      else this.buf = this.buf.length === 0 ? Buffer.from(r.value) : Buffer.concat([this.buf, r.value]);
-    }
-  }
-
-  /** Exactly n bytes, or fewer at the end of the stream. */
-  async read(n: number): Promise<Buffer> {
-    await this.fill(n);
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(out.length);
-    return out;
-  }
-
-  /** n bytes in the pieces they arrive in. */
-  async *pieces(n: number): AsyncGenerator<Buffer> {
-    let left = n;
-    while (left > 0) {
-      if (this.buf.length === 0) await this.fill(1);
-      if (this.buf.length === 0) throw new TarFormatError(`the archive ends ${left} bytes into a file`);
-      const take = Math.min(left, this.buf.length);
-      const out = this.buf.subarray(0, take);
-      this.buf = this.buf.subarray(take);
-      left -= take;
-      yield out;
-    }
-  }
-}
-
 export interface TarEntryReader {
   name: string;
   size: number;
@@ -143,7 +107,7 @@ function parseSize(b: Buffer): number {
 
 /** The regular files of a ustar stream, in order. Other entry types are refused. */
 export async function* readTar(source: AsyncIterable<Uint8Array>): AsyncGenerator<TarEntryReader> {
-  const r = new ByteReader(source[Symbol.asyncIterator]());
+  const r = new ByteReader(source[Symbol.asyncIterator](), (left) => new TarFormatError(`the archive ends ${left} bytes into a file`));
   for (;;) {
     const h = await r.read(BLOCK);
     if (h.length === 0) throw new TarFormatError('the archive ends without its end marker');

@@ -41,6 +41,21 @@ export interface UploadResult {
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest();
 
+/**
+ * The body's SHA-256 travels as `x-amz-checksum-sha256`, which S3 checks; signing the payload
+ * too (what the SDK does for a Buffer body) would hash every byte a second time. With
+ * `x-amz-content-sha256: UNSIGNED-PAYLOAD` set before signing, the signer uses it as is
+ * (SigV4 with an unsigned payload: the headers, the checksum among them, stay signed).
+ */
+function unsignedPayload<C extends { middlewareStack: { add: (mw: never, o: { step: 'build'; name: string }) => void } }>(command: C): C {
+  const mw = (next: (a: { request: { headers: Record<string, string> } }) => Promise<unknown>) => async (args: { request: { headers: Record<string, string> } }) => {
+    args.request.headers['x-amz-content-sha256'] = 'UNSIGNED-PAYLOAD';
+    return next(args);
+  };
+  command.middlewareStack.add(mw as never, { step: 'build', name: 'zdtUnsignedPayload' });
+  return command;
+}
+
 /** Cuts a stream into buffers of exactly `size` bytes (the last one shorter). */
 async function* cut(source: AsyncIterable<Buffer>, size: number): AsyncGenerator<Buffer> {
   let pending: Buffer[] = [];
@@ -76,7 +91,9 @@ export async function uploadStream(o: UploadOptions): Promise<UploadResult> {
     // Small enough for one request.
     const digest = sha256(firstPart).toString('base64');
     await o.s3.send(
-      new s3sdk.PutObjectCommand({ Bucket: o.bucket, Key: o.key, Body: firstPart, ContentLength: firstPart.length, ChecksumAlgorithm: 'SHA256', ChecksumSHA256: digest, Metadata: o.metadata, ...sseParams }),
+      unsignedPayload(
+        new s3sdk.PutObjectCommand({ Bucket: o.bucket, Key: o.key, Body: firstPart, ContentLength: firstPart.length, ChecksumAlgorithm: 'SHA256', ChecksumSHA256: digest, Metadata: o.metadata, ...sseParams }),
+      ),
       opts,
     );
     return { bucket: o.bucket, key: o.key, size: firstPart.length, parts: 1, checksumSha256: digest };
@@ -99,7 +116,12 @@ export async function uploadStream(o: UploadOptions): Promise<UploadResult> {
       const digest = sha256(body);
       const ChecksumSHA256 = digest.toString('base64');
       const p = o.s3
-        .send(new s3sdk.UploadPartCommand({ Bucket: o.bucket, Key: o.key, UploadId: uploadId, PartNumber, Body: body, ContentLength: body.length, ChecksumAlgorithm: 'SHA256', ChecksumSHA256 }), opts)
+        .send(
+          unsignedPayload(
+            new s3sdk.UploadPartCommand({ Bucket: o.bucket, Key: o.key, UploadId: uploadId, PartNumber, Body: body, ContentLength: body.length, ChecksumAlgorithm: 'SHA256', ChecksumSHA256 }),
+          ),
+          opts,
+        )
         .then((r) => {
           done.push({ PartNumber, ETag: r.ETag ?? '', ChecksumSHA256: r.ChecksumSHA256 ?? ChecksumSHA256, digest });
         })

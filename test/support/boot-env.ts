@@ -221,3 +221,23 @@ export function agentLog(root: string): string {
   const f = path.join(root, 'var/log/zdt-agent.log');
   return fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : '';
 }
+
+export const BINARY = path.join(ROOT_DIR, 'dist/zdt-agent');
+
+/** Runs the built single executable (`make binary`). */
+export function runBinary(args: string[], env: NodeJS.ProcessEnv, timeoutMs = 120_000): Promise<AgentRun> {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const child = spawn(BINARY, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (c: Buffer) => (stdout += c.toString()));
+    child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.once('error', reject);
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr, ms: performance.now() - t0 });
+    });
+  });
+}

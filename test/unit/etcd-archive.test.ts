@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { parseSnapshotMessage } from '../../agent/etcd/gateway.js';
+import { parseSnapshotResponse } from '../../agent/etcd/snapshot.js';
 import { parseEtcdJson } from '../../agent/etcd/leave.js';
 import { selectExpired } from '../../agent/etcd/retention.js';
 import { backupKey, parseBackupKey, type BackupObject } from '../../agent/etcd/store.js';
@@ -60,14 +60,24 @@ describe('the backup tar', () => {
   });
 });
 
-describe('etcd gateway snapshot messages', () => {
-  it('are parsed by position: remaining bytes and the base64 blob', () => {
+describe('etcd snapshot messages (gRPC SnapshotResponse)', () => {
+  it('are parsed field by field: header skipped, remaining bytes, blob', () => {
     const blob = Buffer.from('hello snapshot');
-    const m = parseSnapshotMessage(Buffer.from(`{"result":{"remaining_bytes":"4096","blob":"${blob.toString('base64')}"}}`));
-    expect(m.remaining).toBe(4096);
+    // header {cluster_id: 1} | remaining_bytes 300 (varint ac 02) | blob | version "3.6.0"
+    const msg = Buffer.concat([
+      Buffer.from([0x0a, 0x02, 0x08, 0x01]),
+      Buffer.from([0x10, 0xac, 0x02]),
+      Buffer.from([0x1a, blob.length]),
+      blob,
+      Buffer.from([0x22, 0x05]),
+      Buffer.from('3.6.0'),
+    ]);
+    const m = parseSnapshotResponse(msg);
+    expect(m.remaining).toBe(300);
     expect(m.blob.equals(blob)).toBe(true);
-    expect(parseSnapshotMessage(Buffer.from('{"result":{"blob":"AAAA"}}')).remaining).toBe(0);
-    expect(() => parseSnapshotMessage(Buffer.from('{"error":{"grpc_code":14,"message":"etcdserver: no leader"}}'))).toThrow(/no leader/);
+    expect(parseSnapshotResponse(Buffer.from([0x1a, 0x01, 0x41])).remaining).toBe(0);
+    expect(() => parseSnapshotResponse(Buffer.from([0x1a, 0x05, 0x41]))).not.toThrow(); // a short blob is caught by the size check
+    expect(() => parseSnapshotResponse(Buffer.from([0x10, 0x80]))).toThrow(/cut off/);
   });
 
   it("etcdctl's uint64 ids keep every digit", () => {

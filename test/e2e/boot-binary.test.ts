@@ -1,0 +1,101 @@
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { CreateTopicCommand, SNSClient, SubscribeCommand } from '@aws-sdk/client-sns';
+import { CreateQueueCommand, GetQueueAttributesCommand, ReceiveMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startImds, type Imds } from '../testbed/imds.js';
+import { createLoopDevice, type LoopDevice } from '../testbed/loop.js';
+import { makeTempRoot, type TempRoot } from '../testbed/root.js';
+import { readRecords, standinEnv } from '../testbed/standins.js';
+import { AZ, BINARY, REGION, awsSection, createEtcdVolume, credentials, launchInstance, runBinary, startAwsWorld, writeConfig, type AwsWorld } from '../support/boot-env.js';
+
+/**
+ * The built binary (`make binary`) boots a controller 00 on the testbed: moto behind the
+ * fidelity proxy, AEMM, a real loop device as its etcd volume, the recording apk and kubeadm;
+ * the SNS message is read back through SQS. Then boots again: nothing to do.
+ */
+
+let w: AwsWorld;
+let root: TempRoot;
+let loop: LoopDevice;
+let imds: Imds;
+let sqs: SQSClient;
+let queueUrl: string;
+let env: NodeJS.ProcessEnv;
+let records: string;
+
+beforeAll(async () => {
+  if (!fs.existsSync(BINARY)) throw new Error(`${BINARY} is missing: run 'make binary' first`);
+  w = await startAwsWorld();
+  root = await makeTempRoot();
+  loop = await createLoopDevice(64);
+  const common = { region: REGION, endpoint: w.proxy.endpoint, credentials };
+  const sns = new SNSClient(common);
+  sqs = new SQSClient(common);
+  const topicArn = (await sns.send(new CreateTopicCommand({ Name: 'zdt-e2e' }))).TopicArn!;
+  queueUrl = (await sqs.send(new CreateQueueCommand({ QueueName: 'zdt-e2e' }))).QueueUrl!;
+  const queueArn = (await sqs.send(new GetQueueAttributesCommand({ QueueUrl: queueUrl, AttributeNames: ['QueueArn'] }))).Attributes!.QueueArn!;
+  await sns.send(new SubscribeCommand({ TopicArn: topicArn, Protocol: 'sqs', Endpoint: queueArn }));
+  const inst = await launchInstance(w);
+  const volumeId = await createEtcdVolume(w, { cluster: 'e2e' });
+  await root.linkVolume(volumeId, loop.device);
+  imds = await startImds({ instanceId: inst.instanceId, region: REGION, availabilityZone: AZ, instanceType: 'm5.large', privateIp: inst.privateIp, tags: { 'zdt:cluster': 'e2e', 'zdt:role': 'controller', 'zdt:controller-index': '00' } });
+  writeConfig(root.dir, {
+    cluster: { name: 'e2e', kubernetesVersion: '1.34.X' },
+    notify: { snsTopicArn: topicArn },
+    aws: { ...awsSection(w.proxy.endpoint), imdsEndpoint: imds.endpoint },
+  });
+  records = root.at('/records.jsonl');
+  env = standinEnv(records, { ZDT_APK_VERSIONS: '1.34.2-r0,1.34.1-r0', AWS_ACCESS_KEY_ID: 'testing', AWS_SECRET_ACCESS_KEY: 'testing' });
+}, 120_000);
+
+afterAll(async () => {
+  await imds?.stop();
+  await root?.cleanup();
+  await loop?.detach();
+  await w?.stop();
+});
+
+describe('dist/zdt-agent boot', () => {
+  it('boots controller 00 (role and slot from instance tags): volume formatted and mounted, kubeadm init, boot.succeeded', async () => {
+    const r = await runBinary(['boot', '--root', root.dir], env);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toBe('');
+    expect(execFileSync('blkid', ['-p', '-s', 'TYPE', '-o', 'value', loop.device], { encoding: 'utf8' }).trim()).toBe('ext4');
+    expect(execFileSync('findmnt', ['-n', '-o', 'SOURCE', root.at('/var/lib/etcd')], { encoding: 'utf8' }).trim()).toBe(loop.device);
+    const kubeadm = (await readRecords(records)).filter((x) => x.tool === 'kubeadm');
+    expect(kubeadm.map((x) => x.argv.join(' '))).toEqual([`init --config ${root.at('/etc/kubernetes/zdt-agent/init.yaml')} --skip-token-print`]);
+    const msg = await sqs.send(new ReceiveMessageCommand({ QueueUrl: queueUrl, WaitTimeSeconds: 5 }));
+    const ev = JSON.parse(JSON.parse(msg.Messages![0]!.Body!).Message);
+    expect(ev).toMatchObject({ event: 'boot.succeeded', cluster: 'e2e', role: 'controller', controllerIndex: '00', kubernetesVersion: '1.34.2', details: { joinMode: 'bootstrap', etcdVolumeFormatted: true } });
+    const status = await runBinary(['status', '--root', root.dir], env);
+    expect(status.stdout).toMatch(/^boot: ok/m);
+    expect(status.stdout).toMatch(/etcd-volume\s+ok\s+\d+\.\d+s\s+vol-\w+ attached, formatted ext4, mounted at \/var\/lib\/etcd/);
+  });
+
+  it('a second boot on the booted node does nothing and says so', async () => {
+    for (const f of ['/etc/kubernetes/kubelet.conf', '/etc/kubernetes/manifests/kube-apiserver.yaml']) {
+      fs.mkdirSync(path.dirname(root.at(f)), { recursive: true });
+      fs.writeFileSync(root.at(f), '# kubeadm\n');
+    }
+    const before = (await readRecords(records)).length;
+    const r = await runBinary(['boot', '--root', root.dir], env);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain('boot finished: nothing to do');
+    expect((await readRecords(records)).slice(before).map((x) => `${x.tool} ${x.argv.join(' ')}`)).toEqual(['apk policy kubeadm kubelet kubectl', 'rc-service kubelet status']);
+    expect((await sqs.send(new ReceiveMessageCommand({ QueueUrl: queueUrl, WaitTimeSeconds: 1 }))).Messages ?? []).toEqual([]);
+  });
+
+  it('an invalid config exits 2 with one line and changes nothing', async () => {
+    const bad = root.at('/bad.yaml');
+    fs.writeFileSync(bad, 'etcd: { volume: { filesystem: btrfs } }\n');
+    const stateBefore = fs.readFileSync(root.at('/var/lib/zdt-agent/state.json'), 'utf8');
+    const r = await runBinary(['boot', '--root', root.dir, '--config', bad], { ...env, ZDT_RECORD_FILE: root.at('/none.jsonl') });
+    expect(r.code).toBe(2);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/^zdt-agent: ConfigInvalid: /);
+    expect(fs.existsSync(root.at('/none.jsonl'))).toBe(false);
+    expect(fs.readFileSync(root.at('/var/lib/zdt-agent/state.json'), 'utf8')).toBe(stateBefore);
+  });
+});
