@@ -124,7 +124,10 @@ function runAgent(args, env, profileDir) {
     child.on('error', reject);
     child.on('exit', (code) => {
       const end = performance.timeOrigin + performance.now();
-      if (code !== 0) return reject(new Error(`zdt-agent ${args.join(' ')} exited ${code}:\n${stderr}`));
+      if (code !== 0) {
+        fs.rmSync(rssFile, { force: true });
+        return reject(new Error(`zdt-agent ${args.join(' ')} exited ${code}:\n${stderr}`));
+      }
       let rssMb;
       if (TIME) {
         rssMb = Number(fs.readFileSync(rssFile, 'utf8').trim().split('\n').pop()) / 1024;
@@ -187,7 +190,7 @@ async function main() {
         awsTiming.take();
         imdsTiming.take();
         const offset = fs.existsSync(logFile) ? fs.statSync(logFile).size : 0;
-        const r = await runAgent(['boot', '--root', root.dir, '--log-level', 'info'], env, which === 'second' ? process.env.ZDT_BENCH_PROFILE : undefined);
+        const r = await runAgent(['boot', '--root', root.dir, '--log-level', 'info'], env, which === (process.env.ZDT_BENCH_PROFILE_WHICH ?? 'second') ? process.env.ZDT_BENCH_PROFILE : undefined);
         const outside = unionMs([...awsTiming.take(), ...imdsTiming.take(), ...execIntervals(logFile, offset)].filter(([s]) => s >= r.start - 5));
         rows[which].push({ wall: r.wall, outside, overhead: r.wall - outside, rss: r.rssMb });
         if (process.env.ZDT_BENCH_VERBOSE) {

@@ -8,7 +8,7 @@
  * the runs), throughput in MiB/s of the database, the ratio, peak RSS of the agent and the
  * temporary disk each needs. Targets: ratio >= 1.5, no temporary copy on disk. Never asserts.
  *
- *   node bench/etcd-backup.mjs [--mib=256] [--runs=3]
+ *   node bench/etcd-backup.mjs [--mib=256] [--runs=3] [--part-mib=16] [--concurrency=4]
  *
  * Needs: dist/zdt-agent (make binary), /usr/bin/etcd and etcdctl, moto_server, aws (CLI v1 or v2).
  */
@@ -25,7 +25,11 @@ import { CreateKeyCommand, KMSClient } from '@aws-sdk/client-kms';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const BIN = path.join(ROOT, 'dist/zdt-agent');
-const { values } = parseArgs({ options: { mib: { type: 'string', default: '256' }, runs: { type: 'string', default: '3' } } });
+const { values } = parseArgs({
+  options: { mib: { type: 'string', default: '256' }, runs: { type: 'string', default: '3' }, 'part-mib': { type: 'string', default: '16' }, concurrency: { type: 'string', default: '4' } },
+});
+const PART_MIB = Number(values['part-mib']);
+const CONCURRENCY = Number(values.concurrency);
 const TARGET_MIB = Number(values.mib);
 const RUNS = Math.max(1, Number(values.runs));
 const REGION = 'eu-central-1';
@@ -134,7 +138,7 @@ try {
     [
       'cluster: { name: bench }',
       "node: { role: controller, controllerIndex: '00' }",
-      `etcd: { clientUrl: '${etcdUrl}', backup: { bucket: bench, kmsKeyId: '${kmsKeyId}', retention: { hourly: 100 } } }`,
+      `etcd: { clientUrl: '${etcdUrl}', backup: { bucket: bench, kmsKeyId: '${kmsKeyId}', retention: { hourly: 100 }, partSizeMiB: ${PART_MIB}, concurrency: ${CONCURRENCY} } }`,
       `aws: { region: ${REGION}, endpoint: '${motoUrl}', s3ForcePathStyle: true, imdsEndpoint: 'http://127.0.0.1:${iport}', requestTimeoutMs: 120000 }`,
       'log: { level: warn }',
     ].join('\n'),
@@ -153,7 +157,7 @@ try {
       : await timed(BIN, ['--root', root, 'etcd', 'backup']);
     agent.push(a.ms);
     rssKb = /RSS_KB=(\d+)/.exec(a.stderr)?.[1] ?? rssKb;
-    partCount = String(Math.ceil(dbBytes / (16 * 1048576)));
+    partCount = String(Math.ceil(dbBytes / (PART_MIB * 1048576)));
     await sleep(1100); // backup keys are per second
     save.push((await timed('etcdctl', [`--endpoints=${etcdUrl}`, 'snapshot', 'save', snapFile], { ETCDCTL_API: '3' })).ms);
     cp.push(
@@ -168,7 +172,7 @@ try {
   console.log('');
   console.log('| path | wall time | MiB/s | temporary disk |');
   console.log('|---|---|---|---|');
-  console.log(`| zdt-agent etcd backup (gateway stream -> tar -> ~${partCount} x 16 MiB parts, SHA-256, HeadObject verify) | ${(agentMs / 1000).toFixed(2)} s | ${mibs(agentMs)} | none |`);
+  console.log(`| zdt-agent etcd backup (gRPC snapshot stream -> tar -> ${partCount} x ${PART_MIB} MiB parts, ${CONCURRENCY} at once, SHA-256, HeadObject verify) | ${(agentMs / 1000).toFixed(2)} s | ${mibs(agentMs)} | none |`);
   console.log(`| etcdctl snapshot save | ${(median(save) / 1000).toFixed(2)} s | ${mibs(median(save))} | ${dbMiB.toFixed(0)} MiB |`);
   console.log(`| aws s3 cp (of that file) | ${(median(cp) / 1000).toFixed(2)} s | ${mibs(median(cp))} | |`);
   console.log(`| etcdctl snapshot save + aws s3 cp | ${(baseMs / 1000).toFixed(2)} s | ${mibs(baseMs)} | ${dbMiB.toFixed(0)} MiB |`);

@@ -120,3 +120,35 @@ export async function waitForControlPlane(ctx: BootContext, ep: ApiEndpoint): Pr
     },
   });
 }
+
+/** The slots whose stable etcd names are tried (etcd clusters have at most five members). */
+export const ETCD_SLOTS = ['00', '01', '02', '03', '04'] as const;
+
+/**
+ * The stable etcd names of the other controller slots that accept a TCP connection on the
+ * etcd client port. Controller 00 checks this before it bootstraps or restores: an API
+ * endpoint that does not answer (load balancer, DNS) must not lead to a second cluster next to
+ * a running one. Without cluster.domain there are no stable names and nothing to check.
+ */
+export async function otherEtcdMembersAnswering(config: Config, timeoutMs = 2000): Promise<string[]> {
+  const domain = config.cluster?.domain;
+  if (!domain) return [];
+  const names = ETCD_SLOTS.filter((s) => s !== config.node.controllerIndex).map((s) => `etcd${s}.${domain}`);
+  const answers = await Promise.all(
+    names.map(
+      (host) =>
+        new Promise<string | undefined>((resolve) => {
+          const socket = net.connect({ host, port: 2379, timeout: timeoutMs });
+          const done = (ok: boolean) => {
+            socket.destroy();
+            resolve(ok ? host : undefined);
+          };
+          socket.once('connect', () => done(true));
+          socket.once('timeout', () => done(false));
+          socket.once('error', () => done(false));
+        }),
+    ),
+  );
+  return answers.filter((a): a is string => a !== undefined);
+}
+

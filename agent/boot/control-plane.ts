@@ -16,7 +16,7 @@ import {
   uploadSharedPki,
   writeBootstrapObject,
 } from './bootstrap.js';
-import { requireApiEndpoint } from './cluster.js';
+import { ETCD_SLOTS, otherEtcdMembersAnswering, requireApiEndpoint } from './cluster.js';
 import type { BootContext, BootPhase, JoinMode, MountedVolume, PhaseOutcome } from './context.js';
 import { addThisMember, listMembers, type EtcdAccess } from './etcd-members.js';
 import { holdsEtcdData, readVolumeIdentity, volumeSettings, writeVolumeIdentity } from './etcd-volume.js';
@@ -39,7 +39,6 @@ import { clusterSettingsFor, nodeNameOf, nodeRegistrationFor, stableEtcdName } f
  * sure kubelet runs.
  */
 
-const ETCD_SLOTS = ['00', '01', '02', '03', '04'];
 const BIND_PORT = 6443;
 
 export const controlPlanePhase: BootPhase = {
@@ -75,6 +74,7 @@ async function bringUpControlPlane(ctx: BootContext): Promise<PhaseOutcome> {
         : `controller 00, no control plane answers, ${hasData ? 'etcd data on the volume' : 'blank etcd data'}`,
   });
 
+  if (mode !== 'join') await refuseSecondCluster(ctx);
   const stable = stableEtcdName(config);
   if (stable && config.cluster?.route53ZoneId) {
     await upsertStableName({
@@ -100,6 +100,16 @@ async function bringUpControlPlane(ctx: BootContext): Promise<PhaseOutcome> {
   });
   const extra = removed.length ? `; removed stale Node ${removed.join(', ')}` : '';
   return { detail: `${mode}: control plane ${version} on ${nodeNameOf(identity)}${stable ? ` (etcd ${stable})` : ''}${extra}`, changed: true };
+}
+
+/** Bootstrap and restore start a cluster of one: never while other controllers' etcd runs. */
+export async function refuseSecondCluster(ctx: BootContext): Promise<void> {
+  const running = await otherEtcdMembersAnswering(ctx.config);
+  if (running.length) {
+    throw new AgentError('ClusterRunningElsewhere', `the API endpoint does not answer, but the etcd of ${running.join(', ')} does`, {
+      hint: 'not starting a second cluster next to a running one: check the API load balancer and DNS for cluster.apiEndpoint, then boot again',
+    });
+  }
 }
 
 function nodePathOf(ctx: BootContext, volume: MountedVolume): string {

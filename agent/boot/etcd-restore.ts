@@ -3,6 +3,7 @@ import { AgentError } from '../errors.js';
 import { restoreBackup } from '../etcd/restore.js';
 import { apiCredentials, apiEndpoint, probeApi } from './cluster.js';
 import type { BootContext, BootPhase, PhaseOutcome } from './context.js';
+import { refuseSecondCluster } from './control-plane.js';
 import { holdsEtcdData, readVolumeIdentity, volumeSettings, writeVolumeIdentity } from './etcd-volume.js';
 import { nodeNameOf, stableEtcdName } from './registration.js';
 
@@ -29,6 +30,7 @@ async function restoreIfBlank(ctx: BootContext): Promise<PhaseOutcome> {
     return { detail: `the control plane at ${ep.hostPort} answers: joining it, not restoring`, changed: false, skipped: true };
   }
 
+  await refuseSecondCluster(ctx);
   const stable = stableEtcdName(config);
   const memberName = stable ?? nodeNameOf(identity);
   const peerUrl = `https://${stable ?? identity.privateIp}:2380`;

@@ -1,4 +1,4 @@
-import { installExact, installedVersions, offeredVersions, PackageVersionMissing } from '../host/packages.js';
+import { installExact, installedVersions, offeredVersions, PackageVersionMissing, upstreamVersion } from '../host/packages.js';
 import { isFirstController } from '../node.js';
 import { apiCredentials, apiEndpoint, probeApi, requireApiEndpoint, waitForControlPlane } from './cluster.js';
 import type { BootContext, BootPhase, PhaseOutcome } from './context.js';
@@ -52,9 +52,23 @@ async function settleVersion(ctx: BootContext): Promise<PhaseOutcome> {
     ctx.shared.apiReachable = true;
   }
 
+  const installed = installedVersions(ctx.paths);
+  const current = (name: string) => installed?.get(name) ?? (installed ? undefined : (ctx.state.facts[`package:${name}`] as string | undefined));
+  const configured = first ? config.cluster?.kubernetesVersion : undefined;
+  const resolvedAlready = !configured || !configured.endsWith('.X');
+  // When no '.X' has to be resolved and the packages already are at the version, the package
+  // source need not be asked (a process less on every boot of a booted node).
+  if (resolvedAlready) {
+    const decision = decideVersions({ firstController: first, desired: configured, cluster });
+    if (packages.every((name) => upstreamVersion(current(name) ?? '') === decision.install)) {
+      ctx.shared.versions = decision;
+      ctx.state.facts.kubernetesVersion = decision.install;
+      return { detail: `${decision.install} installed (${cluster ? `the cluster runs ${cluster}` : `new cluster at ${decision.install}`})`, changed: false };
+    }
+  }
+
   const offered = await offeredVersions(ctx.exec, packages);
   const main = packages[0]!;
-  const configured = first ? config.cluster?.kubernetesVersion : undefined;
   const desired = configured ? resolveConfiguredVersion(configured, offered.get(main) ?? []) : undefined;
   const decision = decideVersions({ firstController: first, desired, cluster });
   ctx.shared.versions = decision;
@@ -65,8 +79,6 @@ async function settleVersion(ctx: BootContext): Promise<PhaseOutcome> {
     if (!version) throw new PackageVersionMissing(name, decision.install, offered.get(name) ?? []);
     return { name, version };
   });
-  const installed = installedVersions(ctx.paths);
-  const current = (name: string) => installed?.get(name) ?? (installed ? undefined : (ctx.state.facts[`package:${name}`] as string | undefined));
   const missing = wanted.filter((p) => current(p.name) !== p.version);
   ctx.state.facts.kubernetesVersion = decision.install;
   const why = cluster ? `the cluster runs ${cluster}` : `new cluster at ${desired}`;

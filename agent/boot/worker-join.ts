@@ -34,6 +34,14 @@ async function joinAsWorker(ctx: BootContext): Promise<PhaseOutcome> {
       hint: 'controller 00 publishes token and pki/ca.crt to cluster.bootstrap.s3Uri; check that the worker role may read them',
     });
   }
+  // A join that was interrupted (kill, power loss) leaves kubeadm's files behind, and kubeadm's
+  // preflight then refuses to join. On a worker `kubeadm reset` only removes what that join
+  // made (there is no etcd data here), so it is the way back; never on a controller.
+  const leftovers = ['/etc/kubernetes/bootstrap-kubelet.conf', '/etc/kubernetes/pki/ca.crt'].filter((f) => fs.existsSync(ctx.paths.at(f)));
+  if (leftovers.length) {
+    ctx.log.warn('an earlier join did not finish; resetting what it left', { files: leftovers.join(' ') });
+    await kubeadm(ctx, ['reset', '--force'], 'kubeadm reset of an interrupted join');
+  }
   const file = writeKubeadmConfig(
     ctx,
     'join.yaml',

@@ -287,8 +287,9 @@ export async function runTerminate(o: { ctx: CommandContext; budget: Budget; fla
   const unfinished = Object.entries(record.phases)
     .filter(([, p]) => p.result === 'deadline')
     .map(([n]) => n);
-  const failed = Object.entries(record.phases).filter(([, p]) => p.result === 'failed' || (p.error && p.result !== 'deadline'));
-  record.result = unfinished.length ? 'deadline' : failed.length ? 'failed' : 'ok';
+  // Hooks and notifications never fail the shutdown: their errors are reported, not counted.
+  const hard = Object.entries(record.phases).filter(([n, p]) => p.result === 'failed' && n !== 'notify' && n !== 'hooks');
+  record.result = unfinished.length ? 'deadline' : hard.length ? 'failed' : 'ok';
   record.finishedAt = new Date().toISOString();
 
   if (!applies('notify')) skip('notify', why('notify'));
@@ -321,8 +322,6 @@ export async function runTerminate(o: { ctx: CommandContext; budget: Budget; fla
   save();
   log.info(`terminate ${record.result}`, { event, ms: budget.elapsedMs(), unfinished: unfinished.join(',') || undefined });
 
-  // Hooks and notifications never fail the shutdown; what did not finish decides the exit code.
-  const hard = Object.entries(record.phases).filter(([n, p]) => p.result === 'failed' && n !== 'notify' && n !== 'hooks');
   return {
     event,
     classification,

@@ -13,7 +13,7 @@ import { startEtcdCluster } from '../testbed/etcd.js';
 import { startImds } from '../testbed/imds.js';
 import { kubeApiserverAvailable, startKube, type Kube } from '../testbed/kube.js';
 import { createLoopDevice } from '../testbed/loop.js';
-import { makeTempRoot, type TempRoot } from '../testbed/root.js';
+import { makeTempRoot } from '../testbed/root.js';
 import { readRecords, standinPath } from '../testbed/standins.js';
 import {
   AZ,

@@ -170,7 +170,8 @@ describe.skipIf(!!pending)(`worker boot${pending ? ` (${pending})` : ''}`, () =>
     const again = await runBoot(await bootDepsFor(n.root.dir, n.config));
     expect(again.ok).toBe(true);
     expect(again.changed).toBe(false);
-    expect((await readRecords(records)).slice(before).map((r) => `${r.tool} ${r.argv.join(' ')}`)).toEqual(['apk policy kubeadm kubelet kubectl', 'rc-service kubelet status']);
+    // The packages are at the cluster's version: apk is not even asked.
+    expect((await readRecords(records)).slice(before).map((r) => `${r.tool} ${r.argv.join(' ')}`)).toEqual(['rc-service kubelet status']);
     expect(w.proxy.recorded('SignalResource')).toHaveLength(1);
     expect(await receiveEvents(1, 3000)).toEqual([]);
   });
@@ -204,5 +205,19 @@ describe.skipIf(!!pending)(`worker boot${pending ? ` (${pending})` : ''}`, () =>
     } finally {
       await kube.startApiserver();
     }
+  });
+
+  it('a join that was interrupted is reset before the worker joins again', async () => {
+    const n = await workerNode({ controlPlaneWait: 30 });
+    // What an interrupted `kubeadm join` leaves: the CA and the bootstrap kubeconfig, no kubelet.conf.
+    fs.mkdirSync(n.root.at('/etc/kubernetes/pki'), { recursive: true });
+    fs.copyFileSync(kube.caFile, n.root.at('/etc/kubernetes/pki/ca.crt'));
+    fs.writeFileSync(n.root.at('/etc/kubernetes/bootstrap-kubelet.conf'), '# from the interrupted join\n');
+    const result = await runBoot(await bootDepsFor(n.root.dir, n.config));
+    expect(result.error?.oneLine()).toBeUndefined();
+    const kubeadm = (await readRecords(records)).filter((r) => r.tool === 'kubeadm').map((r) => r.argv.join(' '));
+    expect(kubeadm).toEqual(['reset --force', `join --config ${n.root.at('/etc/kubernetes/zdt-agent/join.yaml')}`]);
+    expect(agentLog(n.root.dir)).toContain('an earlier join did not finish');
+    await receiveEvents(1, 5000); // drain this test's boot.succeeded
   });
 });

@@ -184,12 +184,14 @@ describe.skipIf(!available)('a worker is terminated by its Auto Scaling group', 
     expect(completes[0]!.params).toMatchObject({ AutoScalingGroupName: ASG, LifecycleHookName: HOOK, LifecycleActionResult: 'CONTINUE' });
     expect(proxy.recorded('RecordLifecycleActionHeartbeat').filter((c) => c.params.InstanceId === 'i-0worker000000001').length).toBeGreaterThan(0);
     expect(out.exitCode).toBe(0);
-    expect(out.record.result).toBe('failed'); // the broken hook is reported, not fatal
+    expect(out.record.result).toBe('ok'); // the broken hook is reported (above, and in SNS), not fatal
 
     const messages = await drainQueue();
     expect(messages.map((m) => m.event)).toEqual(['terminate.started', 'terminate.finished']);
     const finished = messages[1]!;
-    expect(finished.details).toMatchObject({ event: 'terminate', unfinished: '', podsEvicted: 2, podsLeft: 0 });
+    expect(finished.details).toMatchObject({ event: 'terminate', result: 'ok', unfinished: '', podsEvicted: 2, podsLeft: 0 });
+    expect(finished.failure).toBeUndefined();
+    expect(finished.phases.find((x) => x.name === 'hooks')!.error).toMatch(/20-broken/);
     expect(finished.phases.map((x) => x.name)).toEqual(expect.arrayContaining(['drain', 'self-delete', 'lifecycle', 'hooks']));
 
     const state = readState(root.at('/var/lib/zdt-agent/state.json'), 'x');

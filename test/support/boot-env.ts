@@ -133,15 +133,19 @@ export function writeConfig(root: string, config: ConfigInput): void {
 
 let bundleP: Promise<string> | undefined;
 
-/** agent/main.ts bundled from source (as scripts/build-binary.mjs does), once per test process. */
+/**
+ * agent/main.ts bundled from source (as scripts/build-binary.mjs does), once per test process,
+ * into .cache/ (git-ignored; written to a temporary name and renamed, so parallel test files
+ * never read half a bundle).
+ */
 export function agentBundle(): Promise<string> {
   bundleP ??= (async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-bundle-'));
-    const outfile = path.join(dir, 'zdt-agent.cjs');
+    const outfile = path.join(ROOT_DIR, '.cache/boot-test/zdt-agent.cjs');
+    const tmp = `${outfile}.${process.pid}.tmp`;
     await esbuild.build({
       absWorkingDir: ROOT_DIR,
       entryPoints: ['agent/main.ts'],
-      outfile,
+      outfile: tmp,
       bundle: true,
       platform: 'node',
       target: 'node24',
@@ -150,7 +154,7 @@ export function agentBundle(): Promise<string> {
       define: { 'import.meta.url': '__zdt_import_meta_url', __ZDT_VERSION__: JSON.stringify('0.0.0-test') },
       banner: { js: "const __zdt_import_meta_url = require('node:url').pathToFileURL(__filename).href;" },
     });
-    process.once('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+    fs.renameSync(tmp, outfile);
     return outfile;
   })();
   return bundleP;
