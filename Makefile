@@ -30,13 +30,9 @@ test: testbed-deps binary typecheck
 test-unit: deps
 	$(NODE) node_modules/vitest/vitest.mjs run test/unit
 
-# Scripts written in TypeScript (they share the testbed modules) are bundled, then run.
-.cache/%.mjs: scripts/%.ts deps
-	mkdir -p .cache
-	node_modules/.bin/esbuild $< --bundle --platform=node --format=esm --target=node24 --packages=external --log-level=warning --outfile=$@
-
-demo: testbed-deps binary .cache/demo.mjs
-	$(NODE) .cache/demo.mjs
+# The demo is TypeScript that shares the testbed modules; vite-node (vitest's runner) runs it.
+demo: testbed-deps binary
+	$(NODE) node_modules/vite-node/vite-node.mjs scripts/demo.ts
 
 bench: testbed-deps binary
 	$(NODE) bench/run.mjs

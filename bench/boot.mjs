@@ -111,11 +111,15 @@ function execIntervals(logFile, fromOffset) {
   return out;
 }
 
-/** Runs the binary (or, with `profileDir`, the bundle under node --cpu-prof, for finding where the time goes). */
+/**
+ * Runs the binary; with `profileDir`, under --cpu-prof (through NODE_OPTIONS, which the single
+ * executable honours, so the profile is of the binary with its code cache).
+ */
 function runAgent(args, env, profileDir) {
   return new Promise((resolve, reject) => {
     const rssFile = path.join(os.tmpdir(), `zdt-bench-rss-${process.pid}`);
-    const cmd = profileDir ? [process.execPath, '--cpu-prof', `--cpu-prof-dir=${profileDir}`, path.join(ROOT, 'dist/zdt-agent.cjs'), ...args] : [BIN, ...args];
+    const cmd = [BIN, ...args];
+    if (profileDir) env = { ...env, NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${profileDir}` };
     const [file, argv] = TIME ? [TIME, ['-f', '%M', '-o', rssFile, ...cmd]] : [cmd[0], cmd.slice(1)];
     const start = performance.timeOrigin + performance.now();
     const child = spawn(file, argv, { env, stdio: ['ignore', 'ignore', 'pipe'] });

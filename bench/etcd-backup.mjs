@@ -8,7 +8,7 @@
  * the runs), throughput in MiB/s of the database, the ratio, peak RSS of the agent and the
  * temporary disk each needs. Targets: ratio >= 1.5, no temporary copy on disk. Never asserts.
  *
- *   node bench/etcd-backup.mjs [--mib=256] [--runs=3] [--part-mib=16] [--concurrency=4]
+ *   node bench/etcd-backup.mjs [--mib=256] [--runs=3] [--part-mib=8] [--concurrency=8]
  *
  * Needs: dist/zdt-agent (make binary), /usr/bin/etcd and etcdctl, moto_server, aws (CLI v1 or v2).
  */
@@ -26,7 +26,7 @@ import { CreateKeyCommand, KMSClient } from '@aws-sdk/client-kms';
 const ROOT = path.resolve(import.meta.dirname, '..');
 const BIN = path.join(ROOT, 'dist/zdt-agent');
 const { values } = parseArgs({
-  options: { mib: { type: 'string', default: '256' }, runs: { type: 'string', default: '3' }, 'part-mib': { type: 'string', default: '16' }, concurrency: { type: 'string', default: '4' } },
+  options: { mib: { type: 'string', default: '256' }, runs: { type: 'string', default: '3' }, 'part-mib': { type: 'string', default: '8' }, concurrency: { type: 'string', default: '8' } },
 });
 const PART_MIB = Number(values['part-mib']);
 const CONCURRENCY = Number(values.concurrency);

@@ -1,162 +1,234 @@
 /**
- * `make demo`: the built binary against the local testbed, end to end, with a readable
- * timeline. Everything it starts (moto, fidelity proxy, IMDS mock, loop device) it ends by
+ * `make demo`: the built binary (dist/zdt-agent) against the local testbed, end to end, with
+ * a readable timeline and the SNS messages the agent sent. Everything it starts (moto, the
+ * fidelity proxy, IMDS mocks, a kube-apiserver, etcd, sshd, loop devices, mounts) is ended by
  * PID or device name, also when a step fails.
+ *
+ * Scenes:
+ *   1. controller 00 bootstraps a cluster: plan, boot (volume formatted, kubeadm init), boot
+ *      again (nothing to do), status;
+ *   2. its replacement takes over the etcd volume of the terminated predecessor: never
+ *      formatted, the data is still there;
+ *   3. a worker launched with the cluster waits for a control plane that starts late, joins;
+ *   4+ terminate and ssh-keys scenes (see below).
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { CreateVolumeCommand, EC2Client, RunInstancesCommand } from '@aws-sdk/client-ec2';
-import { AddUserToGroupCommand, CreateGroupCommand, CreateUserCommand, IAMClient, UploadSSHPublicKeyCommand } from '@aws-sdk/client-iam';
-import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { TerminateInstancesCommand } from '@aws-sdk/client-ec2';
+import { CreateBucketCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { CreateTopicCommand, SNSClient, SubscribeCommand } from '@aws-sdk/client-sns';
 import { CreateQueueCommand, GetQueueAttributesCommand, ReceiveMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
-import { startFidelityProxy } from '../test/testbed/fidelity-proxy.js';
-import { startImds } from '../test/testbed/imds.js';
+import type { ConfigInput } from '../agent/config/schema.js';
+import { AZ, BINARY, REGION, awsSection, createEtcdVolume, credentials, launchInstance, startAwsWorld, writeConfig, type AgentRun } from '../test/support/boot-env.js';
+import { startImds, type ImdsConfig } from '../test/testbed/imds.js';
+import { startKube } from '../test/testbed/kube.js';
 import { createLoopDevice } from '../test/testbed/loop.js';
-import { startMoto } from '../test/testbed/moto.js';
-import { makeTempRoot } from '../test/testbed/root.js';
-import { standinPath } from '../test/testbed/standins.js';
+import { makeTempRoot, type TempRoot } from '../test/testbed/root.js';
+import { readRecords, standinEnv } from '../test/testbed/standins.js';
+import { spawn } from 'node:child_process';
 
-const BIN = path.resolve('dist/zdt-agent');
-const REGION = 'eu-central-1';
-const AZ = `${REGION}a`;
-const CLUSTER = 'demo';
-const creds = { accessKeyId: 'demo', secretAccessKey: 'demo' };
 const t0 = Date.now();
 const timeline: string[] = [];
+const cleanups: Array<() => Promise<void> | void> = [];
+const APK_VERSIONS = '1.34.12-r1,1.34.12-r0,1.34.3-r0';
 
-function step(what: string): void {
-  const line = `+${((Date.now() - t0) / 1000).toFixed(1).padStart(6)}s  ${what}`;
-  timeline.push(line);
-  console.log(`\n=== ${line}`);
+const since = () => `+${((Date.now() - t0) / 1000).toFixed(1).padStart(6)}s`;
+
+function scene(title: string): void {
+  timeline.push(`${since()}  == ${title}`);
+  console.log(`\n\x1b[1m=== ${title}\x1b[0m`);
 }
 
-const cleanups: Array<() => Promise<void> | void> = [];
+function note(text: string): void {
+  timeline.push(`${since()}     ${text}`);
+  console.log(`--- ${text}`);
+}
+
+function indent(text: string): string {
+  return text
+    .trimEnd()
+    .split('\n')
+    .map((l) => `    ${l}`)
+    .join('\n');
+}
+
+/** Runs the built binary; prints its stdout and the agent's log lines; never throws. */
+function agent(what: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs = 300_000): { done: Promise<AgentRun>; pid: () => number | undefined } {
+  const started = Date.now();
+  const child = spawn(BINARY, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const done = new Promise<AgentRun>((resolve) => {
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      const ms = Date.now() - started;
+      timeline.push(`${since()}     zdt-agent ${args.filter((a) => !a.startsWith('/')).join(' ')} -> exit ${code ?? signal} in ${ms} ms  (${what})`);
+      console.log(`\n$ zdt-agent ${args.join(' ')}    # ${what}`);
+      if (stdout.trim()) console.log(indent(stdout));
+      if (stderr.trim()) console.log(indent(stderr));
+      console.log(`    (exit ${code ?? signal}, ${ms} ms)`);
+      resolve({ code, signal, stdout, stderr, ms });
+    });
+  });
+  return { done, pid: () => child.pid };
+}
+
+const run = (what: string, args: string[], env: NodeJS.ProcessEnv) => agent(what, args, env).done;
+
+async function newRoot(): Promise<TempRoot> {
+  const root = await makeTempRoot();
+  cleanups.push(() => root.cleanup());
+  return root;
+}
+
+async function newImds(c: ImdsConfig): Promise<string> {
+  const s = await startImds(c);
+  cleanups.push(() => s.stop());
+  return s.endpoint;
+}
+
+/** The cluster-wide keys a kubeadm cluster shares (bootstrap.ts SHARED_PKI_FILES), made with openssl. */
+async function uploadSharedPki(s3: S3Client, bucket: string, prefix: string): Promise<void> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-demo-pki-'));
+  try {
+    fs.mkdirSync(path.join(dir, 'etcd'));
+    const ca = (name: string, cn: string) =>
+      execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.crt`, '-days', '2', '-subj', `/CN=${cn}`], { cwd: dir, stdio: 'ignore' });
+    ca('ca', 'kubernetes');
+    ca('front-proxy-ca', 'front-proxy-ca');
+    ca('etcd/ca', 'etcd-ca');
+    execFileSync('openssl', ['genrsa', '-out', 'sa.key', '2048'], { cwd: dir, stdio: 'ignore' });
+    execFileSync('openssl', ['rsa', '-in', 'sa.key', '-pubout', '-out', 'sa.pub'], { cwd: dir, stdio: 'ignore' });
+    for (const f of ['ca.crt', 'ca.key', 'sa.key', 'sa.pub', 'front-proxy-ca.crt', 'front-proxy-ca.key', 'etcd/ca.crt', 'etcd/ca.key']) {
+      await s3.send(new PutObjectCommand({ Bucket: bucket, Key: `${prefix}/${f}`, Body: fs.readFileSync(path.join(dir, f)) }));
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
 
 async function main(): Promise<void> {
-  step('start moto and the fidelity proxy');
-  const moto = await startMoto();
-  cleanups.push(() => moto.stop());
-  const proxy = await startFidelityProxy({ target: moto.endpoint });
-  cleanups.push(() => proxy.stop());
-  const aws = { region: REGION, endpoint: proxy.endpoint, credentials: creds };
+  if (!fs.existsSync(BINARY)) throw new Error(`${BINARY} is missing: run 'make binary'`);
 
-  step('seed a small cluster in moto: instance, etcd volume, backup bucket, SNS topic -> SQS, IAM group with SSH keys');
-  const ec2 = new EC2Client(aws);
-  const inst = await ec2.send(
-    new RunInstancesCommand({
-      ImageId: 'ami-12c6146b',
-      InstanceType: 'm6i.large',
-      MinCount: 1,
-      MaxCount: 1,
-      Placement: { AvailabilityZone: AZ },
-      TagSpecifications: [{ ResourceType: 'instance', Tags: [{ Key: 'zdt:cluster', Value: CLUSTER }, { Key: 'zdt:role', Value: 'controller' }, { Key: 'zdt:controller-index', Value: '00' }] }],
-    }),
-  );
-  const instanceId = inst.Instances![0]!.InstanceId!;
-  const vol = await ec2.send(
-    new CreateVolumeCommand({
-      AvailabilityZone: AZ,
-      Size: 1,
-      VolumeType: 'gp3',
-      TagSpecifications: [{ ResourceType: 'volume', Tags: [{ Key: 'zdt:cluster', Value: CLUSTER }, { Key: 'zdt:role', Value: 'etcd' }] }],
-    }),
-  );
-  const volumeId = vol.VolumeId!;
-  await new S3Client({ ...aws, forcePathStyle: true }).send(new CreateBucketCommand({ Bucket: 'demo-etcd-backups', CreateBucketConfiguration: { LocationConstraint: REGION } }));
-  const sns = new SNSClient(aws);
+  scene('testbed: moto behind the fidelity proxy; a bucket, an SNS topic delivered to an SQS queue');
+  const w = await startAwsWorld();
+  cleanups.push(() => w.stop());
+  const common = { region: REGION, endpoint: w.proxy.endpoint, credentials };
+  const s3 = new S3Client({ ...common, forcePathStyle: true });
+  for (const Bucket of ['demo-bootstrap', 'demo-etcd-backups']) {
+    await s3.send(new CreateBucketCommand({ Bucket, CreateBucketConfiguration: { LocationConstraint: REGION } }));
+  }
+  const sns = new SNSClient(common);
+  const sqs = new SQSClient(common);
   const topicArn = (await sns.send(new CreateTopicCommand({ Name: 'demo-events' }))).TopicArn!;
-  const sqs = new SQSClient(aws);
   const queueUrl = (await sqs.send(new CreateQueueCommand({ QueueName: 'demo-events' }))).QueueUrl!;
   const queueArn = (await sqs.send(new GetQueueAttributesCommand({ QueueUrl: queueUrl, AttributeNames: ['QueueArn'] }))).Attributes!.QueueArn!;
   await sns.send(new SubscribeCommand({ TopicArn: topicArn, Protocol: 'sqs', Endpoint: queueArn, Attributes: { RawMessageDelivery: 'true' } }));
-  const iam = new IAMClient(aws);
-  await iam.send(new CreateGroupCommand({ GroupName: 'bastion-users' }));
-  const keyDir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-demo-keys-'));
-  cleanups.push(() => fs.rmSync(keyDir, { recursive: true, force: true }));
-  for (const user of ['alice', 'bob+ops']) {
-    await iam.send(new CreateUserCommand({ UserName: user }));
-    await iam.send(new AddUserToGroupCommand({ GroupName: 'bastion-users', UserName: user }));
-    const keyFile = path.join(keyDir, user.replace(/\W/g, '_'));
-    execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', user, '-f', keyFile]);
-    await iam.send(new UploadSSHPublicKeyCommand({ UserName: user, SSHPublicKeyBody: fs.readFileSync(`${keyFile}.pub`, 'utf8').trim() }));
-  }
-  console.log(`instance ${instanceId}, volume ${volumeId}, topic ${topicArn}`);
+  note(`moto ${w.moto.endpoint}, proxy ${w.proxy.endpoint}, topic ${topicArn}`);
+  await uploadSharedPki(s3, 'demo-bootstrap', 'demo/pki');
+  note('a pre-generated cluster CA (as kubecfn does) is in s3://demo-bootstrap/demo/pki/');
 
-  step('a temporary root with the etcd volume as a real loop device under /dev/disk/by-id');
-  const root = await makeTempRoot();
-  cleanups.push(() => root.cleanup());
-  const loop = await createLoopDevice(64);
-  cleanups.unshift(() => loop.detach());
-  const byId = path.join(root.dir, 'dev/disk/by-id', `nvme-Amazon_Elastic_Block_Store_${volumeId.replace('-', '')}`);
-  fs.mkdirSync(path.dirname(byId), { recursive: true });
-  fs.symlinkSync(loop.device, byId);
-
-  const userData = `#zdt-agent
-cluster: { name: ${CLUSTER}, apiEndpoint: 'k8s.${CLUSTER}.internal:6443', kubernetesVersion: '1.34.X' }
-node: { role: controller, controllerIndex: '00' }
-etcd: { backup: { bucket: demo-etcd-backups } }
-notify: { snsTopicArn: '${topicArn}' }
-ssh: { iamGroup: bastion-users }
-`;
-  step('start the IMDS mock (amazon-ec2-metadata-mock) for controller 00, with the zdt-agent user-data');
-  const imds = await startImds({
-    instanceId,
-    region: REGION,
-    availabilityZone: AZ,
-    instanceType: 'm6i.large',
-    privateIp: '10.0.1.10',
-    userData,
-    tags: { 'zdt:cluster': CLUSTER, 'zdt:role': 'controller', 'zdt:controller-index': '00' },
+  const controllerTags = { 'zdt:cluster': 'demo', 'zdt:role': 'controller', 'zdt:controller-index': '00' };
+  const controllerConfig = (imdsEndpoint: string): ConfigInput => ({
+    cluster: { name: 'demo', kubernetesVersion: '1.34.X', apiEndpoint: 'k8s.demo.internal:6443', bootstrap: { s3Uri: 's3://demo-bootstrap/demo' } },
+    etcd: { backup: { bucket: 'demo-etcd-backups' } },
+    notify: { snsTopicArn: topicArn },
+    aws: { ...awsSection(w.proxy.endpoint), imdsEndpoint },
   });
-  cleanups.push(() => imds.stop());
-  const configFile = path.join(root.dir, 'demo-config.yaml');
-  fs.writeFileSync(configFile, `aws: { endpoint: '${proxy.endpoint}', imdsEndpoint: '${imds.endpoint}', s3ForcePathStyle: true }\n`);
-  const recordFile = path.join(root.dir, 'standins.jsonl');
-  const env = {
-    ...process.env,
-    PATH: `${standinPath()}:${process.env.PATH}`,
-    AWS_ACCESS_KEY_ID: creds.accessKeyId,
-    AWS_SECRET_ACCESS_KEY: creds.secretAccessKey,
-    ZDT_RECORD_FILE: recordFile,
-    ZDT_APK_VERSIONS: '1.34.1,1.34.2',
-  };
-  const run = (what: string, args: string[]): number => {
-    step(`zdt-agent ${args.join(' ')}  — ${what}`);
-    const r = spawnSync(BIN, [...args, '--root', root.dir, '--config', configFile], { env, stdio: 'inherit', timeout: 300_000 });
-    console.log(`(exit ${r.status ?? r.signal})`);
-    return r.status ?? 1;
-  };
 
-  run('validate the config from user-data, tags and the local file', ['config', 'validate', '--instance']);
-  run('what boot and terminate would do here', ['plan']);
-  run('controller 00 boots: volume, kubeadm init (recording stand-in)', ['boot']);
-  run('boot again: a fast no-op', ['boot']);
-  run('the SSH keys of alice (member of bastion-users)', ['ssh-keys', 'alice']);
-  run('what boot did, phase by phase', ['status']);
-  run('single-controller terminate: emergency backup to S3', ['terminate', '--event', 'terminate']);
-
-  step('what the recording stand-ins received');
-  if (fs.existsSync(recordFile)) {
-    for (const line of fs.readFileSync(recordFile, 'utf8').trim().split('\n').filter(Boolean)) {
-      const r = JSON.parse(line) as { tool: string; argv: string[] };
-      console.log(`${r.tool} ${r.argv.join(' ')}`);
-    }
+  // ---------------------------------------------------------------------------------------
+  scene('1. controller 00 bootstraps the cluster');
+  const loop = await createLoopDevice(128);
+  cleanups.unshift(() => loop.detach());
+  const volumeId = await createEtcdVolume(w, { cluster: 'demo' });
+  const first = await launchInstance(w, { tags: controllerTags });
+  note(`instance ${first.instanceId}; etcd volume ${volumeId} is the loop device ${loop.device}`);
+  const rootA = await newRoot();
+  await rootA.linkVolume(volumeId, loop.device);
+  const imdsA = await newImds({ instanceId: first.instanceId, region: REGION, availabilityZone: AZ, instanceType: 'm6i.large', privateIp: first.privateIp, tags: controllerTags });
+  writeConfig(rootA.dir, controllerConfig(imdsA));
+  const recordsA = rootA.at('/standins.jsonl');
+  const envA = standinEnv(recordsA, { ZDT_APK_VERSIONS: APK_VERSIONS, AWS_ACCESS_KEY_ID: 'demo', AWS_SECRET_ACCESS_KEY: 'demo' });
+  await run('what boot and terminate would do on this node', ['plan', '--root', rootA.dir], envA);
+  await run('boot: attach, format (blank volume), mount, install 1.34.X, kubeadm init', ['boot', '--root', rootA.dir], envA);
+  // What kubeadm init would have left behind on a real node:
+  for (const f of ['/etc/kubernetes/kubelet.conf', '/etc/kubernetes/admin.conf', '/etc/kubernetes/manifests/kube-apiserver.yaml']) {
+    fs.mkdirSync(path.dirname(rootA.at(f)), { recursive: true });
+    fs.writeFileSync(rootA.at(f), '# written by kubeadm\n');
   }
+  await run('boot again: everything is in place', ['boot', '--root', rootA.dir], envA);
+  await run('what boot did, phase by phase', ['status', '--root', rootA.dir], envA);
+  note(`stand-ins received: ${(await readRecords(recordsA)).map((r) => `${r.tool} ${r.argv.slice(0, 2).join(' ')}`).join('; ')}`);
 
-  step('SNS messages received through the SQS queue');
-  for (let i = 0; i < 5; i++) {
+  // ---------------------------------------------------------------------------------------
+  scene("2. controller 00 is replaced: its successor takes over the predecessor's etcd volume");
+  const dataDir = rootA.at('/var/lib/etcd');
+  // What etcd would have written there (the stand-in kubeadm started no etcd).
+  fs.mkdirSync(path.join(dataDir, 'data', 'member', 'snap'), { recursive: true });
+  fs.writeFileSync(path.join(dataDir, 'data', 'member', 'demo-marker'), `written by ${first.instanceId}\n`);
+  note(`etcd data on the volume (data/member/…); the old instance goes away (terminated in EC2, volume unmounted)`);
+  execFileSync('umount', [dataDir]);
+  await w.ec2.send(new TerminateInstancesCommand({ InstanceIds: [first.instanceId] }));
+  const second = await launchInstance(w, { tags: controllerTags });
+  const rootB = await newRoot();
+  await rootB.linkVolume(volumeId, loop.device);
+  const imdsB = await newImds({ instanceId: second.instanceId, region: REGION, availabilityZone: AZ, instanceType: 'm6i.large', privateIp: second.privateIp, tags: controllerTags });
+  writeConfig(rootB.dir, controllerConfig(imdsB));
+  const recordsB = rootB.at('/standins.jsonl');
+  const envB = standinEnv(recordsB, { ZDT_APK_VERSIONS: APK_VERSIONS, AWS_ACCESS_KEY_ID: 'demo', AWS_SECRET_ACCESS_KEY: 'demo' });
+  await run(`boot of ${second.instanceId}: wait for the detach, attach, find the filesystem, never format`, ['boot', '--root', rootB.dir], envB);
+  const marker = path.join(rootB.at('/var/lib/etcd'), 'data', 'member', 'demo-marker');
+  note(fs.existsSync(marker) ? `data/member/demo-marker is still there: "${fs.readFileSync(marker, 'utf8').trim()}"` : 'data/member/demo-marker is MISSING');
+  execFileSync('umount', [rootB.at('/var/lib/etcd')]);
+
+  // ---------------------------------------------------------------------------------------
+  scene('3. a worker launched with the cluster waits for a control plane that comes up late');
+  const kube = await startKube();
+  cleanups.push(() => kube.stop());
+  await s3.send(new PutObjectCommand({ Bucket: 'demo-bootstrap', Key: 'demo/token', Body: 'abcdef.0123456789abcdef\n' }));
+  await s3.send(new PutObjectCommand({ Bucket: 'demo-bootstrap', Key: 'demo/pki/ca.crt', Body: fs.readFileSync(kube.caFile) }));
+  await kube.stopApiserver();
+  note(`kube-apiserver (real, v1.34.12) at ${kube.server} is down`);
+  const workerTags = { 'aws:autoscaling:groupName': 'demo-workers', 'aws:cloudformation:stack-name': 'demo', 'aws:cloudformation:logical-id': 'Workers' };
+  const worker = await launchInstance(w, { tags: workerTags });
+  const rootW = await newRoot();
+  const imdsW = await newImds({ instanceId: worker.instanceId, region: REGION, availabilityZone: AZ, instanceType: 'm6i.large', privateIp: worker.privateIp, tags: workerTags });
+  writeConfig(rootW.dir, {
+    cluster: { name: 'demo', apiEndpoint: new URL(kube.server).host, bootstrap: { s3Uri: 's3://demo-bootstrap/demo' } },
+    node: { role: 'worker' },
+    notify: { snsTopicArn: topicArn },
+    boot: { controlPlaneWait: 300, launchLifecycleHook: 'launch' },
+    aws: { ...awsSection(w.proxy.endpoint), imdsEndpoint: imdsW },
+  });
+  const recordsW = rootW.at('/standins.jsonl');
+  const envW = standinEnv(recordsW, { ZDT_APK_VERSIONS: APK_VERSIONS, AWS_ACCESS_KEY_ID: 'demo', AWS_SECRET_ACCESS_KEY: 'demo' });
+  const booting = agent('worker boot: wait for the API endpoint, then join', ['boot', '--root', rootW.dir], envW);
+  await sleep(8000);
+  note('the control plane comes up now');
+  await kube.startApiserver();
+  await booting.done;
+  note(`worker stand-ins received: ${(await readRecords(recordsW)).map((r) => `${r.tool} ${r.argv.slice(0, 2).join(' ')}`).join('; ')}`);
+  note(`CloudFormation signals: ${w.proxy.recorded('SignalResource').map((c) => `${c.params.LogicalResourceId}=${c.params.Status}`).join(', ') || 'none'}; lifecycle: ${w.proxy.recorded('CompleteLifecycleAction').map((c) => c.params.LifecycleActionResult).join(', ') || 'none'}`);
+
+  // ---------------------------------------------------------------------------------------
+  scene('SNS messages the agent sent (read back through the SQS queue)');
+  for (;;) {
     const msgs = await sqs.send(new ReceiveMessageCommand({ QueueUrl: queueUrl, MaxNumberOfMessages: 10, WaitTimeSeconds: 1 }));
-    for (const m of msgs.Messages ?? []) {
-      const ev = JSON.parse(m.Body ?? '{}') as { event?: string; instance?: { id: string }; phases?: Array<{ name: string; result: string; durationMs: number }> };
-      console.log(`${ev.event} ${ev.instance?.id ?? ''} ${(ev.phases ?? []).map((p) => `${p.name}:${p.result}`).join(' ')}`);
-    }
     if (!msgs.Messages?.length) break;
+    for (const m of msgs.Messages) {
+      const ev = JSON.parse(m.Body ?? '{}') as { event?: string; role?: string; instance?: { id: string }; details?: Record<string, unknown>; phases?: Array<{ name: string; result: string; durationMs: number }> };
+      console.log(`  ${ev.event} ${ev.role} ${ev.instance?.id ?? ''} ${JSON.stringify(ev.details ?? {})}`);
+      console.log(`      ${(ev.phases ?? []).map((p) => `${p.name}:${p.result}(${p.durationMs}ms)`).join(' ')}`);
+    }
   }
 
-  console.log('\n=== timeline');
+  console.log('\n\x1b[1m=== timeline\x1b[0m');
   for (const l of timeline) console.log(l);
 }
 

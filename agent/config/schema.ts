@@ -123,9 +123,9 @@ export const etcdSchema = z
         kmsKeyId: z.string().optional().describe('KMS key for SSE-KMS (SSE-S3 with a warning when unset)'),
         clientSideEncryption: z.boolean().default(false).describe('Envelope-encrypt with a KMS data key before upload (needs kmsKeyId)'),
         pkiDir: z.string().startsWith('/').default('/etc/kubernetes/pki').describe('PKI directory put into every backup'),
-        kubeadmConfig: z.string().startsWith('/').default('/etc/kubernetes/kubeadm-config.yaml').describe('kubeadm config put into every backup (skipped when absent)'),
-        partSizeMiB: z.number().int().min(5).max(512).default(16).describe('Multipart upload part size; parts are held in memory'),
-        concurrency: z.number().int().min(1).max(16).default(4).describe('Parts uploaded at once'),
+        kubeadmDir: z.string().startsWith('/').default('/etc/kubernetes/zdt-agent').describe('Directory of the kubeadm configs boot writes, put into every backup (skipped when absent)'),
+        partSizeMiB: z.number().int().min(5).max(512).default(8).describe('Multipart upload part size; (concurrency + 1) parts are held in memory'),
+        concurrency: z.number().int().min(1).max(16).default(8).describe('Parts uploaded at once'),
         timeout: seconds('etcd.backup.timeout').default(900).describe('Limit for a scheduled backup (zdt-agent etcd backup)'),
         retention: z
           .object({ hourly: z.number().int().min(1).default(24), daily: z.number().int().min(0).default(7) })

@@ -58,17 +58,19 @@ function readTree(hostDir: string, nodeDir: string, prefix: string): FilePart[] 
   return out;
 }
 
-function kubernetesVersionOf(ctx: EtcdContext, kubeadmConfig: Buffer | undefined): string | undefined {
+/** The Kubernetes version: boot's state fact, else a ClusterConfiguration's kubernetesVersion. */
+function kubernetesVersionOf(ctx: EtcdContext, kubeadmFiles: FilePart[]): string | undefined {
   const fact = readState(ctx.paths.stateFile, agentVersion).facts.kubernetesVersion;
   if (typeof fact === 'string') return fact;
-  if (!kubeadmConfig) return undefined;
-  try {
-    for (const doc of kubeadmConfig.toString('utf8').split(/^---$/m)) {
-      const v = (parseYaml(doc) as { kind?: string; kubernetesVersion?: string } | null)?.kubernetesVersion;
-      if (typeof v === 'string') return v;
+  for (const f of kubeadmFiles.filter((k) => /\.ya?ml$/.test(k.name))) {
+    try {
+      for (const doc of f.data.toString('utf8').split(/^---$/m)) {
+        const v = (parseYaml(doc) as { kubernetesVersion?: unknown } | null)?.kubernetesVersion;
+        if (typeof v === 'string') return v;
+      }
+    } catch {
+      // A config we cannot parse is still backed up; the version is just not known from it.
     }
-  } catch {
-    // A config we cannot parse is still backed up; the version is just not known.
   }
   return undefined;
 }
@@ -104,11 +106,10 @@ export async function takeBackup(o: { ctx: EtcdContext; instanceId: string; kind
     const pkiHost = ctx.paths.at(b.pkiDir);
     const pki = fs.existsSync(pkiHost) ? readTree(pkiHost, b.pkiDir, PKI_PREFIX) : [];
     if (pki.length === 0) log.warn('the backup holds no PKI files', { dir: b.pkiDir });
-    const kubeadmHost = ctx.paths.at(b.kubeadmConfig);
-    const kubeadmData = fs.existsSync(kubeadmHost) ? fs.readFileSync(kubeadmHost) : undefined;
-    const files: FilePart[] = [...pki];
-    if (kubeadmData) files.push({ name: `${KUBEADM_PREFIX}${path.basename(b.kubeadmConfig)}`, nodePath: b.kubeadmConfig, data: kubeadmData, mode: 0o600 });
-    else log.warn('no kubeadm config to back up', { path: b.kubeadmConfig });
+    const kubeadmHost = ctx.paths.at(b.kubeadmDir);
+    const kubeadm = fs.existsSync(kubeadmHost) ? readTree(kubeadmHost, b.kubeadmDir, KUBEADM_PREFIX) : [];
+    if (kubeadm.length === 0) log.warn('no kubeadm config to back up', { dir: b.kubeadmDir });
+    const files: FilePart[] = [...pki, ...kubeadm];
 
     const snap = await openSnapshot(endpoint, signal);
     log.info('etcd snapshot stream open', { bytes: snap.size, etcd: status.version, member: self?.name });
@@ -121,8 +122,8 @@ export async function takeBackup(o: { ctx: EtcdContext; instanceId: string; kind
       instanceId: o.instanceId,
       agentVersion,
       etcd: { version: status.version, memberName: self?.name ?? '', memberId: status.memberId, peerUrls: self?.peerUrls ?? [], clusterId: status.clusterId, revision: status.revision, dbSizeBytes: status.dbSizeBytes },
-      kubernetesVersion: kubernetesVersionOf(ctx, kubeadmData),
-      kubeadmConfigPath: kubeadmData ? b.kubeadmConfig : undefined,
+      kubernetesVersion: kubernetesVersionOf(ctx, kubeadm),
+      kubeadmDir: kubeadm.length ? b.kubeadmDir : undefined,
       parts: partsOut,
     };
 

@@ -13,7 +13,7 @@ export const KUBEADM_PREFIX = 'kubeadm/';
 export type BackupKind = 'emergency' | 'hourly';
 
 export interface ManifestPart {
-  /** Path inside the archive: etcd/snapshot.db, pki/<path under the PKI dir>, kubeadm/<file name>. */
+  /** Path inside the archive: etcd/snapshot.db, pki/<path under the PKI dir>, kubeadm/<path under the kubeadm dir>. */
   path: string;
   size: number;
   /** Hex SHA-256 of the part's bytes. */
@@ -31,7 +31,7 @@ export interface Manifest {
   agentVersion: string;
   etcd: { version: string; memberName: string; memberId: string; peerUrls: string[]; clusterId: string; revision: string; dbSizeBytes: number };
   kubernetesVersion: string | undefined;
-  /** Node path the kubeadm config was read from (restored to the same path). */
-  kubeadmConfigPath: string | undefined;
+  /** Node directory the kubeadm configs were read from (restored to the same place). */
+  kubeadmDir: string | undefined;
   parts: ManifestPart[];
 }

@@ -169,7 +169,7 @@ async function restoreOne(o: RestoreOptions, key: string): Promise<Omit<RestoreR
       const s = staged.get(part.path)!;
       let target: string | undefined;
       if (part.path.startsWith(PKI_PREFIX)) target = `${pkiDir}/${part.path.slice(PKI_PREFIX.length)}`;
-      else if (part.path.startsWith(KUBEADM_PREFIX)) target = manifest.kubeadmConfigPath ?? ctx.config.etcd?.backup.kubeadmConfig;
+      else if (part.path.startsWith(KUBEADM_PREFIX)) target = `${manifest.kubeadmDir ?? ctx.config.etcd?.backup.kubeadmDir ?? '/etc/kubernetes/zdt-agent'}/${part.path.slice(KUBEADM_PREFIX.length)}`;
       if (!target || !s.file) continue;
       writeFileAtomic(ctx.paths.at(target), fs.readFileSync(s.file), part.mode || 0o600);
       written.push(target);

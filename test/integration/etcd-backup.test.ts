@@ -140,7 +140,7 @@ describe('emergency backup of a single-member etcd', () => {
     expect(files.get('pki/ca.key')!.data.equals(pki['ca.key']!)).toBe(true);
     expect(files.get('pki/ca.key')!.mode).toBe(0o600);
     expect(files.get('pki/etcd/ca.crt')!.data.equals(pki['etcd/ca.crt']!)).toBe(true);
-    expect(files.has('kubeadm/kubeadm-config.yaml')).toBe(true);
+    expect(files.has('kubeadm/init.yaml')).toBe(true);
   });
 
   it('restores onto a blank data dir: PKI in place, and etcd started from it reads back the data', async () => {
@@ -151,7 +151,7 @@ describe('emergency backup of a single-member etcd', () => {
     expect(r.key).toBe(key);
     expect(fs.readFileSync(target.at('/etc/kubernetes/pki/ca.key')).equals(pki['ca.key']!)).toBe(true);
     expect(fs.statSync(target.at('/etc/kubernetes/pki/ca.key')).mode & 0o777).toBe(0o600);
-    expect(fs.existsSync(target.at('/etc/kubernetes/kubeadm-config.yaml'))).toBe(true);
+    expect(fs.existsSync(target.at('/etc/kubernetes/zdt-agent/init.yaml'))).toBe(true);
     expect(fs.readdirSync(target.at('/var/lib/etcd'))).toEqual(['member']);
 
     const clientUrl = `http://127.0.0.1:${await freePort()}`;

@@ -45,8 +45,9 @@ export function writeFakePki(root: string): Record<string, Buffer> {
     fs.writeFileSync(p, data, { mode: f.endsWith('.key') ? 0o600 : 0o644 });
     files[f] = data;
   }
+  fs.mkdirSync(path.join(root, 'etc/kubernetes/zdt-agent'), { recursive: true });
   fs.writeFileSync(
-    path.join(root, 'etc/kubernetes/kubeadm-config.yaml'),
+    path.join(root, 'etc/kubernetes/zdt-agent/init.yaml'),
     'apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nkubernetesVersion: v1.34.1\nclusterName: test\n',
   );
   return files;
