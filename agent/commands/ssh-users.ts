@@ -10,6 +10,11 @@ import { syncSsh } from '../ssh/sync.js';
  */
 export async function runSshUsersSync(args: GlobalOptions): Promise<number> {
   const ctx = await buildContext(args, { instance: 'cached' });
+  // The periodic job runs on every node of the image; only bastions have an ssh section.
+  if (!ctx.config.ssh) {
+    ctx.log.debug('no ssh section in the configuration: nothing to sync');
+    return ExitCode.ok;
+  }
   const r = await syncSsh(ctx, args.config ? path.resolve(args.config) : null);
   const keys = r.snapshot.members.reduce((n, m) => n + (m.keys?.length ?? 0), 0);
   const lines = [`group ${r.snapshot.group}: ${r.snapshot.members.length} members, ${keys} active keys; cache ${r.cacheFile}`];

@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import type { Paths } from '../host/paths.js';
 import type { Logger } from '../log/logger.js';
@@ -11,8 +10,8 @@ import type { Logger } from '../log/logger.js';
  * Syslog goes through logger(1) (util-linux on Debian, busybox on Alpine), not a socket of
  * our own: /dev/log is a datagram socket and Node has no Unix datagram sockets, and logger
  * knows each platform's socket and framing. It is spawned directly rather than through
- * host/exec because execa's module graph would cost the hot path more than the spawn itself;
- * the same rules hold: a timeout, the child killed when it runs out, the failure logged.
+ * host/exec because execa's module graph would cost the hot path more than the spawn itself,
+ * and because it is not waited for (see syslog below).
  */
 
 export type Outcome =
@@ -41,7 +40,9 @@ export interface AuditRecord {
 }
 
 const LOGGER_BIN = '/usr/bin/logger';
-const LOGGER_TIMEOUT_MS = 1000;
+/** coreutils on Debian, busybox on Alpine: both take `-s KILL SECS PROG ARGS`. */
+const TIMEOUT_BIN = '/usr/bin/timeout';
+const LOGGER_TIMEOUT_S = 5;
 
 /** Printable ASCII only (the values come from sshd arguments and IAM); quotes and backslashes escaped. */
 function clean(v: string, max = 96): string {
@@ -86,34 +87,28 @@ export function loggerArgs(paths: Paths, r: AuditRecord): string[] {
 }
 
 /** Write the audit line to the agent log and syslog; a syslog failure is logged, never thrown. */
-export async function audit(paths: Paths, log: Logger, r: AuditRecord): Promise<void> {
+export function audit(paths: Paths, log: Logger, r: AuditRecord): void {
   const fields = auditFields(r);
   if (r.outcome === 'error' || r.outcome === 'deadline') log.error('ssh-keys', fields);
   else if (r.outcome === 'invalid-user' || r.outcome === 'system-user' || r.outcome === 'ambiguous') log.warn('ssh-keys', fields);
   else log.info('ssh-keys', fields);
-  const problem = await syslog(loggerArgs(paths, r));
+  const problem = syslog(loggerArgs(paths, r));
   if (problem) log.warn('ssh-keys: no syslog audit line', { why: problem });
 }
 
 /**
- * logger's exit status is all there is to check (its stderr would cost a pipe and a stream on
- * the hot path, and util-linux logger exits 0 even when the socket is missing).
+ * logger runs in a session of its own and is not waited for. Waiting would add its run time
+ * (3-5 ms) to every key sshd asks about and tell us nothing, since util-linux logger exits 0
+ * even when no syslog daemon listens; the line is delivered after this process has answered.
+ * timeout(1) bounds it, so a wedged syslog daemon cannot pile up blocked loggers.
  */
-function syslog(args: string[]): Promise<string | undefined> {
-  if (!fs.existsSync(LOGGER_BIN)) return Promise.resolve(`${LOGGER_BIN} is missing`);
-  return new Promise((resolve) => {
-    const child = spawn(LOGGER_BIN, args, { stdio: 'ignore' });
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      resolve(`logger did not finish within ${LOGGER_TIMEOUT_MS} ms`);
-    }, LOGGER_TIMEOUT_MS);
-    child.once('error', (err) => {
-      clearTimeout(timer);
-      resolve(err.message);
-    });
-    child.once('exit', (code, signal) => {
-      clearTimeout(timer);
-      resolve(code === 0 ? undefined : `logger exited ${code ?? signal}`);
-    });
-  });
+function syslog(args: string[]): string | undefined {
+  if (!fs.existsSync(LOGGER_BIN)) return `${LOGGER_BIN} is missing`;
+  const [file, argv] = fs.existsSync(TIMEOUT_BIN) ? [TIMEOUT_BIN, ['-s', 'KILL', String(LOGGER_TIMEOUT_S), LOGGER_BIN, ...args]] : [LOGGER_BIN, args];
+  // Loaded here, not at the top: child_process and its stream modules are a third of the hot path.
+  const { spawn } = process.getBuiltinModule('node:child_process');
+  const child = spawn(file, argv, { stdio: 'ignore', detached: true });
+  child.once('error', () => undefined);
+  child.unref();
+  return undefined;
 }

@@ -10,7 +10,7 @@ import { cacheFile, freshness, readCache, snapshotMatches, writeCache, type Grou
 import { membersByLogin } from './names.js';
 import { readGroup } from './read.js';
 import { settingsFromConfig, type SshSettings } from './settings.js';
-import { cachedSettings, configArgOf, respond, sshKeysLogger, type SshKeysArgs } from './warm.js';
+import { cachedSettings, configArgOf, respond, sshKeysLogger, writeStdout, type Output, type SshKeysArgs } from './warm.js';
 
 /**
  * The full ssh-keys lookup, for what the hot path (warm.ts) cannot answer: no usable cache,
@@ -30,7 +30,7 @@ const FALLBACK_RESERVE_MS = 500;
 
 const isRoot = () => process.geteuid?.() === 0;
 
-export async function runSshKeysLookup(args: SshKeysArgs): Promise<number> {
+export async function runSshKeysLookup(args: SshKeysArgs, out: Output = writeStdout): Promise<number> {
   const started = Date.now();
   const paths = makePaths(args.root);
   const req: Request = { user: args.user, fingerprint: args.fingerprint };
@@ -46,16 +46,16 @@ export async function runSshKeysLookup(args: SshKeysArgs): Promise<number> {
 
   // Nothing may reach stdout once the deadline has passed: sshd would already be gone, or
   // worse, half an answer would count.
-  const finish = async (a: Answer): Promise<void> => {
+  const finish = (a: Answer): void => {
     if (hard.signal.aborted) return;
-    await respond(paths, log, a);
+    respond(paths, log, a, out);
   };
 
   const flow = async (): Promise<number> => {
     const early = checkLogin(req, undefined, paths);
     if (early) {
       log = sshKeysLogger(paths, args, undefined);
-      await finish({ lines: [], record: early });
+      finish({ lines: [], record: early });
       return ExitCode.ok;
     }
     const read = readCache(cacheFile(paths));
@@ -72,12 +72,12 @@ export async function runSshKeysLookup(args: SshKeysArgs): Promise<number> {
 
     const refusal = checkLogin(req, settings, paths);
     if (refusal) {
-      await finish({ lines: [], record: refusal });
+      finish({ lines: [], record: refusal });
       return ExitCode.ok;
     }
     const cached = read.cache && snapshotMatches(read.cache.snapshot, settings) ? read.cache.snapshot : undefined;
     if (cached && freshness(cached, settings, Date.now()) === 'fresh') {
-      await finish(answerFrom(cached, settings, req, 'cache'));
+      finish(answerFrom(cached, settings, req, 'cache'));
       return ExitCode.ok;
     }
 
@@ -90,12 +90,12 @@ export async function runSshKeysLookup(args: SshKeysArgs): Promise<number> {
       if (cached && freshness(cached, settings, Date.now()) === 'stale') {
         const a = answerFrom(cached, settings, req, 'stale-cache');
         const age = Math.round((Date.now() - cached.fetchedAt) / 1000);
-        await finish({ ...a, record: { ...a.record, detail: `IAM unreadable, cache ${age}s old: ${e.oneLine()}` } });
+        finish({ ...a, record: { ...a.record, detail: `IAM unreadable, cache ${age}s old: ${e.oneLine()}` } });
         return ExitCode.ok;
       }
       throw e;
     }
-    await finish(answerFrom(snapshot, settings, req, 'iam'));
+    finish(answerFrom(snapshot, settings, req, 'iam'));
     return ExitCode.ok;
   };
 
@@ -103,12 +103,12 @@ export async function runSshKeysLookup(args: SshKeysArgs): Promise<number> {
   try {
     const result = await Promise.race([flow(), onDeadline]);
     if (result !== 'deadline') return result;
-    await audit(paths, log, { user: req.user, outcome: 'deadline', offered: req.fingerprint, detail: `no answer within ssh.deadline (${deadlineMs / 1000}s)` });
+    audit(paths, log, { user: req.user, outcome: 'deadline', offered: req.fingerprint, detail: `no answer within ssh.deadline (${deadlineMs / 1000}s)` });
     return ExitCode.deadline;
   } catch (err) {
     const e = asAgentError(err);
     const deadline = e instanceof DeadlineError || hard.signal.aborted;
-    await audit(paths, log, { user: req.user, outcome: deadline ? 'deadline' : 'error', offered: req.fingerprint, detail: e.oneLine() });
+    audit(paths, log, { user: req.user, outcome: deadline ? 'deadline' : 'error', offered: req.fingerprint, detail: e.oneLine() });
     return deadline ? ExitCode.deadline : e.exitCode;
   } finally {
     clearTimeout(timer);

@@ -55,7 +55,14 @@ export function readManagedUsers(file: string): ManagedUsers {
 
 /** Login names in <root>/etc/passwd, with their uids. */
 export function localAccounts(paths: Paths): Map<string, number> {
-  const text = fs.readFileSync(paths.at('/etc/passwd'), 'utf8');
+  let text: string;
+  try {
+    text = fs.readFileSync(paths.at('/etc/passwd'), 'utf8');
+  } catch (err) {
+    throw new AgentError('SshUsersNoPasswd', `cannot read ${paths.at('/etc/passwd')}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, {
+      hint: 'per-user mode manages local accounts; check the root prefix',
+    });
+  }
   const out = new Map<string, number>();
   for (const line of text.split('\n')) {
     const [name, , uid] = line.split(':');

@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import path from 'node:path';
 import { makePaths, type Paths } from '../host/paths.js';
 import { createLogger, type Level, type Logger, type LogFormat } from '../log/logger.js';
@@ -26,20 +27,16 @@ const LEVELS: readonly string[] = ['debug', 'info', 'warn', 'error'];
 const FORMATS: readonly string[] = ['human', 'json'];
 
 /**
- * `ssh-keys [--config F] [--root D] [--log-level L] [--log-format F] [--] USER [FINGERPRINT]`
+ * `ssh-keys [--config F] [--root D] [--log-level L] [--log-format F] USER [FINGERPRINT]`
  * (argv after the command), or undefined for anything else (--help, a typo), which the CLI
- * then reports. Parsed here, not by yargs, also because yargs turns a login like `0123` into
- * a number before it is a string again.
+ * then reports. It accepts exactly what the CLI's ssh-keys command accepts, so a call means
+ * the same whether the cache answers it or the full lookup does.
  */
 export function parseSshKeysArgv(argv: readonly string[]): SshKeysArgs | undefined {
   const positional: string[] = [];
   const opts: Record<string, string> = {};
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i] as string;
-    if (a === '--') {
-      positional.push(...argv.slice(i + 1));
-      break;
-    }
     if (a.startsWith('-')) {
       const m = /^--(config|root|log-level|log-format)(?:=(.*))?$/.exec(a);
       if (!m) return undefined;
@@ -84,20 +81,40 @@ export function sshKeysLogger(paths: Paths, args: SshKeysArgs, settings: SshSett
   });
 }
 
+export type Output = (text: string) => void;
+
+/**
+ * stdout as sshd reads it: written straight to fd 1. process.stdout would build a stream
+ * (net/tty modules) for a single write, a tenth of the hot path.
+ */
+export const writeStdout: Output = (text) => {
+  const buf = Buffer.from(text);
+  for (let off = 0; off < buf.length; ) {
+    try {
+      off += fs.writeSync(1, buf, off);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EPIPE') return; // sshd is gone; nobody reads the answer
+      if (code !== 'EAGAIN') throw err;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1); // a non-blocking pipe is full: wait 1 ms
+    }
+  }
+};
+
 /** Print the key lines (stdout carries nothing else) and write the audit line. */
-export async function respond(paths: Paths, log: Logger, a: Answer): Promise<void> {
-  if (a.lines.length > 0) process.stdout.write(`${a.lines.join('\n')}\n`);
-  await audit(paths, log, a.record);
+export function respond(paths: Paths, log: Logger, a: Answer, out: Output = writeStdout): void {
+  if (a.lines.length > 0) out(`${a.lines.join('\n')}\n`);
+  audit(paths, log, a.record);
 }
 
 /** Exit code when answered from what is on disk; undefined when it takes the full lookup. */
-export async function answerFromCache(args: SshKeysArgs, now = Date.now()): Promise<number | undefined> {
+export async function answerFromCache(args: SshKeysArgs, o: { now?: number; out?: Output } = {}): Promise<number | undefined> {
   const paths = makePaths(args.root);
   const req: Request = { user: args.user, fingerprint: args.fingerprint };
   // A bad name is refused before anything is read.
   const early = checkLogin(req, undefined, paths);
   if (early) {
-    await respond(paths, sshKeysLogger(paths, args, undefined), { lines: [], record: early });
+    respond(paths, sshKeysLogger(paths, args, undefined), { lines: [], record: early }, o.out);
     return 0;
   }
   const read = readCache(cacheFile(paths));
@@ -107,8 +124,8 @@ export async function answerFromCache(args: SshKeysArgs, now = Date.now()): Prom
   const snapshot = read.cache.snapshot;
   let answer: Answer;
   if (refusal) answer = { lines: [], record: refusal };
-  else if (snapshotMatches(snapshot, settings) && freshness(snapshot, settings, now) === 'fresh') answer = answerFrom(snapshot, settings, req, 'cache');
+  else if (snapshotMatches(snapshot, settings) && freshness(snapshot, settings, o.now ?? Date.now()) === 'fresh') answer = answerFrom(snapshot, settings, req, 'cache');
   else return undefined;
-  await respond(paths, sshKeysLogger(paths, args, settings), answer);
+  respond(paths, sshKeysLogger(paths, args, settings), answer, o.out);
   return 0;
 }

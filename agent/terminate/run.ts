@@ -279,7 +279,13 @@ export async function runTerminate(o: { ctx: CommandContext; budget: Budget; fla
   else {
     const target = lifecycle;
     await step('lifecycle', budget.window(LIFECYCLE_MAX_MS, 500), async (signal) => {
-      await completeContinue(ctx.aws, target, signal);
+      try {
+        await completeContinue(ctx.aws, target, signal);
+      } catch (err) {
+        // Nothing to complete (a shutdown the ASG did not start): not a failure.
+        if (/no active lifecycle action/i.test((err as Error).message)) return { result: 'skipped', detail: `no lifecycle action of ${target.hookName} holds this instance` };
+        throw err;
+      }
       return { result: 'ok', detail: `CONTINUE on ${target.asgName}/${target.hookName} after ${beats?.count() ?? 0} heartbeat(s)` };
     });
   }

@@ -101,6 +101,7 @@ beforeEach(async () => {
   root = await makeTempRoot();
   sink = await startSyslogSink(root.at('/dev/log'));
   out = [];
+  // ssh-users sync prints its summary through process.stdout; ssh-keys writes to `capture`.
   vi.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => {
     out.push(String(chunk));
     return true;
@@ -125,11 +126,13 @@ function configure(ssh: Record<string, unknown>, aws: Record<string, unknown> = 
   fs.writeFileSync(root.at('/etc/zdt-agent/config.yaml'), stringify(config));
 }
 
-const keysFor = (user: string, fingerprint?: string) => runSshKeysLookup({ user, fingerprint, root: root.dir });
+const capture = (text: string) => void out.push(text);
+const keysFor = (user: string, fingerprint?: string) => runSshKeysLookup({ user, fingerprint, root: root.dir }, capture);
 const printed = () => out.join('');
 const lineOf = (name: string, iamUser: string, options = '') => `${options ? `${options} ` : ''}${key[name]!.pub.split(' ').slice(0, 2).join(' ')} ${iamUser}`;
 const agentLog = () => fs.readFileSync(root.at('/var/log/zdt-agent.log'), 'utf8');
 
+/** The syslog lines once there are `n` (loggers run detached: their lines may arrive in any order). */
 async function syslogLines(n: number): Promise<string[]> {
   for (let i = 0; i < 50 && sink.lines().length < n; i++) await new Promise((r) => setTimeout(r, 50));
   return sink.lines();
@@ -159,9 +162,11 @@ describe('ssh-keys per-user against IAM', () => {
     out.length = 0;
     proxy.inject({ action: 'GetGroup', kind: '500' }); // the cache must not need IAM
     const fp = fingerprintOf('bob');
-    expect(await answerFromCache({ user: 'bob.plus.ci.at.example.com', fingerprint: fp, root: root.dir })).toBe(0);
+    expect(await answerFromCache({ user: 'bob.plus.ci.at.example.com', fingerprint: fp, root: root.dir }, { out: capture })).toBe(0);
     expect(printed()).toBe(`${lineOf('bob', 'bob+ci@example.com')}\n`);
-    expect((await syslogLines(2))[1]).toMatch(`ssh-keys user=bob.plus.ci.at.example.com iam=bob+ci@example.com result=keys keys=1 offered=${fp} offered-by=bob+ci@example.com source=cache`);
+    expect(await syslogLines(2)).toContainEqual(
+      expect.stringMatching(`ssh-keys user=bob.plus.ci.at.example.com iam=bob\\+ci@example.com result=keys keys=1 offered=${fp.replace(/[+/]/g, '\\$&')} offered-by=bob\\+ci@example.com source=cache$`),
+    );
   });
 
   it('outsiders, inactive keys and unmappable logins: no output, exit 0', async () => {
@@ -190,7 +195,7 @@ describe('ssh-keys per-user against IAM', () => {
     const lines = await syslogLines(4);
     expect(lines).toHaveLength(4);
     for (const l of lines) expect(l).toMatch(/result=invalid-user detail=/);
-    expect(lines[3]).toMatch(/user=x\\x0ay /);
+    expect(lines.join('\n')).toMatch(/user=x\\x0ay result=invalid-user/);
   });
 
   it('root and system accounts get no keys even when an IAM user has that name', async () => {
@@ -338,7 +343,7 @@ describe('ssh-users sync', () => {
 
     // The cache is fresh now: the hot path answers.
     out.length = 0;
-    expect(await answerFromCache({ user: 'alice', root: root.dir })).toBe(0);
+    expect(await answerFromCache({ user: 'alice', root: root.dir }, { out: capture })).toBe(0);
     expect(printed()).toMatch(/alice\n.*alice\n$/);
 
     // Again: nothing to do.
@@ -358,6 +363,13 @@ describe('ssh-users sync', () => {
     } finally {
       await iam.send(new AddUserToGroupCommand({ GroupName: 'bastion-ops', UserName: 'carol' }));
     }
+  });
+
+  it('does nothing and exits 0 on a node without an ssh section (the periodic job runs on every node)', async () => {
+    fs.mkdirSync(root.at('/etc/zdt-agent'), { recursive: true });
+    fs.writeFileSync(root.at('/etc/zdt-agent/config.yaml'), stringify({ node: { role: 'nat' } }));
+    expect(await sync()).toEqual({ code: 0, text: '' });
+    expect(fs.existsSync(cacheFile(makePaths(root.dir)))).toBe(false);
   });
 
   it('shared mode refreshes the cache and creates no accounts', async () => {
