@@ -13,7 +13,9 @@
  *
  * Targets: overhead at most 300 ms per boot, the second boot under 100 ms wall. Prints, never asserts.
  *
- *   node bench/boot.mjs [--runs=5]
+ *   node bench/boot.mjs [--runs=5] [--bin=dist/zdt-agent]
+ *
+ * --bin measures another build of the binary (e.g. one of an older commit, for a before/after).
  *
  * Needs: dist/zdt-agent (make binary), moto_server, ec2-metadata-mock (testbed), root (loop devices).
  */
@@ -27,8 +29,8 @@ import * as esbuild from 'esbuild';
 import { CreateVolumeCommand, DescribeImagesCommand, EC2Client, RunInstancesCommand } from '@aws-sdk/client-ec2';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
-const BIN = path.join(ROOT, 'dist/zdt-agent');
-const { values } = parseArgs({ options: { runs: { type: 'string', default: '5' } } });
+const { values } = parseArgs({ options: { runs: { type: 'string', default: '5' }, bin: { type: 'string' } } });
+const BIN = path.resolve(values.bin ?? path.join(ROOT, 'dist/zdt-agent'));
 const RUNS = Math.max(1, Number(values.runs));
 const REGION = 'eu-central-1';
 const AZ = `${REGION}a`;

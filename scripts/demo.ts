@@ -10,7 +10,8 @@
  *   2. its replacement takes over the etcd volume of the terminated predecessor: never
  *      formatted, the data is still there;
  *   3. a worker launched with the cluster waits for a control plane that starts late, joins;
- *   4+ terminate and ssh-keys scenes (see below).
+ *   4. the worker is scaled in: drained, its Node deleted, the lifecycle hook completed;
+ *   5. the single controller is terminated: emergency etcd backup in S3, verified, restored.
  */
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -18,13 +19,16 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { TerminateInstancesCommand } from '@aws-sdk/client-ec2';
-import { CreateBucketCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { AutoScalingClient, CreateAutoScalingGroupCommand, CreateLaunchConfigurationCommand, PutLifecycleHookCommand } from '@aws-sdk/client-auto-scaling';
+import { CreateKeyCommand, KMSClient } from '@aws-sdk/client-kms';
 import { CreateTopicCommand, SNSClient, SubscribeCommand } from '@aws-sdk/client-sns';
 import { CreateQueueCommand, GetQueueAttributesCommand, ReceiveMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
 import type { ConfigInput } from '../agent/config/schema.js';
 import { AZ, BINARY, REGION, awsSection, createEtcdVolume, credentials, launchInstance, startAwsWorld, writeConfig, type AgentRun } from '../test/support/boot-env.js';
 import { startImds, type ImdsConfig } from '../test/testbed/imds.js';
-import { startKube } from '../test/testbed/kube.js';
+import { applyNodeSelfDeleteRbac, createPod, ensureNamespace, startFakeKubelet, startKube } from '../test/testbed/kube.js';
+import { startEtcd } from '../test/testbed/etcd.js';
 import { createLoopDevice } from '../test/testbed/loop.js';
 import { makeTempRoot, type TempRoot } from '../test/testbed/root.js';
 import { readRecords, standinEnv } from '../test/testbed/standins.js';
@@ -215,6 +219,49 @@ async function main(): Promise<void> {
   await booting.done;
   note(`worker stand-ins received: ${(await readRecords(recordsW)).map((r) => `${r.tool} ${r.argv.slice(0, 2).join(' ')}`).join('; ')}`);
   note(`CloudFormation signals: ${w.proxy.recorded('SignalResource').map((c) => `${c.params.LogicalResourceId}=${c.params.Status}`).join(', ') || 'none'}; lifecycle: ${w.proxy.recorded('CompleteLifecycleAction').map((c) => c.params.LifecycleActionResult).join(', ') || 'none'}`);
+
+  // ---------------------------------------------------------------------------------------
+  scene('4. the worker is scaled in: its Auto Scaling group terminates it');
+  await applyNodeSelfDeleteRbac(kube.admin);
+  note('the cluster grants nodes the right to delete their own Node object (docs/terminate.md)');
+  const nodeName = `ip-${worker.privateIp.replaceAll('.', '-')}.${REGION}.compute.internal`;
+  const kubelet = await startFakeKubelet(kube, nodeName);
+  cleanups.push(() => kubelet.stop());
+  await ensureNamespace(kube.admin, 'shop');
+  for (const name of ['web-1', 'web-2']) await createPod(kube.admin, { namespace: 'shop', name, node: nodeName, owner: { kind: 'ReplicaSet', name: 'web' } });
+  await createPod(kube.admin, { namespace: 'shop', name: 'logs-abcde', node: nodeName, owner: { kind: 'DaemonSet', name: 'logs' } });
+  note(`Node ${nodeName} runs web-1, web-2 (ReplicaSet) and logs-abcde (DaemonSet); a test kubelet finalises evicted pods`);
+  await kube.writeNodeKubeconfig(nodeName, rootW.at('/etc/kubernetes/kubelet.conf'));
+  const as = new AutoScalingClient(common);
+  await as.send(new CreateLaunchConfigurationCommand({ LaunchConfigurationName: 'demo-workers', ImageId: w.imageId, InstanceType: 'm6i.large' }));
+  await as.send(new CreateAutoScalingGroupCommand({ AutoScalingGroupName: 'demo-workers', LaunchConfigurationName: 'demo-workers', MinSize: 0, MaxSize: 3, AvailabilityZones: [AZ] }));
+  await as.send(new PutLifecycleHookCommand({ AutoScalingGroupName: 'demo-workers', LifecycleHookName: 'drain', LifecycleTransition: 'autoscaling:EC2_INSTANCE_TERMINATING', HeartbeatTimeout: 300 }));
+  // IMDS now says what AWS says to an instance in a terminating lifecycle hook.
+  const imdsW2 = await newImds({ instanceId: worker.instanceId, region: REGION, availabilityZone: AZ, instanceType: 'm6i.large', privateIp: worker.privateIp, tags: workerTags, targetLifecycleState: 'Terminated' });
+  const workerConfig = fs.readFileSync(rootW.at('/etc/zdt-agent/config.yaml'), 'utf8').replace(imdsW, imdsW2);
+  fs.writeFileSync(rootW.at('/etc/zdt-agent/config.yaml'), workerConfig);
+  await run('terminate (as OpenRC runs it at shutdown): classify, drain, delete the Node, complete the lifecycle hook', ['terminate', '--root', rootW.dir], envW);
+  const gone = (await kube.admin.raw('GET', `/api/v1/nodes/${nodeName}`)).status === 404;
+  note(`Node ${nodeName} ${gone ? 'is deleted' : 'STILL EXISTS'}; lifecycle: ${w.proxy.recorded('CompleteLifecycleAction').map((c) => `${c.params.LifecycleHookName ?? ''}=${c.params.LifecycleActionResult}`).join(', ')}; heartbeats: ${w.proxy.recorded('RecordLifecycleActionHeartbeat').length}`);
+
+  // ---------------------------------------------------------------------------------------
+  scene('5. the single controller is terminated: emergency etcd backup to S3, verified');
+  const etcdDir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-demo-etcd-'));
+  cleanups.push(() => fs.rmSync(etcdDir, { recursive: true, force: true }));
+  const etcd = await startEtcd({ dir: path.join(etcdDir, 'data'), name: 'etcd00' });
+  cleanups.push(() => etcd.stop());
+  execFileSync('etcdctl', ['--endpoints', etcd.clientUrl, 'put', '/registry/demo/marker', 'before-terminate'], { env: { ...process.env, ETCDCTL_API: '3' }, stdio: 'ignore' });
+  note(`a real etcd (${etcd.clientUrl}) stands in for the controller's static-pod etcd`);
+  const kmsKeyId = (await new KMSClient(common).send(new CreateKeyCommand({ Description: 'demo etcd backups' }))).KeyMetadata!.KeyId!;
+  writeConfig(rootB.dir, { ...controllerConfig(imdsB), etcd: { clientUrl: etcd.clientUrl, backup: { bucket: 'demo-etcd-backups', kmsKeyId } } });
+  await run('terminate of the single controller', ['terminate', '--event', 'terminate', '--root', rootB.dir], envB);
+  const listed = await s3.send(new ListObjectsV2Command({ Bucket: 'demo-etcd-backups', Prefix: 'etcd-backups/demo/emergency/' }));
+  for (const o of listed.Contents ?? []) {
+    const head = await s3.send(new HeadObjectCommand({ Bucket: 'demo-etcd-backups', Key: o.Key!, ChecksumMode: 'ENABLED' }));
+    note(`s3://demo-etcd-backups/${o.Key} ${o.Size} bytes, ${head.ServerSideEncryption}, SHA-256 ${head.ChecksumSHA256 ?? '(per part)'}`);
+  }
+  const restoreDir = path.join(etcdDir, 'restored');
+  await run('restore that backup into a new data dir (what a replacement controller does)', ['etcd', 'restore', '--from', 'latest', '--data-dir', restoreDir, '--root', rootB.dir], envB);
 
   // ---------------------------------------------------------------------------------------
   scene('SNS messages the agent sent (read back through the SQS queue)');

@@ -195,3 +195,69 @@ export function tempKey(dir: string, name: string, type: 'ed25519' | 'rsa' | 'ec
 }
 
 export const tmpdir = (prefix: string) => fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+
+/**
+ * A bastion login for `make demo` (scripts/demo.ts): an IAM user of a group logs in over SSH
+ * with the key they uploaded, through `binary` as sshd's AuthorizedKeysCommand; a user outside
+ * the group is refused. Each step is reported through `note`; what it starts is added to
+ * `cleanups` (sshd, the syslog sink, the login accounts, the directories).
+ */
+export async function demoSshLogin(o: {
+  binary: string;
+  iamEndpoint: string;
+  region: string;
+  note: (line: string) => void;
+  cleanups: Array<() => Promise<void> | void>;
+}): Promise<void> {
+  const { IAMClient, CreateGroupCommand, CreateUserCommand, AddUserToGroupCommand, UploadSSHPublicKeyCommand } = await import('@aws-sdk/client-iam');
+  const creds = { accessKeyId: 'test', secretAccessKey: 'test' };
+  const iam = new IAMClient({ region: o.region, endpoint: o.iamEndpoint, credentials: creds });
+  const work = tmpdir('zdt-demo-ssh-');
+  fs.chmodSync(work, 0o755);
+  o.cleanups.push(() => fs.rmSync(work, { recursive: true, force: true }));
+  const jane = { iam: 'zdt.demo.jane@example.com', login: 'zdt.demo.jane.at.example.com', key: tempKey(work, 'jane') };
+  const mallory = { iam: 'zdt-demo-mallory', login: 'zdt-demo-mallory', key: tempKey(work, 'mallory') };
+  await iam.send(new CreateGroupCommand({ GroupName: 'bastion-demo' }));
+  for (const u of [jane, mallory]) {
+    await iam.send(new CreateUserCommand({ UserName: u.iam }));
+    await iam.send(new UploadSSHPublicKeyCommand({ UserName: u.iam, SSHPublicKeyBody: u.key.pub }));
+  }
+  await iam.send(new AddUserToGroupCommand({ GroupName: 'bastion-demo', UserName: jane.iam }));
+  o.note(`IAM: group bastion-demo = [${jane.iam}]; ${mallory.iam} has a key but is not in the group`);
+
+  const root = path.join(work, 'root');
+  fs.mkdirSync(path.join(root, 'etc/zdt-agent'), { recursive: true, mode: 0o755 });
+  for (const f of ['passwd', 'group', 'shadow', 'gshadow', 'login.defs']) fs.copyFileSync(`/etc/${f}`, path.join(root, 'etc', f));
+  fs.mkdirSync(path.join(root, 'home'));
+  fs.writeFileSync(
+    path.join(root, 'etc/zdt-agent/config.yaml'),
+    `node: { role: bastion }\nssh: { iamGroup: bastion-demo, keyOptions: 'restrict,pty' }\naws: { region: ${o.region}, endpoint: '${o.iamEndpoint}' }\n`,
+  );
+  const sink = await startSyslogSink(path.join(root, 'dev/log'));
+  fs.chmodSync(path.join(root, 'dev'), 0o755);
+  o.cleanups.push(() => sink.stop());
+  const env = { ...process.env, AWS_ACCESS_KEY_ID: creds.accessKeyId, AWS_SECRET_ACCESS_KEY: creds.secretAccessKey };
+
+  const sync = spawnSync(o.binary, ['ssh-users', 'sync', '--root', root, '--log-level', 'warn'], { env, encoding: 'utf8' });
+  o.note(`$ zdt-agent ssh-users sync  -> exit ${sync.status}: ${sync.stdout.trim().replace(/\n/g, ' | ')}`);
+
+  for (const u of [jane, mallory]) {
+    const account = addLoginUser(u.login);
+    o.cleanups.push(() => account.remove());
+  }
+  const commandDir = makeCommandDir();
+  o.cleanups.push(() => commandDir.remove());
+  const command = path.join(commandDir.dir, 'zdt-agent-ssh-keys');
+  writeKeyCommand(command, { binary: o.binary, env: { ZDT_ROOT: root, PATH: '/usr/bin:/bin', AWS_ACCESS_KEY_ID: creds.accessKeyId, AWS_SECRET_ACCESS_KEY: creds.secretAccessKey } });
+  const sshd = await startSshd({ dir: commandDir.dir, keyCommand: command, commandUser: 'nobody' });
+  o.cleanups.push(() => sshd.stop());
+  o.note(`sshd on 127.0.0.1:${sshd.port}: AuthorizedKeysCommand ${command} %u %f (a wrapper of ${o.binary}), as nobody`);
+
+  for (const u of [jane, mallory]) {
+    const before = sink.lines().length;
+    const r = sshLogin({ port: sshd.port, user: u.login, identity: u.key.file, command: 'echo "logged in as $(id -un)"' });
+    o.note(`$ ssh -i ${path.basename(u.key.file)} ${u.login}@127.0.0.1  -> exit ${r.status}: ${(r.stdout || r.stderr).trim()}`);
+    await new Promise((r2) => setTimeout(r2, 300)); // the audit lines come from detached loggers
+    for (const l of sink.lines().slice(before)) o.note(`  syslog: ${l.replace(/^<\d+>/, '')}`);
+  }
+}
