@@ -44,7 +44,17 @@ export async function runCli(argv: string[]): Promise<number> {
     .option('root', { type: 'string', describe: 'Root prefix for every node path (tests, chroots)', global: true, hidden: true })
     .option('log-format', { choices: ['human', 'json'] as const, describe: 'Log line format', global: true })
     .option('log-level', { choices: ['debug', 'info', 'warn', 'error'] as const, describe: 'Lowest level logged', global: true })
-    .command('boot', 'Bring this node up (run by cloud-init at every boot)', {}, wrap(async (a) => (await import('./commands/boot.js')).runBoot(a)))
+    .command(
+      'boot',
+      'Bring this node up (run by cloud-init at every boot)',
+      (y: Argv) =>
+        y.option('force', {
+          type: 'boolean',
+          default: false,
+          describe: 'Inspect every phase again, also when a boot already completed in this boot from the same config',
+        }),
+      wrap(async (a) => (await import('./commands/boot.js')).runBoot(a)),
+    )
     .command(
       'terminate',
       'Retire this node at shutdown: classify, drain, back up, notify (run by OpenRC)',

@@ -5,7 +5,7 @@ import type { Config } from './config/schema.js';
 import { makeAws, type Aws } from './host/aws.js';
 import { makeExec, type Exec } from './host/exec.js';
 import { Imds } from './host/imds.js';
-import { makePaths, type Paths } from './host/paths.js';
+import { instanceCacheFile, makePaths, type Paths } from './host/paths.js';
 import { createLogger, type Logger } from './log/logger.js';
 
 /**
@@ -29,9 +29,7 @@ export type InstanceMode = 'imds' | 'cached' | 'none';
 const DEFAULT_IMDS = 'http://169.254.169.254';
 const DEFAULT_IMDS_TIMEOUT_S = 120;
 
-export function instanceCacheFile(paths: Paths): string {
-  return paths.at('/var/lib/zdt-agent/instance-config.json');
-}
+export { instanceCacheFile };
 
 /** Read and validate the config layers. Throws ConfigError (exit 2) before anything acts. */
 export async function loadLayers(

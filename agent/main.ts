@@ -2,8 +2,8 @@
  * argv -> command; exit codes; nothing else.
  *
  * `version` and `ssh-keys` are on hot paths (the benchmark floor and sshd's
- * AuthorizedKeysCommand), so the CLI module (yargs and every command) is loaded lazily and
- * only for the commands that need it.
+ * AuthorizedKeysCommand), and so is a `boot` on a booted node; the CLI module (yargs and
+ * every command) is loaded lazily and only for the commands that need it.
  */
 import { ExitCode } from './errors.js';
 
@@ -18,6 +18,15 @@ async function main(argv: string[]): Promise<number> {
     const warm = await import('./ssh/warm.js');
     const args = warm.parseSshKeysArgv(argv.slice(1));
     const code = args && (await warm.answerFromCache(args));
+    if (code !== undefined) return code;
+  }
+  if (argv[0] === 'boot') {
+    // A boot that already completed in this kernel boot from the same config sources is
+    // answered from the state file before yargs, the config parsers and the AWS SDK load
+    // (agent/boot/fast-path.ts). Anything else, --force included, runs the full boot below.
+    const fast = await import('./boot/fast-path.js');
+    const args = fast.parseBootArgv(argv.slice(1));
+    const code = args && fast.answerFromState(args);
     if (code !== undefined) return code;
   }
   const { runCli } = await import('./cli.js');

@@ -3,10 +3,12 @@
  * The agent's own boot overhead: `dist/zdt-agent boot` on a controller 00 (the longest boot:
  * etcd volume attach, blkid, mkfs, mount, the version policy, kubeadm init) against the
  * testbed (moto behind the fidelity proxy, AEMM for IMDS, a real loop device as the etcd
- * volume, the recording apk and kubeadm stand-ins), then a second boot on the booted node.
+ * volume, the recording apk and kubeadm stand-ins), then a second boot on the booted node
+ * (the fast path: completed in this kernel boot, config unchanged) and a `boot --force` (every
+ * phase inspects the booted node again).
  *
- * Overhead = wall time minus the time the agent waited on something outside it: every AWS
- * and IMDS request (timed by small proxies in this process) and every subprocess (the real
+ * Overhead = wall time minus the time the agent waited on something outside it: every AWS,
+ * IMDS and Kubernetes API request (timed by small proxies in this process) and every subprocess (the real
  * blkid/mkfs/mount and the stand-ins, from the agent's own `ran … ms=` log lines), merged as
  * intervals so that parallel requests count once. Node's own start-up is the agent's, so it
  * is in the overhead. Peak RSS from /usr/bin/time -f %M ('n/a' without it).
@@ -17,11 +19,13 @@
  *
  * --bin measures another build of the binary (e.g. one of an older commit, for a before/after).
  *
- * Needs: dist/zdt-agent (make binary), moto_server, ec2-metadata-mock (testbed), root (loop devices).
+ * Needs: dist/zdt-agent (make binary), moto_server, ec2-metadata-mock, etcd and kube-apiserver
+ * (testbed), root (loop devices).
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -48,7 +52,7 @@ async function loadTestbed() {
   fs.mkdirSync(path.dirname(out), { recursive: true });
   await esbuild.build({
     stdin: {
-      contents: ['moto', 'fidelity-proxy', 'imds', 'loop', 'root', 'ports'].map((m) => `export * from './test/testbed/${m}.ts';`).join('\n'),
+      contents: ['moto', 'fidelity-proxy', 'imds', 'kube', 'loop', 'root', 'ports'].map((m) => `export * from './test/testbed/${m}.ts';`).join('\n'),
       resolveDir: ROOT,
       loader: 'ts',
     },
@@ -83,6 +87,45 @@ async function timingProxy(tb, target) {
     take: () => intervals.splice(0),
     stop: () => new Promise((r) => server.close(() => r()).closeAllConnections()),
   };
+}
+
+/**
+ * A TCP pass-through for the Kubernetes API (TLS, so requests cannot be read): on each
+ * connection an exchange runs from the first client bytes to the last server bytes before the
+ * client sends again. The client's own work between exchanges (TLS handshake crypto, building
+ * the next request) stays outside the intervals.
+ */
+async function tcpTimingProxy(tb, targetPort) {
+  const intervals = [];
+  const now = () => performance.timeOrigin + performance.now();
+  const server = net.createServer((client) => {
+    let start;
+    let lastServer;
+    const close = () => {
+      if (start !== undefined) intervals.push([start, lastServer ?? now()]);
+      start = lastServer = undefined;
+    };
+    const up = net.connect(targetPort, '127.0.0.1');
+    client.on('data', (d) => {
+      if (start !== undefined && lastServer !== undefined) close();
+      start ??= now();
+      up.write(d);
+    });
+    up.on('data', (d) => {
+      lastServer = now();
+      client.write(d);
+    });
+    client.on('close', () => {
+      close();
+      up.destroy();
+    });
+    up.on('close', () => client.destroy());
+    client.on('error', () => up.destroy());
+    up.on('error', () => client.destroy());
+  });
+  const port = await tb.freePort();
+  await new Promise((r) => server.listen(port, '127.0.0.1', r));
+  return { port, take: () => intervals.splice(0), stop: () => new Promise((r) => server.close(() => r())) };
 }
 
 /** Total length of the union of [start, end] intervals. */
@@ -156,9 +199,18 @@ async function main() {
   const awsTiming = await timingProxy(tb, proxy.endpoint);
   cleanups.push(() => awsTiming.stop());
   const ec2 = new EC2Client({ region: REGION, endpoint: proxy.endpoint, credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' } });
+  // controller 00 grants nodes their self-delete with kubeadm's admin.conf: a real API server
+  // (the kubeadm stand-in copies the admin kubeconfig, pointed at the timing proxy, into the root).
+  const kube = await tb.startKube();
+  cleanups.push(() => kube.stop());
+  const kubeTiming = await tcpTimingProxy(tb, new URL(kube.server).port);
+  cleanups.push(() => kubeTiming.stop());
+  const adminConf = path.join(kube.dir, 'admin-via-proxy.conf');
+  fs.writeFileSync(adminConf, fs.readFileSync(kube.adminKubeconfig, 'utf8').replaceAll(kube.server, `https://127.0.0.1:${kubeTiming.port}`), { mode: 0o600 });
   const imageId = (await ec2.send(new DescribeImagesCommand({}))).Images[0].ImageId;
 
-  const rows = { first: [], second: [] };
+  const rows = { first: [], second: [], forced: [] };
+  const LABELS = { first: 'first boot ', second: 'second boot', forced: '  --force  ' };
   for (let i = 0; i < RUNS; i++) {
     const cluster = `bench${i}-${process.pid}`;
     const root = await tb.makeTempRoot();
@@ -182,6 +234,10 @@ async function main() {
       ].join('\n');
       fs.mkdirSync(root.at('/etc/zdt-agent'), { recursive: true });
       fs.writeFileSync(root.at('/etc/zdt-agent/config.yaml'), `${config}\n`);
+      // The node's kernel boot id, under the root like every path: the second boot's fast path
+      // compares it with the one the first boot recorded.
+      fs.mkdirSync(root.at('/proc/sys/kernel/random'), { recursive: true });
+      fs.writeFileSync(root.at('/proc/sys/kernel/random/boot_id'), fs.readFileSync('/proc/sys/kernel/random/boot_id')); // (copyFileSync copies nothing from /proc)
       // (standinPath() of the bundle would point into .cache.)
       const env = {
         ...process.env,
@@ -189,24 +245,31 @@ async function main() {
         PATH: `${path.join(ROOT, 'test/testbed/standins')}:${process.env.PATH}`,
         ZDT_RECORD_FILE: path.join(root.dir, 'records.jsonl'),
         ZDT_APK_VERSIONS: '1.34.2-r0,1.34.1-r0',
+        ZDT_STANDIN_KUBEADM_ADMIN_CONF: adminConf,
       };
       const logFile = root.at('/var/log/zdt-agent.log');
 
-      for (const which of ['first', 'second']) {
+      // second: the fast path (boot completed in this kernel boot, config unchanged); forced:
+      // `boot --force`, every phase inspects the booted node again.
+      for (const which of ['first', 'second', 'forced']) {
         awsTiming.take();
         imdsTiming.take();
+        kubeTiming.take();
         const offset = fs.existsSync(logFile) ? fs.statSync(logFile).size : 0;
-        const r = await runAgent(['boot', '--root', root.dir, '--log-level', 'info'], env, which === (process.env.ZDT_BENCH_PROFILE_WHICH ?? 'second') ? process.env.ZDT_BENCH_PROFILE : undefined);
-        const outside = unionMs([...awsTiming.take(), ...imdsTiming.take(), ...execIntervals(logFile, offset)].filter(([s]) => s >= r.start - 5));
+        const args = ['boot', '--root', root.dir, '--log-level', 'info', ...(which === 'forced' ? ['--force'] : [])];
+        const r = await runAgent(args, env, which === (process.env.ZDT_BENCH_PROFILE_WHICH ?? 'second') ? process.env.ZDT_BENCH_PROFILE : undefined);
+        const outside = unionMs([...awsTiming.take(), ...imdsTiming.take(), ...kubeTiming.take(), ...execIntervals(logFile, offset)].filter(([s]) => s >= r.start - 5));
         rows[which].push({ wall: r.wall, outside, overhead: r.wall - outside, rss: r.rssMb });
+        const fast = fs.readFileSync(logFile, 'utf8').slice(offset).includes('boot already completed in this boot');
+        if (fast !== (which === 'second')) console.error(`bench/boot: run ${i + 1}, ${which} boot ${fast ? 'took' : 'did not take'} the fast path`);
         if (process.env.ZDT_BENCH_VERBOSE) {
           const first = JSON.parse(fs.readFileSync(logFile, 'utf8').slice(offset).split('\n')[0]);
           console.log(`${which}: process start -> first log line ${(Date.parse(first.ts) - r.start).toFixed(0)} ms`);
           console.log(fs.readFileSync(logFile, 'utf8').slice(offset));
         }
         if (which === 'first') {
-          // What kubeadm init leaves behind (the stand-in writes nothing).
-          for (const f of ['/etc/kubernetes/kubelet.conf', '/etc/kubernetes/admin.conf', '/etc/kubernetes/manifests/kube-apiserver.yaml']) {
+          // What else kubeadm init leaves behind (the stand-in writes admin.conf only).
+          for (const f of ['/etc/kubernetes/kubelet.conf', '/etc/kubernetes/manifests/kube-apiserver.yaml']) {
             fs.mkdirSync(path.dirname(root.at(f)), { recursive: true });
             fs.writeFileSync(root.at(f), '# kubeadm\n');
           }
@@ -222,16 +285,18 @@ async function main() {
 
   const fmt = (ms) => `${ms.toFixed(0).padStart(5)} ms`;
   console.log(`zdt-agent boot on the testbed, controller 00, median of ${RUNS} runs (fresh node each run)`);
-  console.log('                    wall     outside   overhead   peak RSS');
-  for (const which of ['first', 'second']) {
+  // The best run next to the median: on a shared machine the best is the cost without contention.
+  console.log('                 wall (best)       outside  overhead (best)    peak RSS');
+  for (const which of ['first', 'second', 'forced']) {
     const rs = rows[which];
+    const col = (key) => `${fmt(median(rs.map((x) => x[key])))} (${Math.min(...rs.map((x) => x[key])).toFixed(0).padStart(4)})`;
     const rss = rs[0].rss === undefined ? '     n/a' : `${median(rs.map((x) => x.rss)).toFixed(1)} MB`;
-    console.log(`  ${which === 'first' ? 'first boot ' : 'second boot'}  ${fmt(median(rs.map((x) => x.wall)))}  ${fmt(median(rs.map((x) => x.outside)))}  ${fmt(median(rs.map((x) => x.overhead)))}   ${rss}`);
+    console.log(`  ${LABELS[which]}  ${col('wall')}  ${fmt(median(rs.map((x) => x.outside)))}  ${col('overhead')}   ${rss}`);
   }
   const firstOverhead = median(rows.first.map((x) => x.overhead));
   const secondWall = median(rows.second.map((x) => x.wall));
   console.log(`targets: overhead ≤ 300 ms per boot (${firstOverhead <= 300 ? 'met' : 'NOT met'}: ${firstOverhead.toFixed(0)} ms); second boot < 100 ms (${secondWall < 100 ? 'met' : 'NOT met'}: ${secondWall.toFixed(0)} ms)`);
-  console.log('outside = union of AWS/IMDS requests and subprocesses (blkid, mkfs, mount, apk, kubeadm, rc-service stand-ins)');
+  console.log('outside = union of AWS/IMDS/Kubernetes API requests and subprocesses (blkid, mkfs, mount, apk, kubeadm, rc-service stand-ins)');
 }
 
 main()

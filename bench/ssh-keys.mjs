@@ -37,8 +37,11 @@ const members = Math.max(1, Number(values.members));
 for (const [what, file] of [['the binary', BIN], ['node', NODE]]) {
   if (!fs.existsSync(file)) fail(`${what} ${file} is missing; run 'make binary'`);
 }
-const aws = spawnSync('aws', ['--version'], { encoding: 'utf8' });
-if (aws.error) fail("the aws CLI is missing (pip install awscli): it is the baseline");
+// The aws CLI itself, not a pyenv shim in front of it (a shim's bash would inflate the baseline).
+const pyenvAws = spawnSync('pyenv', ['which', 'aws'], { encoding: 'utf8' });
+const AWS = pyenvAws.status === 0 ? pyenvAws.stdout.trim() : 'aws';
+const awsVersion = spawnSync(AWS, ['--version'], { encoding: 'utf8' });
+if (awsVersion.error) fail('the aws CLI is missing (pip install awscli): it is the baseline');
 const asRoot = process.geteuid?.() === 0;
 const NOBODY = 65534;
 
@@ -68,7 +71,7 @@ await waitFor(async () => (await fetch(`${endpoint}/moto-api/`).then((r) => r.ok
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-bench-ssh-'));
 cleanups.push(() => fs.rmSync(work, { recursive: true, force: true }));
 fs.chmodSync(work, 0o755);
-const cli = (...args) => execFileSync('aws', ['--endpoint-url', endpoint, '--output', 'json', ...args], { env, encoding: 'utf8' });
+const cli = (...args) => execFileSync(AWS, ['--endpoint-url', endpoint, '--output', 'json', ...args], { env, encoding: 'utf8' });
 cli('iam', 'create-group', '--group-name', GROUP);
 let fingerprint;
 for (let i = 0; i < members; i++) {
@@ -145,7 +148,8 @@ const q = (s, p) => quantile(times.get(s), p);
 const floor = q(subjects[0], 0.5);
 const [, , warm, cold, awsCli] = subjects;
 const fmt = (ms) => (ms >= 100 ? ms.toFixed(0) : ms.toFixed(1)).padStart(7);
-console.log(`\nzdt-agent ssh-keys vs the aws CLI on one moto (${endpoint}); group of ${members} members x 2 keys; ${runs} runs each; ${path.relative(ROOT, BIN)}`);
+console.log(`\nzdt-agent ssh-keys vs the aws CLI on one moto (${endpoint}); group of ${members} members x 2 keys; ${runs} runs each`);
+console.log(`binary ${BIN}; ${(awsVersion.stdout || awsVersion.stderr).trim()} (${AWS})`);
 console.log(`${'subject'.padEnd(34)} ${'median'.padStart(7)} ${'p95'.padStart(7)}  ms   peak RSS`);
 for (const s of subjects) {
   const peak = s.rss?.();

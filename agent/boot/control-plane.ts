@@ -2,10 +2,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { AgentError } from '../errors.js';
 import { upsertStableName } from '../host/dns.js';
+import { KubeApiError, KubeClient, loadKubeconfig } from '../host/kube.js';
 import { renderEtcdPatch, renderInitConfig, renderJoinConfig } from '../host/kubeadm.js';
+import { waitFor } from '../host/retry.js';
 import { ensureServiceRunning } from '../host/services.js';
 import { addSecret } from '../log/redact.js';
 import { isFirstController } from '../node.js';
+import { applyNodeSelfDeleteRbac, NODE_SELF_DELETE } from '../terminate/rbac.js';
 import {
   caCertHash,
   clusterCaCert,
@@ -35,11 +38,16 @@ import { clusterSettingsFor, nodeNameOf, nodeRegistrationFor, stableEtcdName } f
  * - join:      a running cluster: `kubeadm join --control-plane`; with stable names the
  *              agent manages this slot's etcd member itself.
  *
+ * After bootstrap and restore, controller 00 grants nodes the deletion of their own Node
+ * (what a retiring worker's terminate needs; docs/terminate.md).
+ *
  * A node that has joined before (kubelet.conf and the API server manifest exist) only makes
- * sure kubelet runs.
+ * sure kubelet runs (and controller 00 that the grant was applied).
  */
 
 const BIND_PORT = 6443;
+/** State fact: controller 00 applied the node self-delete grant from this node. */
+const NODE_RBAC_FACT = 'nodeSelfDeleteRbac';
 
 export const controlPlanePhase: BootPhase = {
   name: 'control-plane',
@@ -58,7 +66,11 @@ async function bringUpControlPlane(ctx: BootContext): Promise<PhaseOutcome> {
     ctx.shared.joinMode = 'already-joined';
     const started = await ensureServiceRunning(ctx.exec, 'kubelet');
     recordVersionOnVolume(volume, version);
-    return { detail: `already a control-plane node${started ? '; started kubelet' : ''}`, changed: started };
+    // A boot cut off between kubeadm init and the grant (or one of an older agent) grants now.
+    const granted = isFirstController(config) && ctx.state.facts[NODE_RBAC_FACT] !== true;
+    if (granted) await grantNodeSelfDelete(ctx);
+    const did = [started && 'started kubelet', granted && `applied ${NODE_SELF_DELETE}`].filter(Boolean);
+    return { detail: ['already a control-plane node', ...did].join('; '), changed: did.length > 0 };
   }
 
   const first = isFirstController(config);
@@ -156,6 +168,60 @@ async function initControlPlane(ctx: BootContext, volume: MountedVolume, version
   } else if (generated) {
     log.warn('no cluster.bootstrap.s3Uri: workers and other controllers cannot learn the join token');
   }
+  await grantNodeSelfDelete(ctx);
+}
+
+/**
+ * Grants every node the deletion of its own Node object (terminate/rbac.ts), so that retired
+ * workers leave no Node behind; with kubeadm's admin.conf, as soon as the new control plane
+ * takes it, within boot.controlPlaneWait. Without the grant the cluster cannot retire workers
+ * cleanly, so a grant that cannot be applied fails the phase (the next boot tries again).
+ */
+async function grantNodeSelfDelete(ctx: BootContext): Promise<void> {
+  const objects = `ClusterRole and ClusterRoleBinding ${NODE_SELF_DELETE}`;
+  const file = kubeFiles(ctx).adminConf;
+  if (!fs.existsSync(file)) {
+    throw new AgentError('NodeRbacNotApplied', `cannot apply the ${objects}: kubeadm init left no /etc/kubernetes/admin.conf`, {
+      hint: 'check the kubeadm init output in the log; workers need this grant to delete their own Node when they are retired (docs/terminate.md)',
+    });
+  }
+  const creds = loadKubeconfig(file, (p) => ctx.paths.at(p));
+  const hint =
+    `check that the API server at ${creds.server} answers (crictl ps -a, the kubelet log) and that /etc/kubernetes/admin.conf is kubeadm's admin kubeconfig; ` +
+    'workers need this grant to delete their own Node when they are retired (docs/terminate.md); the next boot applies it again';
+  const kube = new KubeClient(creds);
+  try {
+    const done = await waitFor({
+      what: `the API server at ${creds.server} to take the ${objects}`,
+      timeoutMs: ctx.config.boot.controlPlaneWait * 1000,
+      initialDelayMs: 1000,
+      maxDelayMs: 15_000,
+      progressEveryMs: 30_000,
+      log: ctx.log,
+      signal: ctx.signal,
+      code: 'NodeRbacNotApplied',
+      hint,
+      retryable: apiStillStarting,
+      check: () => applyNodeSelfDeleteRbac(kube, ctx.signal),
+    });
+    ctx.state.facts[NODE_RBAC_FACT] = true;
+    ctx.log.info('nodes may delete their own Node object', { ...done });
+  } catch (err) {
+    if (!(err instanceof KubeApiError)) throw err;
+    throw new AgentError('NodeRbacNotApplied', `cannot apply the ${objects} with /etc/kubernetes/admin.conf: ${err.message}`, { hint, cause: err });
+  } finally {
+    kube.close();
+  }
+}
+
+/**
+ * What a control plane that is still starting answers: no connection, 404 (its API groups
+ * come up one by one), 409 (an edit between our GET and PUT), 429, 5xx. Anything else (401,
+ * 403, 422) will not change by waiting.
+ */
+function apiStillStarting(err: unknown): boolean {
+  if (err instanceof KubeApiError) return err.status === 404 || err.status === 409 || err.status === 429 || err.status >= 500;
+  return !(err instanceof AgentError);
 }
 
 async function joinControlPlane(ctx: BootContext, volume: MountedVolume, version: string, stable: string | undefined): Promise<void> {

@@ -9,6 +9,7 @@ import type { Logger } from '../log/logger.js';
 import { readState, writeState, type AgentState, type PhaseRecord, type RunRecord } from '../log/state.js';
 import { agentVersion } from '../version.js';
 import type { BootContext, BootPhase, BootShared, PhaseOutcome } from './context.js';
+import { recordCompletion, type BootCompletion } from './fast-path.js';
 import { acquireBootLock } from './lock.js';
 import { bootPhases } from './phases.js';
 import { bootPhaseOrder, reportingPhases, type BootPhaseName } from './plan.js';
@@ -30,6 +31,11 @@ export interface BootDeps {
   exec: Exec;
   /** Instance tags already read with the config sources (saves IMDS calls). */
   tags?: Record<string, string> | undefined;
+  /**
+   * Kernel boot id and config sources of this run, recorded when it ends ok so that the next
+   * `boot` in the same kernel boot takes the fast path (agent/boot/fast-path.ts).
+   */
+  completion?: BootCompletion | undefined;
 }
 
 export interface BootResult {
@@ -130,6 +136,7 @@ async function runPhases(deps: BootDeps, phases: Record<Exclude<BootPhaseName, '
   function finish(ok: boolean, failedPhase: BootPhaseName | undefined, error: AgentError | undefined): BootResult {
     run.finishedAt = new Date().toISOString();
     run.result = ok ? 'ok' : error instanceof DeadlineError ? 'deadline' : 'failed';
+    recordCompletion(state, deps.completion, ok);
     save();
     return { ok, error, failedPhase, changed, phases: run.phases, state };
   }

@@ -1,12 +1,23 @@
 import type { GlobalOptions } from '../cli.js';
+import { readBootId, readLocalSources, sourcesDigest, type BootCompletion } from '../boot/fast-path.js';
 import { runBoot as runBootPhases } from '../boot/run.js';
 import { buildContext } from '../context.js';
 import { ExitCode } from '../errors.js';
+import { makePaths } from '../host/paths.js';
 
 /** `zdt-agent boot`: config (all sources, validated first) -> context -> the boot phases -> exit code. */
-export async function runBoot(args: GlobalOptions): Promise<number> {
+export async function runBoot(args: GlobalOptions & { force?: boolean | undefined }): Promise<number> {
+  // The local config files are read for the completion record before the config loads them:
+  // a file changed in between then differs from the record, and the next boot runs in full.
+  const local = readLocalSources(makePaths(args.root), args.config);
   const ctx = await buildContext(args, { instance: 'imds' });
-  const result = await runBootPhases({ ...ctx, tags: ctx.instance?.tags });
+  if (args.force) ctx.log.info('boot --force: every phase inspects the node again');
+  const completion: BootCompletion | undefined = local && {
+    bootId: readBootId(ctx.paths),
+    sources: sourcesDigest(local, ctx.instance),
+    log: { format: ctx.config.log.format, level: ctx.config.log.level },
+  };
+  const result = await runBootPhases({ ...ctx, tags: ctx.instance?.tags, completion });
   if (!result.ok) {
     // The phases have logged the detail, signalled and notified; the CLI prints the one line.
     throw result.error ?? new Error(`boot failed in ${result.failedPhase ?? 'an unknown phase'}`);

@@ -226,7 +226,7 @@ export const awsSchema = z
 
 export const bootSchema = z
   .object({
-    controlPlaneWait: seconds('boot.controlPlaneWait').default(1800).describe('How long workers wait for the API'),
+    controlPlaneWait: seconds('boot.controlPlaneWait').default(1800).describe('How long a node waits for the API server (workers, joining controllers, controller 00 after kubeadm init)'),
     neuronModule: z.string().default('neuron'),
     neuronDeviceWait: seconds('boot.neuronDeviceWait').default(120),
     launchLifecycleHook: z.string().optional().describe('Name of the ASG launch lifecycle hook to complete'),

@@ -7,8 +7,9 @@ import { AgentError } from '../errors.js';
 /**
  * A small Kubernetes REST client: JSON over HTTPS with the credentials of a kubeconfig
  * (client certificates, as kubeadm writes them, or a bearer token). The agent needs a
- * handful of calls (version, readyz, nodes, pods, evictions); @kubernetes/client-node would
- * bring a dozen dependencies and megabytes into the binary for them.
+ * handful of calls (version, readyz, nodes, pods, evictions, one RBAC grant);
+ * @kubernetes/client-node would bring a dozen dependencies and megabytes into the binary for
+ * them.
  */
 
 export interface KubeCredentials {
@@ -79,6 +80,14 @@ export class KubeApiError extends AgentError {
     this.status = status;
     this.reason = reason;
   }
+}
+
+/** A cluster-scoped or namespaced API object, as far as create-or-replace needs it. */
+export interface KubeObject {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; resourceVersion?: string | undefined; [key: string]: unknown };
+  [key: string]: unknown;
 }
 
 export interface KubeResponse<T> {
@@ -159,6 +168,20 @@ export class KubeClient {
     const status = res.body as { reason?: string; message?: string } | string | undefined;
     const message = typeof status === 'object' && status ? (status.message ?? '') : String(status ?? '');
     throw new KubeApiError(method, urlPath, res.status, typeof status === 'object' ? status?.reason : undefined, message.slice(0, 300));
+  }
+
+  /**
+   * Creates `obj` in `collection` (`/apis/<group>/<version>/<plural>`), or, when an object of
+   * that name exists, replaces it with `obj` (PUT with the current resourceVersion). Applying
+   * the same object twice leaves one object as given.
+   */
+  async createOrReplace(collection: string, obj: KubeObject, opts: { signal?: AbortSignal | undefined; timeoutMs?: number } = {}): Promise<'created' | 'replaced'> {
+    const created = await this.call('POST', collection, { ...opts, body: obj, okStatus: [409] });
+    if (created.status !== 409) return 'created';
+    const url = `${collection}/${encodeURIComponent(obj.metadata.name)}`;
+    const current = await this.call<KubeObject>('GET', url, opts);
+    await this.call('PUT', url, { ...opts, body: { ...obj, metadata: { ...obj.metadata, resourceVersion: current.body.metadata.resourceVersion } } });
+    return 'replaced';
   }
 
   async version(timeoutMs = 5000): Promise<{ gitVersion: string; major: string; minor: string }> {

@@ -29,3 +29,8 @@ export function makePaths(root = process.env.ZDT_ROOT ?? '/'): Paths {
     logFile: at('/var/log/zdt-agent.log'),
   };
 }
+
+/** The instance's config sources (user-data part, tags) as the last command that read IMDS saw them (0600). */
+export function instanceCacheFile(paths: Paths): string {
+  return paths.at('/var/lib/zdt-agent/instance-config.json');
+}

@@ -149,3 +149,8 @@ export function checkSshdInstall(paths: Paths, o: { sshdConfig?: string } = {}):
   });
   return checks;
 }
+
+/** For `zdt-agent plan` on a bastion: one line per check, as the phase tables print. */
+export function formatInstallChecks(checks: readonly InstallCheck[]): string {
+  return ['sshd (bastion):', ...checks.map((c) => `  ${c.ok ? 'ok  ' : 'FAIL'}  ${c.name}: ${c.detail}`)].join('\n');
+}

@@ -75,7 +75,7 @@ export function nodeNameOf(creds: KubeCredentials): string | undefined {
 /** A 403 turned into the permission that is missing, and where the fix is. */
 export function permissionError(err: KubeApiError, nodeName: string, what: string): AgentError {
   return new AgentError('NodePermissionMissing', `system:node:${nodeName} may not ${what}: ${err.message}`, {
-    hint: 'grant it with the ClusterRole and ClusterRoleBinding in docs/terminate.md (Permissions); NodeRestriction keeps it to the node itself',
+    hint: 'a node may do all this by default except delete its own Node, which ClusterRoleBinding zdt-agent:node-self-delete grants (controller 00 applies it at bootstrap): check that it exists; see docs/terminate.md (Permissions)',
     cause: err,
   });
 }

@@ -5,6 +5,7 @@ import { CreateTopicCommand, SNSClient, SubscribeCommand } from '@aws-sdk/client
 import { CreateQueueCommand, GetQueueAttributesCommand, ReceiveMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startImds, type Imds } from '../testbed/imds.js';
+import { kubeApiserverAvailable, startKube, type Kube } from '../testbed/kube.js';
 import { createLoopDevice, type LoopDevice } from '../testbed/loop.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
 import { readRecords, standinEnv } from '../testbed/standins.js';
@@ -12,11 +13,13 @@ import { AZ, BINARY, REGION, awsSection, createEtcdVolume, credentials, launchIn
 
 /**
  * The built binary (`make binary`) boots a controller 00 on the testbed: moto behind the
- * fidelity proxy, AEMM, a real loop device as its etcd volume, the recording apk and kubeadm;
- * the SNS message is read back through SQS. Then boots again: nothing to do.
+ * fidelity proxy, AEMM, a real loop device as its etcd volume, the recording apk and kubeadm
+ * (its admin.conf names a real kube-apiserver, which takes the node self-delete grant); the
+ * SNS message is read back through SQS. Then boots again: nothing to do.
  */
 
 let w: AwsWorld;
+let kube: Kube;
 let root: TempRoot;
 let loop: LoopDevice;
 let imds: Imds;
@@ -27,7 +30,9 @@ let records: string;
 
 beforeAll(async () => {
   if (!fs.existsSync(BINARY)) throw new Error(`${BINARY} is missing: run 'make binary' first`);
+  if (!(await kubeApiserverAvailable())) throw new Error('kube-apiserver is missing: run test/testbed/k8s/build.sh');
   w = await startAwsWorld();
+  kube = await startKube();
   root = await makeTempRoot();
   loop = await createLoopDevice(64);
   const common = { region: REGION, endpoint: w.proxy.endpoint, credentials };
@@ -47,13 +52,19 @@ beforeAll(async () => {
     aws: { ...awsSection(w.proxy.endpoint), imdsEndpoint: imds.endpoint },
   });
   records = root.at('/records.jsonl');
-  env = standinEnv(records, { ZDT_APK_VERSIONS: '1.34.2-r0,1.34.1-r0', AWS_ACCESS_KEY_ID: 'testing', AWS_SECRET_ACCESS_KEY: 'testing' });
+  env = standinEnv(records, {
+    ZDT_APK_VERSIONS: '1.34.2-r0,1.34.1-r0',
+    ZDT_STANDIN_KUBEADM_ADMIN_CONF: kube.adminKubeconfig,
+    AWS_ACCESS_KEY_ID: 'testing',
+    AWS_SECRET_ACCESS_KEY: 'testing',
+  });
 }, 120_000);
 
 afterAll(async () => {
   await imds?.stop();
   await root?.cleanup();
   await loop?.detach();
+  await kube?.stop();
   await w?.stop();
 });
 

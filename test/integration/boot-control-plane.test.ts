@@ -4,11 +4,15 @@ import os from 'node:os';
 import path from 'node:path';
 import { CreateHostedZoneCommand, ListResourceRecordSetsCommand, Route53Client } from '@aws-sdk/client-route-53';
 import { CreateBucketCommand, GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { parseAllDocuments } from 'yaml';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { parse as parseYaml, parseAllDocuments, stringify } from 'yaml';
 import { readVolumeIdentity, VOLUME_IDENTITY_FILE } from '../../agent/boot/etcd-volume.js';
 import { runBoot } from '../../agent/boot/run.js';
 import type { ConfigInput } from '../../agent/config/schema.js';
+import { DeadlineError } from '../../agent/errors.js';
+import type { KubeObject } from '../../agent/host/kube.js';
+import { deleteOwnNode } from '../../agent/terminate/drain.js';
+import { NODE_SELF_DELETE, NODE_SELF_DELETE_RBAC } from '../../agent/terminate/rbac.js';
 import { startEtcdCluster } from '../testbed/etcd.js';
 import { startImds } from '../testbed/imds.js';
 import { kubeApiserverAvailable, startKube, type Kube } from '../testbed/kube.js';
@@ -33,9 +37,11 @@ import {
  * Controllers: controller 00 bootstraps a new cluster (kubeadm init with the pre-generated PKI
  * from S3 and its stable name in Route53), restores onto the data its volume holds (and
  * refuses without the cluster's PKI), a second controller joins the running control plane,
- * and controller 00 upgrades the cluster (never downgrades). Real loop devices as etcd
- * volumes, moto (S3, Route53, EC2), a real kube-apiserver, the recording kubeadm and apk;
- * every rendered kubeadm config goes through the real `kubeadm config validate`.
+ * and controller 00 upgrades the cluster (never downgrades). After kubeadm init controller 00
+ * grants nodes the deletion of their own Node. Real loop devices as etcd volumes, moto (S3,
+ * Route53, EC2), a real kube-apiserver, the recording kubeadm (its admin.conf names that
+ * kube-apiserver) and apk; every rendered kubeadm config goes through the real
+ * `kubeadm config validate`.
  */
 
 const apiserver = await kubeApiserverAvailable();
@@ -93,13 +99,7 @@ beforeAll(async () => {
   r53 = new Route53Client(common);
   await s3.send(new CreateBucketCommand({ Bucket: BUCKET, CreateBucketConfiguration: { LocationConstraint: REGION } }));
   zoneId = (await r53.send(new CreateHostedZoneCommand({ Name: 'prod.internal', CallerReference: `zdt-${process.pid}` }))).HostedZone!.Id!.replace('/hostedzone/', '');
-  // kubeadm as the recording stand-in, plus what a real `kubeadm join` leaves behind: admin.conf.
   wrapperDir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-cp-bin-'));
-  fs.writeFileSync(
-    path.join(wrapperDir, 'kubeadm'),
-    `#!/bin/bash\n${standinPath()}/kubeadm "$@"; rc=$?\nif [[ $1 == join && -n $ZDT_TEST_ADMIN_CONF ]]; then cp "$ZDT_TEST_ADMIN_CONF" "$ZDT_TEST_ROOT/etc/kubernetes/admin.conf"; fi\nexit $rc\n`,
-    { mode: 0o755 },
-  );
   // etcdctl as the agent calls it for a joining controller, pointed at the test's etcd: the
   // stable names (https://etcdNN.prod.internal:2379) become its loopback URLs, without TLS.
   fs.writeFileSync(
@@ -122,11 +122,15 @@ exec /usr/bin/etcdctl "\${args[@]}"
   process.env.ZDT_APK_VERSIONS = APK_VERSIONS;
 }, 180_000);
 
+beforeEach(() => {
+  // What kubeadm init and a controller's kubeadm join leave behind: admin.conf for the cluster.
+  if (kube) process.env.ZDT_STANDIN_KUBEADM_ADMIN_CONF = kube.adminKubeconfig;
+});
+
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
   fs.rmSync(records, { force: true });
-  delete process.env.ZDT_TEST_ADMIN_CONF;
-  delete process.env.ZDT_TEST_ROOT;
+  delete process.env.ZDT_STANDIN_KUBEADM_ADMIN_CONF;
   delete process.env.ZDT_TEST_ETCD_ENDPOINTS;
 });
 
@@ -167,12 +171,25 @@ async function controller(o: { index: string; cluster?: Partial<NonNullable<Conf
     boot: { controlPlaneWait: 30, dnsWait: 0 },
     aws: { ...awsSection(w.proxy.endpoint), imdsEndpoint: imds.endpoint },
   };
-  process.env.ZDT_TEST_ROOT = root.dir;
   return { name, root, loop, inst, volumeId, config, prefix: name };
 }
 
 const calls = async () => (await readRecords(records)).map((r) => `${r.tool} ${r.argv.join(' ')}`);
 const closedEndpoint = '127.0.0.1:1';
+const RBAC = '/apis/rbac.authorization.k8s.io/v1';
+const rbacObject = async (plural: 'clusterroles' | 'clusterrolebindings') => (await kube.admin.call<KubeObject>('GET', `${RBAC}/${plural}/${NODE_SELF_DELETE}`)).body;
+const deleteRbac = async () => {
+  for (const plural of ['clusterrolebindings', 'clusterroles']) await kube.admin.call('DELETE', `${RBAC}/${plural}/${NODE_SELF_DELETE}`, { okStatus: [404] });
+};
+
+/** As kubeadm leaves a node that has joined: kubelet.conf, the API server manifest, admin.conf. */
+function asJoinedBefore(root: { at(p: string): string }): void {
+  for (const f of ['/etc/kubernetes/kubelet.conf', '/etc/kubernetes/manifests/kube-apiserver.yaml']) {
+    fs.mkdirSync(path.dirname(root.at(f)), { recursive: true });
+    fs.writeFileSync(root.at(f), '# kubeadm\n');
+  }
+  fs.copyFileSync(kube.adminKubeconfig, root.at('/etc/kubernetes/admin.conf'));
+}
 
 describe.skipIf(!!pending)(`controller boot${pending ? ` (${pending})` : ''}`, () => {
   it('controller 00 bootstraps a new cluster: stable name in Route53, pre-generated PKI from S3, kubeadm init, token published', async () => {
@@ -220,9 +237,12 @@ describe.skipIf(!!pending)(`controller boot${pending ? ` (${pending})` : ''}`, (
     });
     await putPki(n.prefix);
     await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: `${n.prefix}/token`, Body: TOKEN }));
+    await deleteRbac();
     const result = await runBoot(await bootDepsFor(n.root.dir, n.config));
     expect(result.error?.oneLine()).toBeUndefined();
     expect(result.phases['control-plane']!.detail).toMatch(/^restore: control plane 1\.34\.12/);
+    // The restored cluster lets its nodes delete their own Node, as a bootstrapped one does.
+    expect(await rbacObject('clusterrolebindings')).toMatchObject(NODE_SELF_DELETE_RBAC[1]!);
     const c = await calls();
     expect(c[1]).toBe('apk add kubeadm=1.34.12-r1 kubelet=1.34.12-r1 kubectl=1.34.12-r1');
     const initFile = n.root.at('/etc/kubernetes/zdt-agent/init.yaml');
@@ -247,6 +267,85 @@ describe.skipIf(!!pending)(`controller boot${pending ? ` (${pending})` : ''}`, (
     expect((await calls()).filter((x) => x.startsWith('kubeadm'))).toEqual([]);
   });
 
+  it('after kubeadm init controller 00 lets every node delete its own Node and no other; a second boot applies the grant again', async () => {
+    await deleteRbac();
+    const n = await controller({ index: '00', cluster: { apiEndpoint: closedEndpoint } });
+    await putPki(n.prefix);
+    const first = await runBoot(await bootDepsFor(n.root.dir, n.config));
+    expect(first.error?.oneLine()).toBeUndefined();
+    expect(first.phases['control-plane']!.detail).toMatch(/^bootstrap: /);
+    expect(await rbacObject('clusterroles')).toMatchObject(NODE_SELF_DELETE_RBAC[0]!);
+    expect(await rbacObject('clusterrolebindings')).toMatchObject(NODE_SELF_DELETE_RBAC[1]!);
+
+    // Someone narrows the role. The recording kubeadm leaves no kubelet.conf, so the second
+    // boot runs kubeadm init and the grant again: what exists is replaced, nothing fails.
+    const role = await rbacObject('clusterroles');
+    await kube.admin.call('PUT', `${RBAC}/clusterroles/${NODE_SELF_DELETE}`, { body: { ...role, rules: [{ apiGroups: [''], resources: ['nodes'], verbs: ['get'] }] } });
+    const second = await runBoot(await bootDepsFor(n.root.dir, n.config));
+    expect(second.error?.oneLine()).toBeUndefined();
+    expect((await calls()).filter((c) => c.startsWith('kubeadm init'))).toHaveLength(2);
+    expect(await rbacObject('clusterroles')).toMatchObject(NODE_SELF_DELETE_RBAC[0]!);
+
+    // With a kubelet's credentials: its own Node goes, another node's stays (NodeRestriction).
+    for (const name of ['worker-self', 'worker-other']) {
+      await kube.admin.call('POST', '/api/v1/nodes', { body: { apiVersion: 'v1', kind: 'Node', metadata: { name } }, okStatus: [409] });
+    }
+    const me = await kube.nodeClient('worker-self');
+    try {
+      // The RBAC authorizer sees the restored role within moments; wait for it rather than guess.
+      let deleted: string | undefined;
+      for (let i = 0; i < 25 && !deleted; i++) {
+        deleted = await deleteOwnNode(me, 'worker-self', AbortSignal.timeout(5000)).catch(() => undefined);
+        if (!deleted) await new Promise((r) => setTimeout(r, 200));
+      }
+      expect(deleted).toBe('deleted');
+      const other = await me.raw<{ message: string }>('DELETE', '/api/v1/nodes/worker-other');
+      expect(other.status).toBe(403);
+      expect(other.body.message).toMatch(/not allowed to modify node "worker-other"/);
+      expect((await kube.admin.raw('GET', '/api/v1/nodes/worker-other')).status).toBe(200);
+    } finally {
+      me.close();
+    }
+  });
+
+  it('controller 00 fails the control-plane phase when the API server does not take the grant within boot.controlPlaneWait, and says what to check', async () => {
+    const n = await controller({ index: '00', cluster: { apiEndpoint: closedEndpoint } });
+    await putPki(n.prefix);
+    const unreachable = n.root.at('/admin-unreachable.conf');
+    const conf = parseYaml(fs.readFileSync(kube.adminKubeconfig, 'utf8')) as { clusters: Array<{ cluster: { server: string } }> };
+    conf.clusters[0]!.cluster.server = `https://${closedEndpoint}`;
+    fs.writeFileSync(unreachable, stringify(conf));
+    process.env.ZDT_STANDIN_KUBEADM_ADMIN_CONF = unreachable;
+    const started = Date.now();
+    const result = await runBoot(await bootDepsFor(n.root.dir, { ...n.config, boot: { ...n.config.boot, controlPlaneWait: 3 } }));
+    expect(Date.now() - started).toBeLessThan(30_000);
+    expect(result.failedPhase).toBe('control-plane');
+    expect(result.error).toBeInstanceOf(DeadlineError);
+    expect(result.error?.code).toBe('NodeRbacNotApplied');
+    expect(result.error?.message).toMatch(/^gave up waiting for the API server at https:\/\/127\.0\.0\.1:1 to take the ClusterRole and ClusterRoleBinding zdt-agent:node-self-delete after 3s/);
+    expect(result.error?.hint).toMatch(/crictl ps -a.*docs\/terminate\.md/);
+
+    // A kubeadm init that left no admin.conf at all fails at once and says so.
+    delete process.env.ZDT_STANDIN_KUBEADM_ADMIN_CONF;
+    fs.rmSync(n.root.at('/etc/kubernetes/admin.conf'));
+    const missing = await runBoot(await bootDepsFor(n.root.dir, n.config));
+    expect(missing.failedPhase).toBe('control-plane');
+    expect(missing.error?.oneLine()).toMatch(/^NodeRbacNotApplied: cannot apply the ClusterRole and ClusterRoleBinding zdt-agent:node-self-delete: kubeadm init left no \/etc\/kubernetes\/admin\.conf; check the kubeadm init output/);
+  });
+
+  it('a controller 00 whose boot ended between kubeadm init and the grant applies it at its next boot, and only then', async () => {
+    await deleteRbac();
+    const n = await controller({ index: '00', cluster: { apiEndpoint: closedEndpoint } });
+    asJoinedBefore(n.root);
+    const first = await runBoot(await bootDepsFor(n.root.dir, n.config));
+    expect(first.error?.oneLine()).toBeUndefined();
+    expect(first.phases['control-plane']!.detail).toBe(`already a control-plane node; applied ${NODE_SELF_DELETE}`);
+    expect(await rbacObject('clusterrolebindings')).toMatchObject(NODE_SELF_DELETE_RBAC[1]!);
+    const second = await runBoot(await bootDepsFor(n.root.dir, n.config));
+    expect(second.error?.oneLine()).toBeUndefined();
+    expect(second.phases['control-plane']!.detail).toBe('already a control-plane node');
+  });
+
   it('a second controller joins the running control plane with the shared PKI and removes its predecessor\'s Node', async () => {
     const n = await controller({ index: '01', cluster: { apiEndpoint: new URL(kube.server).host, kubernetesVersion: '1.36.X' } });
     await putPki(n.prefix);
@@ -255,7 +354,6 @@ describe.skipIf(!!pending)(`controller boot${pending ? ` (${pending})` : ''}`, (
       body: { apiVersion: 'v1', kind: 'Node', metadata: { name: 'ip-10-0-9-9.old', labels: { 'zdt-agent/controller-index': '01' } } },
       okStatus: [409],
     });
-    process.env.ZDT_TEST_ADMIN_CONF = kube.adminKubeconfig;
     const result = await runBoot(await bootDepsFor(n.root.dir, n.config));
     expect(result.error?.oneLine()).toBeUndefined();
     const joinFile = n.root.at('/etc/kubernetes/zdt-agent/join.yaml');
@@ -321,11 +419,7 @@ describe.skipIf(!!pending)(`controller boot${pending ? ` (${pending})` : ''}`, (
   it('controller 00 upgrades the running cluster to the newest 1.34 patch: kubeadm first, kubelet after', async () => {
     const n = await controller({ index: '00', cluster: { apiEndpoint: new URL(kube.server).host } });
     // Joined before (a reboot): kubeadm's files are there.
-    for (const f of ['/etc/kubernetes/kubelet.conf', '/etc/kubernetes/manifests/kube-apiserver.yaml']) {
-      fs.mkdirSync(path.dirname(n.root.at(f)), { recursive: true });
-      fs.writeFileSync(n.root.at(f), '# kubeadm\n');
-    }
-    fs.copyFileSync(kube.adminKubeconfig, n.root.at('/etc/kubernetes/admin.conf'));
+    asJoinedBefore(n.root);
     const result = await runBoot(await bootDepsFor(n.root.dir, n.config));
     expect(result.error?.oneLine()).toBeUndefined();
     const upgradeFile = n.root.at('/etc/kubernetes/zdt-agent/upgrade.yaml');

@@ -8,6 +8,7 @@ import { readVolumeIdentity } from '../../agent/boot/etcd-volume.js';
 import { mountAt } from '../../agent/host/blockdev.js';
 import { readState } from '../../agent/log/state.js';
 import { startImds, type Imds } from '../testbed/imds.js';
+import { kubeApiserverAvailable, startKube, type Kube } from '../testbed/kube.js';
 import { createLoopDevice, type LoopDevice } from '../testbed/loop.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
 import { readRecords, standinEnv, type StandinRecord } from '../testbed/standins.js';
@@ -16,20 +17,25 @@ import { AZ, REGION, agentBundle, awsSection, createEtcdVolume, launchInstance, 
 /**
  * `zdt-agent boot` as a process (bundled from source), on a controller 00 with a real loop
  * device as its etcd volume, moto, AEMM for IMDS and the recording stand-ins for apk and
- * kubeadm: boot twice is a no-op the second time, and kill -9 anywhere converges.
+ * kubeadm (the admin.conf it leaves names a real kube-apiserver, which takes the node
+ * self-delete grant): boot twice is a no-op the second time, and kill -9 anywhere converges.
  */
 
 let w: AwsWorld;
+let kube: Kube;
 const cleanups: Array<() => Promise<void>> = [];
 
 beforeAll(async () => {
+  if (!(await kubeApiserverAvailable())) throw new Error('kube-apiserver is missing: run test/testbed/k8s/build.sh');
   w = await startAwsWorld();
+  kube = await startKube();
   await agentBundle();
 });
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 afterAll(async () => {
+  await kube?.stop();
   await w?.stop();
 });
 
@@ -82,7 +88,12 @@ async function controllerNode(name: string): Promise<Node> {
     );
   }
   const records = path.join(work, 'records.jsonl');
-  const base = standinEnv(records, { ZDT_APK_VERSIONS: APK_VERSIONS, AWS_ACCESS_KEY_ID: 'testing', AWS_SECRET_ACCESS_KEY: 'testing' });
+  const base = standinEnv(records, {
+    ZDT_APK_VERSIONS: APK_VERSIONS,
+    ZDT_STANDIN_KUBEADM_ADMIN_CONF: kube.adminKubeconfig,
+    AWS_ACCESS_KEY_ID: 'testing',
+    AWS_SECRET_ACCESS_KEY: 'testing',
+  });
   const env = { ...base, PATH: `${wrappers}:${base.PATH}` };
   return { root, loop, imds, volumeId, instanceId: inst.instanceId, env, records, mkfsCalls, wrapperPids };
 }
@@ -91,9 +102,9 @@ const boot = (n: Node) => runAgent(['boot', '--root', n.root.dir], n.env);
 const blkidUuid = (dev: string) => execFileSync('blkid', ['-p', '-s', 'UUID', '-o', 'value', dev], { encoding: 'utf8' }).trim();
 const lines = (f: string) => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8').split('\n').filter(Boolean) : []);
 
-/** What kubeadm init leaves behind that the agent looks at (the stand-in writes nothing). */
+/** What else kubeadm init leaves behind that the agent looks at (the stand-in writes only admin.conf). */
 function asKubeadmInitWould(n: Node): void {
-  for (const f of ['/etc/kubernetes/kubelet.conf', '/etc/kubernetes/admin.conf', '/etc/kubernetes/manifests/kube-apiserver.yaml']) {
+  for (const f of ['/etc/kubernetes/kubelet.conf', '/etc/kubernetes/manifests/kube-apiserver.yaml']) {
     fs.mkdirSync(path.dirname(n.root.at(f)), { recursive: true });
     fs.writeFileSync(n.root.at(f), '# written by kubeadm\n');
   }

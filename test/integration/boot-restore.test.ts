@@ -9,6 +9,7 @@ import type { ConfigInput } from '../../agent/config/schema.js';
 import { takeBackup } from '../../agent/etcd/backup.js';
 import { startEtcd, type EtcdMember } from '../testbed/etcd.js';
 import { startImds } from '../testbed/imds.js';
+import { kubeApiserverAvailable, startKube, type Kube } from '../testbed/kube.js';
 import { createLoopDevice } from '../testbed/loop.js';
 import { freePort } from '../testbed/ports.js';
 import { startServer } from '../testbed/process.js';
@@ -21,7 +22,8 @@ import { AZ, REGION, awsSection, bootDepsFor, createEtcdVolume, launchInstance, 
  * Disaster recovery at boot: the cluster's etcd (a real Debian etcd) was backed up to moto S3
  * by the terminate side (takeBackup); a new controller 00 with a blank etcd volume (a real
  * loop device) restores it before kubeadm runs, and etcd started from the restored data
- * reads back every key written before.
+ * reads back every key written before. kubeadm is the recording stand-in; the admin.conf it
+ * leaves names a real kube-apiserver, where controller 00 applies the node self-delete grant.
  */
 
 const BUCKET = 'zdt-dr-backups';
@@ -29,6 +31,7 @@ const CLUSTER = 'drtest';
 const records = `/tmp/zdt-restore-records-${process.pid}.jsonl`;
 
 let w: AwsWorld;
+let kube: Kube;
 let etcd: EtcdMember;
 let etcdDir: string;
 const cleanups: Array<() => Promise<void>> = [];
@@ -37,9 +40,12 @@ const etcdctl = (endpoint: string, ...args: string[]) =>
   execFileSync('etcdctl', [`--endpoints=${endpoint}`, ...args], { env: { ...process.env, ETCDCTL_API: '3' }, encoding: 'utf8' });
 
 beforeAll(async () => {
+  if (!(await kubeApiserverAvailable())) throw new Error('kube-apiserver is missing: run test/testbed/k8s/build.sh');
   w = await startAwsWorld();
+  kube = await startKube();
   await makeBucket(testClients(w.proxy.endpoint).s3, BUCKET);
   process.env.PATH = `${standinPath()}:${process.env.PATH}`;
+  process.env.ZDT_STANDIN_KUBEADM_ADMIN_CONF = kube.adminKubeconfig;
   process.env.ZDT_RECORD_FILE = records;
   process.env.ZDT_APK_VERSIONS = '1.34.1-r0';
 }, 120_000);
@@ -52,6 +58,7 @@ afterEach(async () => {
 afterAll(async () => {
   await etcd?.stop();
   if (etcdDir) fs.rmSync(etcdDir, { recursive: true, force: true });
+  await kube?.stop();
   await w?.stop();
 });
 
@@ -100,6 +107,7 @@ describe('boot restores etcd from S3 onto a blank volume', () => {
     expect(result.phases['etcd-restore']).toMatchObject({ result: 'ok', detail: expect.stringContaining(`restored ${backup.key}`) });
     expect(result.phases['control-plane']!.detail).toMatch(/^restore: /);
     expect(result.state.facts.restoredFrom).toBe(backup.key);
+    expect(result.state.facts.nodeSelfDeleteRbac).toBe(true);
     // The cluster PKI came back with the data; kubeadm init ran on both.
     for (const f of ['ca.key', 'etcd/ca.key', 'sa.key']) expect(fs.readFileSync(n.root.at(`/etc/kubernetes/pki/${f}`)).equals(pki[f]!), f).toBe(true);
     const kubeadm = (await readRecords(records)).filter((r) => r.tool === 'kubeadm').map((r) => r.argv.join(' '));

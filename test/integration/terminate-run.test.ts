@@ -116,7 +116,7 @@ beforeAll(async () => {
   if (available) {
     kube = await startKube();
     await ensureNamespace(kube.admin, 'app');
-    await applyNodeSelfDeleteRbac(kube.admin); // as the cluster admin does, per docs/terminate.md
+    await applyNodeSelfDeleteRbac(kube.admin); // as controller 00 does at bootstrap (docs/terminate.md)
   }
 });
 

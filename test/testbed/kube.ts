@@ -317,27 +317,11 @@ export async function createPod(
   });
 }
 
-/** The RBAC a cluster admin applies so nodes may delete their own Node object (docs/terminate.md). */
-export const NODE_SELF_DELETE_RBAC = [
-  {
-    apiVersion: 'rbac.authorization.k8s.io/v1',
-    kind: 'ClusterRole',
-    metadata: { name: 'zdt-agent:node-self-delete' },
-    rules: [{ apiGroups: [''], resources: ['nodes'], verbs: ['delete'] }],
-  },
-  {
-    apiVersion: 'rbac.authorization.k8s.io/v1',
-    kind: 'ClusterRoleBinding',
-    metadata: { name: 'zdt-agent:node-self-delete' },
-    roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'zdt-agent:node-self-delete' },
-    subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'Group', name: 'system:nodes' }],
-  },
-] as const;
-
-export async function applyNodeSelfDeleteRbac(admin: KubeClient): Promise<void> {
-  await admin.call('POST', '/apis/rbac.authorization.k8s.io/v1/clusterroles', { body: NODE_SELF_DELETE_RBAC[0], okStatus: [409] });
-  await admin.call('POST', '/apis/rbac.authorization.k8s.io/v1/clusterrolebindings', { body: NODE_SELF_DELETE_RBAC[1], okStatus: [409] });
-}
+/**
+ * The grant that lets nodes delete their own Node object: the agent's own definitions and
+ * create-or-replace (controller 00 applies them at bootstrap; docs/terminate.md).
+ */
+export { applyNodeSelfDeleteRbac, NODE_SELF_DELETE_RBAC } from '../../agent/terminate/rbac.js';
 
 /** A mirror pod, as the kubelet creates one for a static pod: with the node's credentials, owned by its Node. */
 export async function createMirrorPod(kube: Kube, o: { namespace: string; name: string; node: string }): Promise<void> {
