@@ -163,6 +163,7 @@ console.log(`  warm median ${q(warm, 0.5).toFixed(1)} ms <= 35 ms: ${q(warm, 0.5
 console.log(`  warm median - node -e 0 = ${(q(warm, 0.5) - floor).toFixed(1)} ms <= 15 ms: ${q(warm, 0.5) - floor <= 15 ? 'met' : 'missed'}`);
 console.log(`  warm peak RSS ${warmRss?.toFixed(1) ?? 'n/a'} MB <= 60 MB: ${warmRss === undefined ? 'n/a' : warmRss <= 60 ? 'met' : 'missed'}`);
 console.log(`  cold >= 5x faster than the aws CLI: ${ratio >= 5 ? 'met' : 'missed'} (${ratio.toFixed(1)}x)`);
+process.exit(0); // runs the cleanups (moto by its PID, the work directory)
 
 function timed(s) {
   s.before?.();

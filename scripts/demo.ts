@@ -27,7 +27,7 @@ import { CreateQueueCommand, GetQueueAttributesCommand, ReceiveMessageCommand, S
 import type { ConfigInput } from '../agent/config/schema.js';
 import { AZ, BINARY, REGION, awsSection, createEtcdVolume, credentials, launchInstance, startAwsWorld, writeConfig, type AgentRun } from '../test/support/boot-env.js';
 import { startImds, type ImdsConfig } from '../test/testbed/imds.js';
-import { applyNodeSelfDeleteRbac, createPod, ensureNamespace, startFakeKubelet, startKube } from '../test/testbed/kube.js';
+import { createPod, ensureNamespace, startFakeKubelet, startKube } from '../test/testbed/kube.js';
 import { startEtcd } from '../test/testbed/etcd.js';
 import { createLoopDevice } from '../test/testbed/loop.js';
 import { makeTempRoot, type TempRoot } from '../test/testbed/root.js';
@@ -146,6 +146,12 @@ async function main(): Promise<void> {
     aws: { ...awsSection(w.proxy.endpoint), imdsEndpoint },
   });
 
+  // The stand-in kubeadm starts no API server; a real one (kube-apiserver v1.34.12, built from
+  // the k8s.io/kubernetes module) plays the cluster's, and `kubeadm init` hands out its admin.conf.
+  const kube = await startKube();
+  cleanups.push(() => kube.stop());
+  note(`kube-apiserver (real, v1.34.12) at ${kube.server}`);
+
   // ---------------------------------------------------------------------------------------
   scene('1. controller 00 bootstraps the cluster');
   const loop = await createLoopDevice(128);
@@ -158,11 +164,11 @@ async function main(): Promise<void> {
   const imdsA = await newImds({ instanceId: first.instanceId, region: REGION, availabilityZone: AZ, instanceType: 'm6i.large', privateIp: first.privateIp, tags: controllerTags });
   writeConfig(rootA.dir, controllerConfig(imdsA));
   const recordsA = rootA.at('/standins.jsonl');
-  const envA = standinEnv(recordsA, { ZDT_APK_VERSIONS: APK_VERSIONS, AWS_ACCESS_KEY_ID: 'demo', AWS_SECRET_ACCESS_KEY: 'demo' });
+  const envA = standinEnv(recordsA, { ZDT_APK_VERSIONS: APK_VERSIONS, ZDT_STANDIN_KUBEADM_ADMIN_CONF: kube.adminKubeconfig, AWS_ACCESS_KEY_ID: 'demo', AWS_SECRET_ACCESS_KEY: 'demo' });
   await run('what boot and terminate would do on this node', ['plan', '--root', rootA.dir], envA);
   await run('boot: attach, format (blank volume), mount, install 1.34.X, kubeadm init', ['boot', '--root', rootA.dir], envA);
   // What kubeadm init would have left behind on a real node:
-  for (const f of ['/etc/kubernetes/kubelet.conf', '/etc/kubernetes/admin.conf', '/etc/kubernetes/manifests/kube-apiserver.yaml']) {
+  for (const f of ['/etc/kubernetes/kubelet.conf', '/etc/kubernetes/manifests/kube-apiserver.yaml']) {
     fs.mkdirSync(path.dirname(rootA.at(f)), { recursive: true });
     fs.writeFileSync(rootA.at(f), '# written by kubeadm\n');
   }
@@ -185,7 +191,7 @@ async function main(): Promise<void> {
   const imdsB = await newImds({ instanceId: second.instanceId, region: REGION, availabilityZone: AZ, instanceType: 'm6i.large', privateIp: second.privateIp, tags: controllerTags });
   writeConfig(rootB.dir, controllerConfig(imdsB));
   const recordsB = rootB.at('/standins.jsonl');
-  const envB = standinEnv(recordsB, { ZDT_APK_VERSIONS: APK_VERSIONS, AWS_ACCESS_KEY_ID: 'demo', AWS_SECRET_ACCESS_KEY: 'demo' });
+  const envB = standinEnv(recordsB, { ZDT_APK_VERSIONS: APK_VERSIONS, ZDT_STANDIN_KUBEADM_ADMIN_CONF: kube.adminKubeconfig, AWS_ACCESS_KEY_ID: 'demo', AWS_SECRET_ACCESS_KEY: 'demo' });
   await run(`boot of ${second.instanceId}: wait for the detach, attach, find the filesystem, never format`, ['boot', '--root', rootB.dir], envB);
   const marker = path.join(rootB.at('/var/lib/etcd'), 'data', 'member', 'demo-marker');
   note(fs.existsSync(marker) ? `data/member/demo-marker is still there: "${fs.readFileSync(marker, 'utf8').trim()}"` : 'data/member/demo-marker is MISSING');
@@ -193,12 +199,10 @@ async function main(): Promise<void> {
 
   // ---------------------------------------------------------------------------------------
   scene('3. a worker launched with the cluster waits for a control plane that comes up late');
-  const kube = await startKube();
-  cleanups.push(() => kube.stop());
   await s3.send(new PutObjectCommand({ Bucket: 'demo-bootstrap', Key: 'demo/token', Body: 'abcdef.0123456789abcdef\n' }));
   await s3.send(new PutObjectCommand({ Bucket: 'demo-bootstrap', Key: 'demo/pki/ca.crt', Body: fs.readFileSync(kube.caFile) }));
   await kube.stopApiserver();
-  note(`kube-apiserver (real, v1.34.12) at ${kube.server} is down`);
+  note(`the kube-apiserver at ${kube.server} is down`);
   const workerTags = { 'aws:autoscaling:groupName': 'demo-workers', 'aws:cloudformation:stack-name': 'demo', 'aws:cloudformation:logical-id': 'Workers' };
   const worker = await launchInstance(w, { tags: workerTags });
   const rootW = await newRoot();
@@ -222,8 +226,8 @@ async function main(): Promise<void> {
 
   // ---------------------------------------------------------------------------------------
   scene('4. the worker is scaled in: its Auto Scaling group terminates it');
-  await applyNodeSelfDeleteRbac(kube.admin);
-  note('the cluster grants nodes the right to delete their own Node object (docs/terminate.md)');
+  const rbac = (await kube.admin.raw('GET', '/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/zdt-agent:node-self-delete')).status === 200;
+  note(`controller 00 granted nodes the deletion of their own Node object at bootstrap: ${rbac ? 'ClusterRoleBinding zdt-agent:node-self-delete exists' : 'MISSING'}`);
   const nodeName = `ip-${worker.privateIp.replaceAll('.', '-')}.${REGION}.compute.internal`;
   const kubelet = await startFakeKubelet(kube, nodeName);
   cleanups.push(() => kubelet.stop());
