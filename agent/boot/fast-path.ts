@@ -134,6 +134,11 @@ export interface BootCompletion {
   log: { format: LogFormat; level: Level };
 }
 
+/** The completion a full boot records: this kernel boot, the sources it used, the configured log settings. */
+export function bootCompletion(paths: Paths, local: LocalSources, instance: InstanceSourcesUsed | undefined, log: BootCompletion['log']): BootCompletion {
+  return { bootId: readBootId(paths), sources: sourcesDigest(local, instance), log: { format: log.format, level: log.level } };
+}
+
 /** Record (ok) or forget (anything else) the completion; a boot without a boot id records nothing. */
 export function recordCompletion(state: AgentState, completion: BootCompletion | undefined, ok: boolean): void {
   if (ok && completion?.bootId) {
@@ -173,12 +178,15 @@ export function checkCompleted(paths: Paths, args: BootArgs): Verdict {
   };
 }
 
-/** Exit code when the boot is known to be complete; undefined when the full boot must run. */
-export function answerFromState(args: BootArgs): number | undefined {
+/**
+ * Exit code when the boot is known to be complete; undefined when the full boot must run.
+ * `console` is where the log line goes besides the log file (stderr unless given).
+ */
+export function answerFromState(args: BootArgs, console?: NodeJS.WritableStream | null): number | undefined {
   const paths = makePaths(args.root);
   const v = checkCompleted(paths, args);
   if ('fullBoot' in v) return undefined;
-  const log = createLogger({ level: args.logLevel ?? v.log.level, format: args.logFormat ?? v.log.format, file: paths.logFile });
+  const log = createLogger({ level: args.logLevel ?? v.log.level, format: args.logFormat ?? v.log.format, file: paths.logFile, console });
   log.info(`boot already completed in this boot at ${v.completedAt}; nothing to do; use --force to re-check`);
   return 0;
 }

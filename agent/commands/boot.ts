@@ -1,5 +1,5 @@
 import type { GlobalOptions } from '../cli.js';
-import { readBootId, readLocalSources, sourcesDigest, type BootCompletion } from '../boot/fast-path.js';
+import { bootCompletion, readLocalSources } from '../boot/fast-path.js';
 import { runBoot as runBootPhases } from '../boot/run.js';
 import { buildContext } from '../context.js';
 import { ExitCode } from '../errors.js';
@@ -12,11 +12,7 @@ export async function runBoot(args: GlobalOptions & { force?: boolean | undefine
   const local = readLocalSources(makePaths(args.root), args.config);
   const ctx = await buildContext(args, { instance: 'imds' });
   if (args.force) ctx.log.info('boot --force: every phase inspects the node again');
-  const completion: BootCompletion | undefined = local && {
-    bootId: readBootId(ctx.paths),
-    sources: sourcesDigest(local, ctx.instance),
-    log: { format: ctx.config.log.format, level: ctx.config.log.level },
-  };
+  const completion = local && bootCompletion(ctx.paths, local, ctx.instance, ctx.config.log);
   const result = await runBootPhases({ ...ctx, tags: ctx.instance?.tags, completion });
   if (!result.ok) {
     // The phases have logged the detail, signalled and notified; the CLI prints the one line.
