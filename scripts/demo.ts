@@ -11,7 +11,8 @@
  *      formatted, the data is still there;
  *   3. a worker launched with the cluster waits for a control plane that starts late, joins;
  *   4. the worker is scaled in: drained, its Node deleted, the lifecycle hook completed;
- *   5. the single controller is terminated: emergency etcd backup in S3, verified, restored.
+ *   5. the single controller is terminated: emergency etcd backup in S3, verified, restored;
+ *   6. a bastion: a real sshd asks `zdt-agent ssh-keys`; an IAM group member logs in, others do not.
  */
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -32,6 +33,7 @@ import { startEtcd } from '../test/testbed/etcd.js';
 import { createLoopDevice } from '../test/testbed/loop.js';
 import { makeTempRoot, type TempRoot } from '../test/testbed/root.js';
 import { readRecords, standinEnv } from '../test/testbed/standins.js';
+import { demoSshLogin } from '../test/testbed/sshd.js';
 import { spawn } from 'node:child_process';
 
 const t0 = Date.now();
@@ -266,6 +268,12 @@ async function main(): Promise<void> {
   }
   const restoreDir = path.join(etcdDir, 'restored');
   await run('restore that backup into a new data dir (what a replacement controller does)', ['etcd', 'restore', '--from', 'latest', '--data-dir', restoreDir, '--root', rootB.dir], envB);
+
+  // ---------------------------------------------------------------------------------------
+  scene('6. a bastion: sshd asks zdt-agent ssh-keys for the keys of IAM group members; a real ssh login');
+  // Straight to moto: demoSshLogin waits on ssh synchronously, and the fidelity proxy lives in
+  // this process (IAM needs none of its corrections).
+  await demoSshLogin({ binary: BINARY, iamEndpoint: w.moto.endpoint, region: REGION, note, cleanups });
 
   // ---------------------------------------------------------------------------------------
   scene('SNS messages the agent sent (read back through the SQS queue)');

@@ -10,7 +10,7 @@ import { readState, writeState, type AgentState, type PhaseRecord, type RunRecor
 import { agentVersion } from '../version.js';
 import type { BootContext, BootPhase, BootShared, PhaseOutcome } from './context.js';
 import { recordCompletion, type BootCompletion } from './fast-path.js';
-import { acquireBootLock } from './lock.js';
+import { acquireBootLock } from '../host/lock.js';
 import { bootPhases } from './phases.js';
 import { bootPhaseOrder, reportingPhases, type BootPhaseName } from './plan.js';
 

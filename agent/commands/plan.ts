@@ -2,6 +2,7 @@ import type { GlobalOptions } from '../cli.js';
 import { planBoot, type PhaseDecision } from '../boot/plan.js';
 import { buildContext } from '../context.js';
 import { readIdentity } from '../host/identity.js';
+import { checkSshdInstall, formatInstallChecks } from '../ssh/install-check.js';
 import { planTerminate, type ShutdownEvent } from '../terminate/plan.js';
 
 function table(title: string, rows: PhaseDecision[]): string {
@@ -10,7 +11,10 @@ function table(title: string, rows: PhaseDecision[]): string {
   return lines.join('\n');
 }
 
-/** Dry run: reads config and IMDS (and EC2 tags if IMDS has none); changes nothing. */
+/**
+ * Dry run: reads config and IMDS (and EC2 tags if IMDS has none); changes nothing. On a
+ * bastion it also checks the sshd installation (agent/ssh/install-check.ts).
+ */
 export async function runPlan(args: GlobalOptions & { event?: ShutdownEvent }): Promise<number> {
   const ctx = await buildContext(args, { instance: 'imds', logToFile: false });
   const identity = await readIdentity(ctx.imds, { log: ctx.log, tags: ctx.instance?.tags, aws: ctx.aws });
@@ -22,6 +26,9 @@ export async function runPlan(args: GlobalOptions & { event?: ShutdownEvent }): 
     `role:      ${c.node.role}${c.node.controllerIndex !== undefined ? ` ${c.node.controllerIndex}` : ''}${c.cluster ? ` of cluster ${c.cluster.name}` : ''}`,
     `sources:   ${ctx.layers.map((l) => l.origin).join(', ') || 'defaults only'}`,
   ];
-  process.stdout.write(`${head.join('\n')}\n\n${table('boot would:', planBoot(facts))}\n\n${table(`terminate (event ${event}) would:`, planTerminate(facts, event))}\n`);
+  const sections = [head.join('\n'), table('boot would:', planBoot(facts)), table(`terminate (event ${event}) would:`, planTerminate(facts, event))];
+  // A bastion is only useful if sshd really asks ssh-keys, and agrees to run it.
+  if (c.node.role === 'bastion') sections.push(formatInstallChecks(checkSshdInstall(ctx.paths)));
+  process.stdout.write(`${sections.join('\n\n')}\n`);
   return 0;
 }

@@ -6,16 +6,19 @@ import { syncSsh } from '../ssh/sync.js';
 
 /**
  * `zdt-agent ssh-users sync` (root, periodic): refresh the key cache from IAM and, in
- * per-user mode, create and remove the local accounts of group members.
+ * per-user mode, create and remove the local accounts of group members. When another sync
+ * holds the lock past the wait it exits 0 having done nothing (the warning is the record):
+ * the next periodic run catches up.
  */
-export async function runSshUsersSync(args: GlobalOptions): Promise<number> {
+export async function runSshUsersSync(args: GlobalOptions, o: { lockWaitMs?: number } = {}): Promise<number> {
   const ctx = await buildContext(args, { instance: 'cached' });
   // The periodic job runs on every node of the image; only bastions have an ssh section.
   if (!ctx.config.ssh) {
     ctx.log.debug('no ssh section in the configuration: nothing to sync');
     return ExitCode.ok;
   }
-  const r = await syncSsh(ctx, args.config ? path.resolve(args.config) : null);
+  const r = await syncSsh(ctx, args.config ? path.resolve(args.config) : null, o);
+  if (!r.ran) return ExitCode.ok;
   const keys = r.snapshot.members.reduce((n, m) => n + (m.keys?.length ?? 0), 0);
   const lines = [`group ${r.snapshot.group}: ${r.snapshot.members.length} members, ${keys} active keys; cache ${r.cacheFile}`];
   if (r.users) {

@@ -8,7 +8,8 @@ import type { Paths } from '../host/paths.js';
  *
  * - sshd takes the FIRST value it reads for most keywords, AuthorizedKeysCommand included,
  *   and an `Include` (Debian and Alpine include sshd_config.d/*.conf at the top) is read where
- *   it stands. A drop-in sorted before ours, or a line in sshd_config above the Include, wins.
+ *   it stands. A drop-in sorted before ours (01-zdt-agent.conf), or a line in sshd_config above
+ *   the Include, wins; without the Include our drop-in is not read at all.
  * - sshd refuses to run the command unless the file and every directory up to / (after
  *   resolving symlinks) is owned by root and not writable by group or others.
  */
@@ -29,17 +30,37 @@ interface Directive {
 
 const MAX_INCLUDE_DEPTH = 16;
 
+/** Where the Alpine package installs the drop-in (alpine/sshd_config.d/01-zdt-agent.conf). */
+export const SSHD_DROP_IN = '/etc/ssh/sshd_config.d/01-zdt-agent.conf';
+const SSHD_CONFIG = '/etc/ssh/sshd_config';
+
+interface SshdConfig {
+  directives: Directive[];
+  /** The files read, in order (node paths). */
+  files: string[];
+  /** Files that could not be read: node path -> error code. */
+  unreadable: Map<string, string>;
+}
+
 /** The directives of sshd_config in the order sshd reads them, Includes expanded. */
-export function readSshdConfig(paths: Paths, file = '/etc/ssh/sshd_config'): Directive[] {
+export function readSshdConfig(paths: Paths, file = SSHD_CONFIG): Directive[] {
+  return readSshdConfigFiles(paths, file).directives;
+}
+
+function readSshdConfigFiles(paths: Paths, file: string): SshdConfig {
   const out: Directive[] = [];
+  const files: string[] = [];
+  const unreadable = new Map<string, string>();
   const read = (nodeFile: string, depth: number, inMatch: boolean) => {
     if (depth > MAX_INCLUDE_DEPTH) return;
     let text: string;
     try {
       text = fs.readFileSync(paths.at(nodeFile), 'utf8');
-    } catch {
+    } catch (err) {
+      unreadable.set(nodeFile, (err as NodeJS.ErrnoException).code ?? (err as Error).message);
       return;
     }
+    files.push(nodeFile);
     let match = inMatch;
     text.split('\n').forEach((raw, i) => {
       const line = raw.trim();
@@ -59,7 +80,7 @@ export function readSshdConfig(paths: Paths, file = '/etc/ssh/sshd_config'): Dir
     });
   };
   read(file, 0, false);
-  return out;
+  return { directives: out, files, unreadable };
 }
 
 function splitArgs(s: string): string[] {
@@ -109,10 +130,21 @@ export function unsafePathComponents(paths: Paths, nodePath: string): string[] {
 }
 
 export function checkSshdInstall(paths: Paths, o: { sshdConfig?: string } = {}): InstallCheck[] {
-  const directives = readSshdConfig(paths, o.sshdConfig);
+  const main = o.sshdConfig ?? SSHD_CONFIG;
+  const { directives, files, unreadable } = readSshdConfigFiles(paths, main);
   const first = (keyword: string) => directives.find((d) => d.keyword === keyword && !d.inMatch);
   const where = (d: Directive) => `${d.file}:${d.line}`;
   const checks: InstallCheck[] = [];
+
+  if (unreadable.has(main)) checks.push({ name: 'sshd_config readable', ok: false, detail: `${main}: ${unreadable.get(main)}` });
+  // The package's drop-in counts only where sshd_config Includes it.
+  if (!files.includes(SSHD_DROP_IN) && fs.existsSync(paths.at(SSHD_DROP_IN))) {
+    checks.push({
+      name: 'sshd reads the zdt-agent drop-in',
+      ok: false,
+      detail: `${SSHD_DROP_IN} is installed but ${main} does not include it: add 'Include /etc/ssh/sshd_config.d/*.conf' near the top of ${main}`,
+    });
+  }
 
   const cmd = first('authorizedkeyscommand');
   const ours = cmd !== undefined && /(^|\/)zdt-agent$/.test(cmd.args[0] ?? '') && cmd.args[1] === 'ssh-keys';
@@ -124,7 +156,7 @@ export function checkSshdInstall(paths: Paths, o: { sshdConfig?: string } = {}):
       ? 'no AuthorizedKeysCommand in sshd_config or its includes: install the zdt-agent sshd drop-in'
       : ours
         ? `${where(cmd)}: ${cmd.args.join(' ')}${later.length ? ` (later ones are ignored by sshd: ${later.map(where).join(', ')})` : ''}`
-        : `sshd uses the first AuthorizedKeysCommand it reads, ${where(cmd)}: ${cmd.args.join(' ')}; remove it or make the zdt-agent drop-in sort first`,
+        : `sshd uses the first AuthorizedKeysCommand it reads, ${where(cmd)}: ${cmd.args.join(' ')}; remove it, or have ${SSHD_DROP_IN} read before it (drop-ins are read in name order where sshd_config Includes them)`,
   });
   if (cmd && ours) {
     const missing = ['%u', '%f'].filter((t) => !cmd.args.slice(2).includes(t));
@@ -152,5 +184,5 @@ export function checkSshdInstall(paths: Paths, o: { sshdConfig?: string } = {}):
 
 /** For `zdt-agent plan` on a bastion: one line per check, as the phase tables print. */
 export function formatInstallChecks(checks: readonly InstallCheck[]): string {
-  return ['sshd (bastion):', ...checks.map((c) => `  ${c.ok ? 'ok  ' : 'FAIL'}  ${c.name}: ${c.detail}`)].join('\n');
+  return ['bastion checks:', ...checks.map((c) => `  ${c.ok ? 'ok  ' : 'FAIL'}  ${c.name}: ${c.detail}`)].join('\n');
 }
