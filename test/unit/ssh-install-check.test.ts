@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { makePaths, type Paths } from '../../agent/host/paths.js';
-import { checkSshdInstall, readSshdConfig } from '../../agent/ssh/install-check.js';
+import { checkSshdInstall, formatInstallChecks, readSshdConfig, SSHD_DROP_IN } from '../../agent/ssh/install-check.js';
 
 let root: string;
 let paths: Paths;
@@ -25,29 +25,46 @@ const byName = (checks: ReturnType<typeof checkSshdInstall>) => Object.fromEntri
 
 describe('plan checks of a bastion sshd', () => {
   it('passes with the drop-in installed and a root-owned binary', () => {
-    dropIn('10-zdt-agent.conf', ZDT);
+    dropIn('01-zdt-agent.conf', ZDT);
     const checks = checkSshdInstall(paths);
     expect(checks.every((c) => c.ok), JSON.stringify(checks, null, 2)).toBe(true);
-    expect(byName(checks)['sshd runs zdt-agent ssh-keys']?.detail).toBe('/etc/ssh/sshd_config.d/10-zdt-agent.conf:1: /usr/bin/zdt-agent ssh-keys %u %f');
+    expect(byName(checks)['sshd runs zdt-agent ssh-keys']?.detail).toBe('/etc/ssh/sshd_config.d/01-zdt-agent.conf:1: /usr/bin/zdt-agent ssh-keys %u %f');
   });
 
   it('flags an earlier AuthorizedKeysCommand: sshd uses the first one it reads', () => {
-    dropIn('10-zdt-agent.conf', ZDT);
-    dropIn('05-cloud.conf', 'AuthorizedKeysCommand /usr/local/bin/other %u\nAuthorizedKeysCommandUser nobody\n');
+    dropIn('01-zdt-agent.conf', ZDT);
+    dropIn('00-cloud.conf', 'AuthorizedKeysCommand /usr/local/bin/other %u\nAuthorizedKeysCommandUser nobody\n');
     const c = byName(checkSshdInstall(paths));
     expect(c['sshd runs zdt-agent ssh-keys']).toMatchObject({ ok: false });
-    expect(c['sshd runs zdt-agent ssh-keys']?.detail).toMatch(/first AuthorizedKeysCommand it reads, \/etc\/ssh\/sshd_config.d\/05-cloud.conf:1/);
+    expect(c['sshd runs zdt-agent ssh-keys']?.detail).toMatch(/first AuthorizedKeysCommand it reads, \/etc\/ssh\/sshd_config.d\/00-cloud.conf:1/);
   });
 
   it('flags a line in sshd_config above the Include, and a missing drop-in', () => {
     expect(byName(checkSshdInstall(paths))['sshd runs zdt-agent ssh-keys']?.detail).toMatch(/no AuthorizedKeysCommand/);
-    dropIn('10-zdt-agent.conf', ZDT);
+    dropIn('01-zdt-agent.conf', ZDT);
     fs.writeFileSync(paths.at('/etc/ssh/sshd_config'), 'AuthorizedKeysCommand none\nInclude sshd_config.d/*.conf\n');
     expect(byName(checkSshdInstall(paths))['sshd runs zdt-agent ssh-keys']).toMatchObject({ ok: false });
   });
 
+  it('flags an installed drop-in that sshd_config does not Include, and an unreadable sshd_config', () => {
+    dropIn('01-zdt-agent.conf', ZDT);
+    fs.writeFileSync(paths.at('/etc/ssh/sshd_config'), 'PasswordAuthentication no\n');
+    const c = byName(checkSshdInstall(paths));
+    expect(c['sshd reads the zdt-agent drop-in']).toMatchObject({ ok: false, detail: expect.stringMatching(/add 'Include \/etc\/ssh\/sshd_config.d\/\*.conf' near the top/) });
+    expect(c['sshd runs zdt-agent ssh-keys']?.detail).toMatch(/no AuthorizedKeysCommand/);
+    fs.rmSync(paths.at('/etc/ssh/sshd_config'));
+    expect(byName(checkSshdInstall(paths))['sshd_config readable']).toMatchObject({ ok: false, detail: '/etc/ssh/sshd_config: ENOENT' });
+  });
+
+  it('prints one line per check under "bastion checks:", as plan shows them', () => {
+    dropIn('01-zdt-agent.conf', ZDT);
+    const text = formatInstallChecks(checkSshdInstall(paths));
+    expect(text.split('\n')[0]).toBe('bastion checks:');
+    expect(text).toContain(`  ok    sshd runs zdt-agent ssh-keys: ${SSHD_DROP_IN}:1: /usr/bin/zdt-agent ssh-keys %u %f`);
+  });
+
   it('flags a command path sshd would refuse, a root command user, missing %f, and Match blocks', () => {
-    dropIn('10-zdt-agent.conf', 'AuthorizedKeysCommand /usr/bin/zdt-agent ssh-keys %u\nAuthorizedKeysCommandUser root\nMatch User ops\n  AuthorizedKeysCommand /bin/true\n');
+    dropIn('01-zdt-agent.conf', 'AuthorizedKeysCommand /usr/bin/zdt-agent ssh-keys %u\nAuthorizedKeysCommandUser root\nMatch User ops\n  AuthorizedKeysCommand /bin/true\n');
     fs.chmodSync(paths.at('/usr/bin'), 0o777);
     const c = byName(checkSshdInstall(paths));
     expect(c['ssh-keys arguments']?.detail).toMatch(/lacks %f/);
@@ -57,7 +74,7 @@ describe('plan checks of a bastion sshd', () => {
   });
 
   it('follows symlinks to the real binary, as sshd does', () => {
-    dropIn('10-zdt-agent.conf', ZDT);
+    dropIn('01-zdt-agent.conf', ZDT);
     fs.mkdirSync(paths.at('/opt/zdt'), { recursive: true, mode: 0o777 });
     fs.chmodSync(paths.at('/opt/zdt'), 0o777);
     fs.renameSync(paths.at('/usr/bin/zdt-agent'), paths.at('/opt/zdt/zdt-agent'));
