@@ -1,9 +1,9 @@
 import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import fs from 'node:fs';
-import { SourceMap, type SourceMapPayload } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { executedSources as executedSourcesOf } from '../support/coverage.js';
 
 /**
  * The built binaries (`make binary`), run as an operator or init system would run them.
@@ -83,32 +83,9 @@ describe('dist/zdt-agent (linux x64 single executable)', () => {
  */
 describe('the bundles keep command modules lazy', () => {
   function executedSources(args: string[]): Set<string> {
-    const covDir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-e2e-cov-'));
-    try {
-      const r = run(PINNED_NODE, [BUNDLE, ...args], { NODE_V8_COVERAGE: covDir });
-      expect(r.status, r.stderr).toBe(0);
-      const sources = new Set<string>();
-      for (const file of fs.readdirSync(covDir)) {
-        const { result } = JSON.parse(fs.readFileSync(path.join(covDir, file), 'utf8')) as V8Coverage;
-        for (const script of result.filter((s) => /\/dist\/zdt-agent(-\w+)?\.cjs$/.test(s.url))) {
-          const bundle = new URL(script.url).pathname;
-          const code = fs.readFileSync(bundle, 'utf8');
-          const lineStarts = [0];
-          for (let i = code.indexOf('\n'); i !== -1; i = code.indexOf('\n', i + 1)) lineStarts.push(i + 1);
-          const map = new SourceMap(JSON.parse(fs.readFileSync(`${bundle}.map`, 'utf8')) as SourceMapPayload);
-          for (const fn of script.functions) {
-            const range = fn.ranges[0];
-            if (!range || range.count === 0) continue;
-            const line = upperBound(lineStarts, range.startOffset) - 1;
-            const entry = map.findEntry(line, range.startOffset - lineStarts[line]!);
-            if ('originalSource' in entry) sources.add(path.relative(ROOT, path.resolve(path.dirname(bundle), entry.originalSource)));
-          }
-        }
-      }
-      return sources;
-    } finally {
-      fs.rmSync(covDir, { recursive: true, force: true });
-    }
+    const r = executedSourcesOf({ node: PINNED_NODE, bundle: BUNDLE, args });
+    expect(r.status, r.stderr).toBe(0);
+    return r.sources;
   }
 
   it('version runs no dependency code and does not load the CLI chunk', () => {
@@ -153,19 +130,3 @@ describe('dist/zdt-agent-arm64 under qemu-aarch64-static', () => {
     expect(r.stdout).toMatch(/^zdt-agent \S+ \(node 24\.\d+\.\d+, linux\/arm64\)\n$/);
   });
 });
-
-interface V8Coverage {
-  result: { url: string; functions: { functionName: string; ranges: { startOffset: number; endOffset: number; count: number }[] }[] }[];
-}
-
-/** Index of the first element greater than `value` in the sorted array. */
-function upperBound(sorted: number[], value: number): number {
-  let lo = 0;
-  let hi = sorted.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (sorted[mid]! <= value) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
-}

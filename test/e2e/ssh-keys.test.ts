@@ -2,10 +2,10 @@ import { AddUserToGroupCommand, CreateGroupCommand, CreateUserCommand, DeleteSSH
 import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
-import { SourceMap, type SourceMapPayload } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { executedSources as executedSourcesOf } from '../support/coverage.js';
 import { stringify } from 'yaml';
 import { startMoto, type Moto } from '../testbed/moto.js';
 import { freePort } from '../testbed/ports.js';
@@ -236,36 +236,7 @@ describe.skipIf(skip !== undefined)(`ssh login through the built binary${skip ? 
 
 /** Sources (through the bundles' source maps) that ran in `node dist/zdt-agent.cjs ARGS`. */
 function executedSources(args: string[]): Set<string> {
-  const covDir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-e2e-cov-'));
-  try {
-    const r = spawnSync(NODE, [BUNDLE, ...args], { encoding: 'utf8', env: { ...agentEnv(), NODE_V8_COVERAGE: covDir } });
-    expect(r.status, r.stderr).toBe(0);
-    const sources = new Set<string>();
-    for (const file of fs.readdirSync(covDir)) {
-      const { result } = JSON.parse(fs.readFileSync(path.join(covDir, file), 'utf8')) as V8Coverage;
-      for (const script of result.filter((s) => /\/zdt-agent[^/]*\.cjs$/.test(s.url))) {
-        const bundle = new URL(script.url).pathname;
-        const code = fs.readFileSync(bundle, 'utf8');
-        const lineStarts = [0];
-        for (let i = code.indexOf('\n'); i !== -1; i = code.indexOf('\n', i + 1)) lineStarts.push(i + 1);
-        const map = new SourceMap(JSON.parse(fs.readFileSync(`${bundle}.map`, 'utf8')) as SourceMapPayload);
-        for (const fn of script.functions) {
-          const range = fn.ranges[0];
-          if (!range || range.count === 0) continue;
-          let line = lineStarts.findIndex((s) => s > range.startOffset) - 1;
-          if (line < 0) line = lineStarts.length - 1;
-          const entry = map.findEntry(line, range.startOffset - lineStarts[line]!);
-          // Relative to the tree the bundle was built from (dist/..).
-          if ('originalSource' in entry) sources.add(path.relative(path.dirname(path.dirname(bundle)), path.resolve(path.dirname(bundle), entry.originalSource)));
-        }
-      }
-    }
-    return sources;
-  } finally {
-    fs.rmSync(covDir, { recursive: true, force: true });
-  }
-}
-
-interface V8Coverage {
-  result: { url: string; functions: { functionName: string; ranges: { startOffset: number; endOffset: number; count: number }[] }[] }[];
+  const r = executedSourcesOf({ node: NODE, bundle: BUNDLE, args, env: agentEnv() });
+  expect(r.status, r.stderr).toBe(0);
+  return r.sources;
 }

@@ -18,6 +18,7 @@ import { makePaths } from '../../agent/host/paths.js';
 import { cacheFile, readCache } from '../../agent/ssh/cache.js';
 import { roleCredentialsFile } from '../../agent/ssh/credentials.js';
 import { runSshKeysLookup } from '../../agent/ssh/lookup.js';
+import { syncLockFile } from '../../agent/ssh/sync.js';
 import { usersStateFile } from '../../agent/ssh/users.js';
 import { answerFromCache } from '../../agent/ssh/warm.js';
 import { startFidelityProxy, type FidelityProxy } from '../testbed/fidelity-proxy.js';
@@ -363,6 +364,31 @@ describe('ssh-users sync', () => {
     } finally {
       await iam.send(new AddUserToGroupCommand({ GroupName: 'bastion-ops', UserName: 'carol' }));
     }
+  });
+
+  it('one sync at a time: a second waits for the first, or gives up after its bounded wait and exits 0', async () => {
+    configure({});
+    prepareAccounts();
+    const lock = syncLockFile(makePaths(root.dir));
+    // The first sync holds the lock for the 1.5 s its GetGroup takes.
+    proxy.inject({ action: 'GetGroup', kind: 'latency', ms: 1500, times: 1 });
+    const first = runSshUsersSync({ root: root.dir, logLevel: 'error' });
+    for (let i = 0; i < 100 && !fs.existsSync(lock); i++) await new Promise((r) => setTimeout(r, 10));
+    expect(fs.existsSync(lock)).toBe(true);
+
+    // A periodic run meanwhile: waits its bound, logs, changes nothing, exits 0.
+    const started = Date.now();
+    expect(await runSshUsersSync({ root: root.dir, logLevel: 'warn' }, { lockWaitMs: 300 })).toBe(0);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(290);
+    expect(agentLog()).toMatch(new RegExp(`WARN  another sync is running: this one did nothing pid=${process.pid} since=\\S+ lock=\\S+/run/zdt-agent/ssh-users.lock`));
+    // One that may wait long enough runs after the first, on the records the first wrote.
+    const third = runSshUsersSync({ root: root.dir, logLevel: 'error' }, { lockWaitMs: 20_000 });
+    expect(await first).toBe(0);
+    expect(await third).toBe(0);
+    expect(out.join('')).toMatch(/created alice bob.plus.ci.at.example.com carol;[^\n]*\n.*\naccounts: created -; removed -;/);
+    const state = JSON.parse(fs.readFileSync(usersStateFile(makePaths(root.dir)), 'utf8'));
+    expect(Object.keys(state.users).sort()).toEqual(['alice', 'bob.plus.ci.at.example.com', 'carol']);
+    expect(fs.existsSync(lock)).toBe(false);
   });
 
   it('does nothing and exits 0 on a node without an ssh section (the periodic job runs on every node)', async () => {
