@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Lints what the init systems run (`make lint`; test/unit/packaging.test.ts runs it too):
-#   - shellcheck on the OpenRC scripts, the periodic entries, the pre-install script and the
-#     APKBUILD, all as POSIX sh (busybox ash runs them on Alpine);
+#   - shellcheck on the OpenRC scripts, the periodic entries, the ssh sync loop, the
+#     pre-install script and the APKBUILD, all as POSIX sh (busybox ash runs them on Alpine);
 #   - systemd-analyze verify on units/, when systemd-analyze is installed.
 # Exits non-zero on the first kind of problem found; prints what it skipped.
 set -euo pipefail
@@ -14,7 +14,7 @@ if command -v shellcheck >/dev/null; then
   # is given. SC2034: description, command_args and friends are read by openrc-run, not by
   # the script.
   shellcheck --shell=sh --exclude=SC2034 openrc/* || status=1
-  shellcheck --shell=sh alpine/*.periodic alpine/*.pre-install || status=1
+  shellcheck --shell=sh alpine/*.periodic alpine/*.sh alpine/*.pre-install || status=1
   # APKBUILD: abuild sources it and reads its variables (SC2034) and sets srcdir, pkgdir,
   # builddir and friends (SC2154).
   shellcheck --shell=sh --exclude=SC2034,SC2154 alpine/APKBUILD || status=1

@@ -61,6 +61,8 @@ export function tryLock(file: string): LockAttempt {
   }
   const holder = parseHolder(readOr(abs) ?? '');
   if (holder) return { holder: { pid: holder.pid, since: mtime(abs) } };
+  // Held here, though someone removed the file.
+  if (heldHere.has(abs)) return { holder: { pid: process.pid, since: undefined } };
   throw new AgentError('LockFailed', `cannot take the lock ${abs}`, { hint: 'check the directory permissions' });
 }
 

@@ -19,7 +19,7 @@ import { reconcileUsers, type UserSyncResult } from './users.js';
  * does nothing: the next periodic run comes soon.
  */
 
-/** Bound for the whole IAM read; a sync is not on a login's path, but must not pile up under cron. */
+/** Bound for the whole IAM read; a sync is not on a login's path, but must not hold the sync lock for long. */
 const SYNC_READ_TIMEOUT_MS = 60_000;
 /** How long a sync waits for one that is running (a sync normally takes a second or two). */
 export const SYNC_LOCK_WAIT_MS = 30_000;

@@ -70,6 +70,19 @@ describe('zdt-agent plan', async () => {
     expect(line(r.out, 'etcd-leave')).toMatch(/skip .*never on reboot/);
   });
 
+  it('a bastion: plan ends with the sshd checks, which say what this root lacks', async () => {
+    const r = await agent(`node: { role: bastion }\nssh: { iamGroup: g }\n`, 'plan');
+    expect(r.code, r.err).toBe(0);
+    expect(r.out).toMatch(/^role:\s+bastion$/m);
+    const section = r.out.slice(r.out.indexOf('\nbastion checks:\n'));
+    expect(section).toMatch(/^\nbastion checks:\n/);
+    expect(section).toMatch(/^\s+FAIL\s+sshd_config readable: \/etc\/ssh\/sshd_config: ENOENT$/m);
+    expect(section).toMatch(/^\s+FAIL\s+sshd runs zdt-agent ssh-keys: no AuthorizedKeysCommand in sshd_config or its includes/m);
+    // Other roles have no such section.
+    const worker = await agent(`cluster: { name: prod }\nnode: { role: worker }\n`, 'plan');
+    expect(worker.out).not.toContain('bastion checks:');
+  });
+
   it('an invalid config is reported before IMDS is asked, exit 2, no stack trace', async () => {
     const r = await agent(`node: { role: worker }\netcd: {}\n`, 'plan');
     expect(r.code).toBe(2);

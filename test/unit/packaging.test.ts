@@ -1,10 +1,11 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { z } from 'zod';
 import { describe, expect, it } from 'vitest';
-import { configSchema, terminateSchema } from '../../agent/config/schema.js';
+import { configSchema, sshSchema, terminateSchema } from '../../agent/config/schema.js';
 
 /**
  * What puts the binary on a node and calls it: OpenRC scripts, systemd units, periodic
@@ -78,6 +79,72 @@ describe('OpenRC', () => {
   });
 });
 
+describe('the ssh sync service (bastions)', () => {
+  const cacheTtl = sshSchema.parse({ iamGroup: 'g' }).cacheTtl;
+
+  it('zdt-agent-ssh-sync runs the sync loop under supervise-daemon, with the network, after boot', () => {
+    const deps = openrcDepends('openrc/zdt-agent-ssh-sync');
+    expect(deps.need).toContain('net');
+    expect(deps.after).toContain('zdt-agent-boot');
+    const script = read('openrc/zdt-agent-ssh-sync');
+    expect(script).toMatch(/^supervisor=supervise-daemon$/m);
+    expect(script).toMatch(/^command=\/usr\/libexec\/zdt-agent\/ssh-sync-loop$/m);
+    expect(script).toMatch(/^command_args="\$ssh_sync_interval"$/m);
+    // The interval leaves the cache (ssh.cacheTtl) time for a sync to finish before it is stale.
+    const interval = Number(/^: "\$\{ssh_sync_interval:=(\d+)\}"$/m.exec(script)?.[1]);
+    expect(interval).toBe(30);
+    expect(interval).toBeLessThanOrEqual(cacheTtl / 2);
+    expect(shellFunction('openrc/zdt-agent-ssh-sync', 'start')).toBeUndefined();
+  });
+
+  it('the loop syncs, then sleeps; stdout is dropped and only stderr reaches syslog', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-sync-loop-'));
+    try {
+      const calls = path.join(dir, 'calls');
+      const logged = path.join(dir, 'logged');
+      fs.writeFileSync(path.join(dir, 'zdt-agent'), `#!/bin/sh\necho "$*" >>'${calls}'\necho summary\necho 'WARN  something' >&2\n`, { mode: 0o755 });
+      fs.writeFileSync(path.join(dir, 'logger'), `#!/bin/sh\necho "$*: $(cat)" >>'${logged}'\n`, { mode: 0o755 });
+      const loop = spawn('sh', [path.join(ROOT, 'alpine/zdt-agent-ssh-sync-loop.sh'), '0.2'], {
+        env: { ...process.env, PATH: `${dir}:${process.env.PATH}`, zdt_agent: path.join(dir, 'zdt-agent') },
+        stdio: ['ignore', 'pipe', 'pipe'],
+        detached: true,
+      });
+      let output = '';
+      loop.stdout.on('data', (d) => (output += d));
+      loop.stderr.on('data', (d) => (output += d));
+      await new Promise((r) => setTimeout(r, 1100));
+      process.kill(-loop.pid!, 'SIGKILL');
+      const runs = fs.readFileSync(calls, 'utf8').trim().split('\n');
+      expect(runs.length).toBeGreaterThanOrEqual(3);
+      expect(runs.length).toBeLessThanOrEqual(7);
+      expect(new Set(runs)).toEqual(new Set(['ssh-users sync --log-level warn']));
+      expect(fs.readFileSync(logged, 'utf8').trim().split('\n')[0]).toBe('-t zdt-agent-ssh-sync -p daemon.warning: WARN  something');
+      expect(output).toBe('');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('the loop waits 30 s by default and runs the installed binary', () => {
+    const loop = read('alpine/zdt-agent-ssh-sync-loop.sh');
+    expect(loop).toMatch(/^interval="\$\{1:-30\}"$/m);
+    expect(loop).toMatch(/^: "\$\{zdt_agent:=\/usr\/bin\/zdt-agent\}"$/m);
+  });
+
+  it('systemd: the timer starts the sync 10 s after boot and every 30 s, to the second', () => {
+    const t = unit('units/zdt-agent-ssh-sync.timer');
+    expect(t['Timer.OnBootSec']).toEqual(['10s']);
+    expect(t['Timer.OnUnitActiveSec']).toEqual(['30s']);
+    expect(t['Timer.AccuracySec']).toEqual(['1s']);
+    expect(t['Timer.OnCalendar']).toBeUndefined();
+    const u = unit('units/zdt-agent-ssh-sync.service');
+    expect(u['Service.Type']).toEqual(['oneshot']);
+    expect(u['Service.ExecStart']).toEqual(['/usr/bin/zdt-agent ssh-users sync --log-level warn']);
+    expect(u['Service.StandardOutput']).toEqual(['null']);
+    expect(words(u['Unit.After'])).toEqual(expect.arrayContaining(['network-online.target', 'zdt-agent-boot.service']));
+  });
+});
+
 describe('systemd units', () => {
   it('zdt-agent-boot.service is a oneshot after the network and before the kubelet', () => {
     const u = unit('units/zdt-agent-boot.service');
@@ -99,11 +166,9 @@ describe('systemd units', () => {
     expect(Number(u['Service.TimeoutStopSec']?.[0])).toBeGreaterThan(defaultBudget);
   });
 
-  it('timers back etcd up hourly and sync SSH users every 15 minutes', () => {
+  it('a timer backs etcd up hourly', () => {
     expect(unit('units/zdt-agent-etcd-backup.timer')['Timer.OnCalendar']).toEqual(['hourly']);
     expect(unit('units/zdt-agent-etcd-backup.service')['Service.ExecStart']).toEqual(['/usr/bin/zdt-agent etcd backup']);
-    expect(unit('units/zdt-agent-ssh-users-sync.timer')['Timer.OnCalendar']).toEqual(['*:0/15']);
-    expect(unit('units/zdt-agent-ssh-users-sync.service')['Service.ExecStart']).toEqual(['/usr/bin/zdt-agent ssh-users sync']);
   });
 });
 
@@ -162,7 +227,9 @@ describe('alpine/APKBUILD', () => {
         '/usr/bin/zdt-agent',
         '/etc/init.d/zdt-agent-boot',
         '/etc/init.d/zdt-agent',
-        '/etc/ssh/sshd_config.d/zdt-agent.conf',
+        '/etc/init.d/zdt-agent-ssh-sync',
+        '/usr/libexec/zdt-agent/ssh-sync-loop',
+        '/etc/ssh/sshd_config.d/01-zdt-agent.conf',
         '/etc/zdt-agent/config.yaml',
       ]),
     );
@@ -175,20 +242,38 @@ describe('alpine/APKBUILD', () => {
     }
   });
 
-  it('puts the periodic jobs where busybox run-parts runs them: hourly backup, sync every 15 minutes', () => {
+  it('puts the hourly backup where busybox run-parts runs it; the ssh sync is a service, not a periodic job', () => {
     const dests = Object.fromEntries(installed().map(([src, dest]) => [src, dest]));
     expect(dests['alpine/zdt-agent-etcd-backup.periodic']).toMatch(/^\/etc\/periodic\/hourly\//);
-    expect(dests['alpine/zdt-agent-ssh-users-sync.periodic']).toMatch(/^\/etc\/periodic\/15min\//);
-    for (const dest of Object.values(dests).filter((d) => d.startsWith('/etc/periodic/'))) {
+    const periodic = Object.values(dests).filter((d) => d.startsWith('/etc/periodic/'));
+    expect(periodic).toEqual(['/etc/periodic/hourly/zdt-agent-etcd-backup']);
+    for (const dest of periodic) {
       // run-parts skips names with anything but letters, digits, '_' and '-'.
       expect(path.basename(dest)).toMatch(/^[A-Za-z0-9_-]+$/);
     }
     expect(read('alpine/zdt-agent-etcd-backup.periodic')).toMatch(/^exec \/usr\/bin\/zdt-agent etcd backup$/m);
-    expect(read('alpine/zdt-agent-ssh-users-sync.periodic')).toMatch(/^exec \/usr\/bin\/zdt-agent ssh-users sync$/m);
+    expect(dests['openrc/zdt-agent-ssh-sync']).toBe('/etc/init.d/zdt-agent-ssh-sync');
+    expect(dests['alpine/zdt-agent-ssh-sync-loop.sh']).toBe('/usr/libexec/zdt-agent/ssh-sync-loop');
+  });
+
+  it('installs scripts executable and the sshd drop-in and config readable only', () => {
+    const body = shellFunction('alpine/APKBUILD', 'package') ?? '';
+    const modes = Object.fromEntries([...body.matchAll(/^\s*install\s+-D(?:m(\d+))?\s+\S+\s+"\$pkgdir"(\S+)/gm)].map((m) => [m[2]!, m[1]]));
+    for (const dest of ['/usr/bin/zdt-agent', '/etc/init.d/zdt-agent-ssh-sync', '/usr/libexec/zdt-agent/ssh-sync-loop']) expect(modes[dest], dest).toBe('755');
+    expect(modes['/etc/ssh/sshd_config.d/01-zdt-agent.conf']).toBe('644');
+  });
+
+  it('names the sshd drop-in to be read before the usual ones: sshd uses the first AuthorizedKeysCommand', () => {
+    const dropIns = installed().filter(([, dest]) => dest.startsWith('/etc/ssh/sshd_config.d/'));
+    expect(dropIns).toEqual([['alpine/sshd_config.d/01-zdt-agent.conf', '/etc/ssh/sshd_config.d/01-zdt-agent.conf']]);
+    // glob(3) order, as sshd's Include reads them: ours before cloud images' and admins' drop-ins.
+    const name = path.basename(dropIns[0]![1]);
+    expect([name, '50-cloud-init.conf', '10-admin.conf', 'zz-local.conf', '02-x.conf'].sort()[0]).toBe(name);
+    expect(fs.readdirSync(path.join(ROOT, 'alpine/sshd_config.d'))).toEqual(['01-zdt-agent.conf']);
   });
 
   it('lets sshd ask the installed binary for keys, as the locked user the pre-install creates', () => {
-    const conf = read('alpine/sshd_config.d/zdt-agent.conf');
+    const conf = read('alpine/sshd_config.d/01-zdt-agent.conf');
     expect(conf).toMatch(/^AuthorizedKeysCommand \/usr\/bin\/zdt-agent ssh-keys %u %f$/m);
     expect(conf).toMatch(/^AuthorizedKeysCommandUser zdt-ssh$/m);
     const preInstall = read('alpine/zdt-agent.pre-install');
