@@ -19,6 +19,8 @@
  *   node bench/boot.mjs [--runs=5] [--bin=dist/zdt-agent]
  *
  * --bin measures another build of the binary (e.g. one of an older commit, for a before/after).
+ * ZDT_BENCH_PROFILE=DIR writes a V8 CPU profile of one boot per node (ZDT_BENCH_PROFILE_WHICH:
+ * first, second (default) or forced) into DIR; ZDT_BENCH_VERBOSE=1 prints each boot's log.
  *
  * Needs: dist/zdt-agent (make binary), moto_server, ec2-metadata-mock, etcd and kube-apiserver
  * (testbed), root (loop devices).
