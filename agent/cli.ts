@@ -1,5 +1,6 @@
 import yargs, { type Argv } from 'yargs';
-import { AgentError, ExitCode, NotImplementedError, asAgentError } from './errors.js';
+import { AgentError, ExitCode, asAgentError } from './errors.js';
+import { LOG_FORMATS, LOG_LEVELS } from './log/logger.js';
 
 /**
  * The command-line interface. Each handler is small: it loads its command module lazily
@@ -33,17 +34,14 @@ export async function runCli(argv: string[]): Promise<number> {
         code = e.exitCode;
       }
     };
-  const notImplemented = (command: string, issue: string): Handler => async () => {
-    throw new NotImplementedError(command, issue);
-  };
 
   const cli = yargs(argv)
     .scriptName('zdt-agent')
     .usage('$0 <command> [options]\n\nBrings Kubernetes nodes on AWS up and retires them without losing data.')
     .option('config', { type: 'string', describe: 'Config file merged last (highest precedence)', global: true })
     .option('root', { type: 'string', describe: 'Root prefix for every node path (tests, chroots)', global: true, hidden: true })
-    .option('log-format', { choices: ['human', 'json'] as const, describe: 'Log line format', global: true })
-    .option('log-level', { choices: ['debug', 'info', 'warn', 'error'] as const, describe: 'Lowest level logged', global: true })
+    .option('log-format', { choices: LOG_FORMATS, describe: 'Log line format', global: true })
+    .option('log-level', { choices: LOG_LEVELS, describe: 'Lowest level logged', global: true })
     .command(
       'boot',
       'Bring this node up (run by cloud-init at every boot)',

@@ -48,15 +48,6 @@ export class DeadlineError extends AgentError {
   }
 }
 
-export class NotImplementedError extends AgentError {
-  constructor(command: string, issue: string) {
-    super('NotImplemented', `'zdt-agent ${command}' is not implemented yet`, {
-      hint: `it arrives with ${issue}; nothing was changed`,
-      exitCode: ExitCode.usage,
-    });
-  }
-}
-
 /** Turn anything thrown into an AgentError without losing the original. */
 export function asAgentError(err: unknown): AgentError {
   if (err instanceof AgentError) return err;

@@ -150,7 +150,7 @@ async function bundle(version) {
     sourcemap: 'external',
     metafile: true,
     logLevel: 'warning',
-    // ESM packages (yargs, execa) read import.meta.url, which CommonJS lacks. In the SEA,
+    // ESM packages (yargs) read import.meta.url, which CommonJS lacks. In the SEA,
     // __filename is process.execPath.
     define: { 'import.meta.url': '__zdt_import_meta_url', __ZDT_VERSION__: JSON.stringify(version) },
     banner: { js: "const __zdt_import_meta_url = require('node:url').pathToFileURL(__filename).href;" },

@@ -5,6 +5,7 @@ import { AgentError, ConfigError } from '../errors.js';
 import { writeFileAtomic } from '../host/atomic.js';
 import { addSecret } from '../log/redact.js';
 import type { BootContext } from './context.js';
+import { sdk } from '../host/aws.js';
 
 /**
  * The cluster's bootstrap material in S3 (`cluster.bootstrap.s3Uri`), as kubecfn kept it:
@@ -37,7 +38,7 @@ const keyOf = (prefix: string, name: string) => (prefix ? `${prefix}/${name}` : 
 export async function readBootstrapObject(ctx: BootContext, name: string): Promise<Buffer | undefined> {
   const loc = location(ctx);
   if (!loc) return undefined;
-  const { GetObjectCommand } = await import('@aws-sdk/client-s3');
+  const { GetObjectCommand } = await sdk.s3();
   const s3 = await ctx.aws.s3();
   try {
     const out = await s3.send(new GetObjectCommand({ Bucket: loc.bucket, Key: keyOf(loc.prefix, name) }), { abortSignal: ctx.signal });
@@ -55,7 +56,7 @@ export async function readBootstrapObject(ctx: BootContext, name: string): Promi
 export async function writeBootstrapObject(ctx: BootContext, name: string, body: Buffer | string): Promise<void> {
   const loc = location(ctx);
   if (!loc) return;
-  const { PutObjectCommand } = await import('@aws-sdk/client-s3');
+  const { PutObjectCommand } = await sdk.s3();
   const s3 = await ctx.aws.s3();
   const kms = ctx.config.etcd?.backup.kmsKeyId;
   await s3.send(

@@ -2,6 +2,7 @@ import type { EC2Client, Volume } from '@aws-sdk/client-ec2';
 import { AgentError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import { waitFor } from '../host/retry.js';
+import { sdk } from '../host/aws.js';
 
 /**
  * The EC2 side of the etcd volume: find it by its tags, take it over from a predecessor that
@@ -21,7 +22,7 @@ export function describeFilter(f: VolumeFilter): string {
 }
 
 async function ec2Commands() {
-  return import('@aws-sdk/client-ec2');
+  return sdk.ec2();
 }
 
 /** Errors worth another try: throttling, and attach/detach races EC2 reports as state errors. */

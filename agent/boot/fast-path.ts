@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { instanceCacheFile, makePaths, type Paths } from '../host/paths.js';
-import { createLogger, type Level, type LogFormat } from '../log/logger.js';
+import { LOG_FORMATS, LOG_LEVELS, createLogger, type Level, type LogFormat } from '../log/logger.js';
 import type { AgentState } from '../log/state.js';
 import { agentVersion } from '../version.js';
 
@@ -38,8 +38,8 @@ export const COMPLETION_FACTS = {
   log: 'bootLog',
 } as const;
 
-const LEVELS: readonly string[] = ['debug', 'info', 'warn', 'error'];
-const FORMATS: readonly string[] = ['human', 'json'];
+const LEVELS: readonly string[] = LOG_LEVELS;
+const FORMATS: readonly string[] = LOG_FORMATS;
 
 /**
  * `boot [--root X] [--config X] [--log-format X] [--log-level X]` (argv after the command),

@@ -1,5 +1,6 @@
 import { AgentError } from '../errors.js';
 import type { BootContext, BootPhase, PhaseOutcome } from './context.js';
+import { sdk } from '../host/aws.js';
 
 /**
  * Tells CloudFormation (SignalResource, for a resource with a CreationPolicy/UpdatePolicy that
@@ -29,7 +30,7 @@ async function sendSignals(ctx: BootContext): Promise<PhaseOutcome> {
   if (identity.stackName && identity.logicalId) {
     const status = ok ? 'SUCCESS' : 'FAILURE';
     try {
-      const { SignalResourceCommand } = await import('@aws-sdk/client-cloudformation');
+      const { SignalResourceCommand } = await sdk.cloudformation();
       const cfn = await ctx.aws.cloudformation();
       await cfn.send(
         new SignalResourceCommand({ StackName: identity.stackName, LogicalResourceId: identity.logicalId, UniqueId: identity.instanceId, Status: status }),
@@ -50,7 +51,7 @@ async function sendSignals(ctx: BootContext): Promise<PhaseOutcome> {
   if (identity.asgName && hook) {
     const result = ok ? 'CONTINUE' : 'ABANDON';
     try {
-      const { CompleteLifecycleActionCommand } = await import('@aws-sdk/client-auto-scaling');
+      const { CompleteLifecycleActionCommand } = await sdk.autoscaling();
       const asg = await ctx.aws.autoscaling();
       await asg.send(
         new CompleteLifecycleActionCommand({

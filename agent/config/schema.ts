@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { LOG_FORMATS, LOG_LEVELS } from '../log/logger.js';
 
 /**
  * The one configuration schema. Types are inferred from it; docs/config.md is checked
@@ -242,8 +243,8 @@ export const bootSchema = z
 
 export const logSchema = z
   .object({
-    level: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
-    format: z.enum(['human', 'json']).default('human'),
+    level: z.enum(LOG_LEVELS).default('info'),
+    format: z.enum(LOG_FORMATS).default('human'),
   })
   .strict();
 

@@ -1,6 +1,6 @@
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { AgentError } from '../errors.js';
-import type { Aws } from '../host/aws.js';
+import { sdk, type Aws } from '../host/aws.js';
 
 /**
  * Client-side envelope encryption of a backup (etcd.backup.clientSideEncryption): a fresh
@@ -32,7 +32,7 @@ export async function encryptStream(
   o: { kmsKeyId: string; cluster: string; signal?: AbortSignal | undefined },
   source: AsyncIterable<Buffer>,
 ): Promise<AsyncGenerator<Buffer>> {
-  const { GenerateDataKeyCommand } = await import('@aws-sdk/client-kms');
+  const { GenerateDataKeyCommand } = await sdk.kms();
   const kms = await aws.kms();
   const context = encryptionContext(o.cluster);
   const out = await kms.send(new GenerateDataKeyCommand({ KeyId: o.kmsKeyId, KeySpec: 'AES_256', EncryptionContext: context }), { abortSignal: o.signal });
@@ -92,7 +92,7 @@ export async function* decryptStream(aws: Aws, cluster: string, source: AsyncIte
       hint: 'restore only backups of this cluster (cluster.name)',
     });
   }
-  const { DecryptCommand } = await import('@aws-sdk/client-kms');
+  const { DecryptCommand } = await sdk.kms();
   const kms = await aws.kms();
   let key: Uint8Array;
   try {

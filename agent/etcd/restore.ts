@@ -10,6 +10,7 @@ import { decryptStream, isEnvelope } from './envelope.js';
 import { BACKUP_FORMAT, KUBEADM_PREFIX, MANIFEST_NAME, PKI_PREFIX, SNAPSHOT_NAME, type Manifest } from './manifest.js';
 import { backupLocation, listBackups, type BackupObject } from './store.js';
 import { readTar } from './tar.js';
+import { sdk } from '../host/aws.js';
 
 /**
  * Restore from a backup set (docs/etcd-backup.md): download, verify every checksum into a
@@ -99,7 +100,7 @@ export async function restoreBackup(o: RestoreOptions): Promise<RestoreResult> {
 async function restoreOne(o: RestoreOptions, key: string): Promise<Omit<RestoreResult, 'durationMs'>> {
   const { ctx, signal } = o;
   const loc = backupLocation(ctx.config);
-  const s3sdk = await import('@aws-sdk/client-s3');
+  const s3sdk = await sdk.s3();
   const s3 = await ctx.aws.s3();
   const head = await s3.send(new s3sdk.HeadObjectCommand({ Bucket: loc.bucket, Key: key }), { abortSignal: signal });
   const owner = head.Metadata?.['zdt-cluster'];

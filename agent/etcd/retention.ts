@@ -1,6 +1,7 @@
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { Logger } from '../log/logger.js';
 import { listBackups, type BackupLocation, type BackupObject } from './store.js';
+import { sdk } from '../host/aws.js';
 
 /**
  * Retention of the hourly backups, restic-style: keep the newest backup of each of the last
@@ -43,7 +44,7 @@ export async function applyRetention(o: {
   log: Logger;
   signal?: AbortSignal | undefined;
 }): Promise<{ kept: number; deleted: string[] }> {
-  const { DeleteObjectsCommand } = await import('@aws-sdk/client-s3');
+  const { DeleteObjectsCommand } = await sdk.s3();
   const all = await listBackups(o.s3, o.loc, ['hourly'], o.signal);
   if (!all.some((b) => b.key === o.protect)) {
     // The listing does not show the backup just written (a stale listing): delete nothing.

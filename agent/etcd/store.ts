@@ -2,6 +2,7 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import type { Config } from '../config/schema.js';
 import { ConfigError } from '../errors.js';
 import type { BackupKind } from './manifest.js';
+import { sdk } from '../host/aws.js';
 
 /**
  * Where backups live in S3: `<prefix>/<cluster>/<kind>/<UTC timestamp>-<instance id>.tar`,
@@ -61,7 +62,7 @@ export function parseBackupKey(loc: BackupLocation, key: string, size = 0): Back
 
 /** Every backup of one kind (or both), newest first. */
 export async function listBackups(s3: S3Client, loc: BackupLocation, kinds: readonly BackupKind[], signal?: AbortSignal): Promise<BackupObject[]> {
-  const { ListObjectsV2Command } = await import('@aws-sdk/client-s3');
+  const { ListObjectsV2Command } = await sdk.s3();
   const out: BackupObject[] = [];
   for (const kind of kinds) {
     let token: string | undefined;

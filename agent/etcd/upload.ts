@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { AgentError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
+import { sdk } from '../host/aws.js';
 
 /**
  * A stream to one S3 object without a temporary file: parts of `partSize` bytes are cut
@@ -90,7 +91,7 @@ async function* cut(source: AsyncIterable<Buffer>, size: number): AsyncGenerator
 }
 
 export async function uploadStream(o: UploadOptions): Promise<UploadResult> {
-  const s3sdk = await import('@aws-sdk/client-s3');
+  const s3sdk = await sdk.s3();
   const sseParams = o.sse.mode === 'aws:kms' ? { ServerSideEncryption: 'aws:kms' as const, SSEKMSKeyId: o.sse.kmsKeyId } : { ServerSideEncryption: 'AES256' as const };
   const opts = { abortSignal: o.signal };
   const parts = cut(o.body, o.partSize);
@@ -173,7 +174,7 @@ export async function uploadStream(o: UploadOptions): Promise<UploadResult> {
 
 /** HeadObject must show the size, SHA-256 and encryption the upload sent. */
 export async function verifyUpload(s3: S3Client, u: UploadResult, sse: ServerSideEncryption, signal?: AbortSignal): Promise<void> {
-  const { HeadObjectCommand } = await import('@aws-sdk/client-s3');
+  const { HeadObjectCommand } = await sdk.s3();
   const head = await s3.send(new HeadObjectCommand({ Bucket: u.bucket, Key: u.key, ChecksumMode: 'ENABLED' }), { abortSignal: signal });
   const problems: string[] = [];
   if (head.ContentLength !== u.size) problems.push(`size ${head.ContentLength} instead of ${u.size}`);

@@ -17,6 +17,27 @@ import type { Config } from '../config/schema.js';
  * timeouts are set here and nowhere else.
  */
 
+
+/**
+ * The SDK modules, each imported once. A bundled `import()` copies the module's exports on
+ * every call (client-ec2 has about 2000), so call sites share these promises.
+ */
+const once = <T>(load: () => Promise<T>): (() => Promise<T>) => {
+  let p: Promise<T> | undefined;
+  return () => (p ??= load());
+};
+export const sdk = {
+  autoscaling: once(() => import('@aws-sdk/client-auto-scaling')),
+  cloudformation: once(() => import('@aws-sdk/client-cloudformation')),
+  ec2: once(() => import('@aws-sdk/client-ec2')),
+  iam: once(() => import('@aws-sdk/client-iam')),
+  kms: once(() => import('@aws-sdk/client-kms')),
+  route53: once(() => import('@aws-sdk/client-route-53')),
+  s3: once(() => import('@aws-sdk/client-s3')),
+  sns: once(() => import('@aws-sdk/client-sns')),
+  sts: once(() => import('@aws-sdk/client-sts')),
+};
+
 type Service = keyof Config['aws']['endpoints'];
 
 export interface AwsOptions {
@@ -60,7 +81,7 @@ export function makeAws(o: AwsOptions): Aws {
     };
   };
 
-  const once = <T>(key: string, make: () => Promise<T>): Promise<T> => {
+  const cached = <T>(key: string, make: () => Promise<T>): Promise<T> => {
     let p = cache.get(key) as Promise<T> | undefined;
     if (!p) {
       p = make();
@@ -73,26 +94,26 @@ export function makeAws(o: AwsOptions): Aws {
 
   return {
     region,
-    ec2: () => once('ec2', async () => new (await import('@aws-sdk/client-ec2')).EC2Client(await common('ec2'))),
+    ec2: () => cached('ec2', async () => new (await sdk.ec2()).EC2Client(await common('ec2'))),
     s3: () =>
-      once('s3', async () => {
-        const { S3Client } = await import('@aws-sdk/client-s3');
+      cached('s3', async () => {
+        const { S3Client } = await sdk.s3();
         return new S3Client({ ...(await common('s3')), forcePathStyle: o.aws.s3ForcePathStyle });
       }),
-    sns: () => once('sns', async () => new (await import('@aws-sdk/client-sns')).SNSClient(await common('sns'))),
+    sns: () => cached('sns', async () => new (await sdk.sns()).SNSClient(await common('sns'))),
     iam: (credentials) => {
       const make = async () => {
         const c = await common('iam');
-        return new (await import('@aws-sdk/client-iam')).IAMClient(credentials ? { ...c, credentials } : c);
+        return new (await sdk.iam()).IAMClient(credentials ? { ...c, credentials } : c);
       };
-      return credentials ? make() : once('iam', make);
+      return credentials ? make() : cached('iam', make);
     },
-    sts: () => once('sts', async () => new (await import('@aws-sdk/client-sts')).STSClient(await common('sts'))),
-    kms: () => once('kms', async () => new (await import('@aws-sdk/client-kms')).KMSClient(await common('kms'))),
+    sts: () => cached('sts', async () => new (await sdk.sts()).STSClient(await common('sts'))),
+    kms: () => cached('kms', async () => new (await sdk.kms()).KMSClient(await common('kms'))),
     autoscaling: () =>
-      once('autoscaling', async () => new (await import('@aws-sdk/client-auto-scaling')).AutoScalingClient(await common('autoscaling'))),
+      cached('autoscaling', async () => new (await sdk.autoscaling()).AutoScalingClient(await common('autoscaling'))),
     cloudformation: () =>
-      once('cloudformation', async () => new (await import('@aws-sdk/client-cloudformation')).CloudFormationClient(await common('cloudformation'))),
-    route53: () => once('route53', async () => new (await import('@aws-sdk/client-route-53')).Route53Client(await common('route53'))),
+      cached('cloudformation', async () => new (await sdk.cloudformation()).CloudFormationClient(await common('cloudformation'))),
+    route53: () => cached('route53', async () => new (await sdk.route53()).Route53Client(await common('route53'))),
   };
 }

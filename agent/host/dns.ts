@@ -1,5 +1,5 @@
 import dnsPromises from 'node:dns/promises';
-import type { Aws } from './aws.js';
+import { sdk, type Aws } from './aws.js';
 import type { Logger } from '../log/logger.js';
 import { waitFor } from './retry.js';
 
@@ -18,7 +18,7 @@ export async function upsertStableName(o: {
   signal?: AbortSignal | undefined;
   resolve?: (name: string) => Promise<string[]>;
 }): Promise<{ changed: boolean }> {
-  const { ChangeResourceRecordSetsCommand, GetChangeCommand, ListResourceRecordSetsCommand } = await import('@aws-sdk/client-route-53');
+  const { ChangeResourceRecordSetsCommand, GetChangeCommand, ListResourceRecordSetsCommand } = await sdk.route53();
   const r53 = await o.aws.route53();
   const fqdn = o.name.endsWith('.') ? o.name : `${o.name}.`;
   const existing = await r53.send(

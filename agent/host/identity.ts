@@ -1,6 +1,6 @@
 import { AgentError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
-import type { Aws } from './aws.js';
+import { sdk, type Aws } from './aws.js';
 import type { Imds } from './imds.js';
 
 /** Who this instance is, from IMDS (and EC2 when instance metadata tags are off). */
@@ -53,7 +53,7 @@ export async function readIdentity(
 }
 
 async function describeTags(aws: Aws, instanceId: string): Promise<Record<string, string>> {
-  const { DescribeInstancesCommand } = await import('@aws-sdk/client-ec2');
+  const { DescribeInstancesCommand } = await sdk.ec2();
   try {
     const ec2 = await aws.ec2();
     const out = await ec2.send(new DescribeInstancesCommand({ InstanceIds: [instanceId] }));

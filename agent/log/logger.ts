@@ -2,8 +2,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { redact } from './redact.js';
 
-export type Level = 'debug' | 'info' | 'warn' | 'error';
-export type LogFormat = 'human' | 'json';
+export const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
+export const LOG_FORMATS = ['human', 'json'] as const;
+export type Level = (typeof LOG_LEVELS)[number];
+export type LogFormat = (typeof LOG_FORMATS)[number];
 const levelRank: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40 };
 
 export type Fields = Record<string, string | number | boolean | null | undefined>;

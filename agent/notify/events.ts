@@ -1,6 +1,6 @@
 import type { Config } from '../config/schema.js';
 import type { Identity } from '../host/identity.js';
-import type { Aws } from '../host/aws.js';
+import { sdk, type Aws } from '../host/aws.js';
 import type { Logger } from '../log/logger.js';
 import type { PhaseRecord } from '../log/state.js';
 import { redact, redactDeep } from '../log/redact.js';
@@ -99,7 +99,7 @@ export function serialise(ev: AgentEvent): string {
 export async function publishEvent(aws: Aws, topicArn: string | undefined, ev: AgentEvent, log: Logger, timeoutMs = 10_000): Promise<boolean> {
   if (!topicArn) return false;
   try {
-    const { PublishCommand } = await import('@aws-sdk/client-sns');
+    const { PublishCommand } = await sdk.sns();
     const sns = await aws.sns();
     const out = await sns.send(
       new PublishCommand({

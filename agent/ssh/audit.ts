@@ -10,8 +10,8 @@ import type { Logger } from '../log/logger.js';
  * Syslog goes through logger(1) (util-linux on Debian, busybox on Alpine), not a socket of
  * our own: /dev/log is a datagram socket and Node has no Unix datagram sockets, and logger
  * knows each platform's socket and framing. It is spawned directly rather than through
- * host/exec because execa's module graph would cost the hot path more than the spawn itself,
- * and because it is not waited for (see syslog below).
+ * host/exec because it is not waited for (see syslog below): waiting would cost every key
+ * offer the spawn's round trip, and logger's exit code says nothing.
  */
 
 export type Outcome =

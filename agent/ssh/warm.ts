@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { makePaths, type Paths } from '../host/paths.js';
-import { createLogger, type Level, type Logger, type LogFormat } from '../log/logger.js';
+import { LOG_FORMATS, LOG_LEVELS, createLogger, type Level, type Logger, type LogFormat } from '../log/logger.js';
 import { answerFrom, checkLogin, type Answer, type Request } from './answer.js';
 import { audit } from './audit.js';
 import { cacheFile, freshness, readCache, snapshotMatches, type CacheRead } from './cache.js';
@@ -23,8 +23,8 @@ export interface SshKeysArgs {
   logFormat?: LogFormat | undefined;
 }
 
-const LEVELS: readonly string[] = ['debug', 'info', 'warn', 'error'];
-const FORMATS: readonly string[] = ['human', 'json'];
+const LEVELS: readonly string[] = LOG_LEVELS;
+const FORMATS: readonly string[] = LOG_FORMATS;
 
 /**
  * `ssh-keys [--config F] [--root D] [--log-level L] [--log-format F] USER [FINGERPRINT]`

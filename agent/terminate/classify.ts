@@ -1,5 +1,5 @@
 import fs from 'node:fs';
-import type { Aws } from '../host/aws.js';
+import { sdk, type Aws } from '../host/aws.js';
 import type { Exec } from '../host/exec.js';
 import type { Imds } from '../host/imds.js';
 import type { Logger } from '../log/logger.js';
@@ -45,7 +45,7 @@ export interface ClassifyInput {
 }
 
 async function ec2State(aws: Aws, instanceId: string, signal: AbortSignal): Promise<string | undefined> {
-  const { DescribeInstancesCommand } = await import('@aws-sdk/client-ec2');
+  const { DescribeInstancesCommand } = await sdk.ec2();
   const ec2 = await aws.ec2();
   const out = await ec2.send(new DescribeInstancesCommand({ InstanceIds: [instanceId] }), { abortSignal: signal });
   return out.Reservations?.[0]?.Instances?.[0]?.State?.Name;

@@ -1,4 +1,4 @@
-import type { Aws } from '../host/aws.js';
+import { sdk, type Aws } from '../host/aws.js';
 import type { Logger } from '../log/logger.js';
 
 /**
@@ -19,7 +19,7 @@ export async function findTerminatingHook(
   o: { asgName: string; instanceId: string; configured?: string | undefined; signal: AbortSignal },
 ): Promise<LifecycleTarget | undefined> {
   if (o.configured) return { asgName: o.asgName, hookName: o.configured, instanceId: o.instanceId };
-  const { DescribeLifecycleHooksCommand } = await import('@aws-sdk/client-auto-scaling');
+  const { DescribeLifecycleHooksCommand } = await sdk.autoscaling();
   const as = await aws.autoscaling();
   const out = await as.send(new DescribeLifecycleHooksCommand({ AutoScalingGroupName: o.asgName }), { abortSignal: o.signal });
   const hook = out.LifecycleHooks?.find((h) => h.LifecycleTransition === 'autoscaling:EC2_INSTANCE_TERMINATING');
@@ -27,13 +27,13 @@ export async function findTerminatingHook(
 }
 
 export async function heartbeat(aws: Aws, t: LifecycleTarget, signal: AbortSignal): Promise<void> {
-  const { RecordLifecycleActionHeartbeatCommand } = await import('@aws-sdk/client-auto-scaling');
+  const { RecordLifecycleActionHeartbeatCommand } = await sdk.autoscaling();
   const as = await aws.autoscaling();
   await as.send(new RecordLifecycleActionHeartbeatCommand({ AutoScalingGroupName: t.asgName, LifecycleHookName: t.hookName, InstanceId: t.instanceId }), { abortSignal: signal });
 }
 
 export async function completeContinue(aws: Aws, t: LifecycleTarget, signal: AbortSignal): Promise<void> {
-  const { CompleteLifecycleActionCommand } = await import('@aws-sdk/client-auto-scaling');
+  const { CompleteLifecycleActionCommand } = await sdk.autoscaling();
   const as = await aws.autoscaling();
   await as.send(
     new CompleteLifecycleActionCommand({ AutoScalingGroupName: t.asgName, LifecycleHookName: t.hookName, InstanceId: t.instanceId, LifecycleActionResult: 'CONTINUE' }),

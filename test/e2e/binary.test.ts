@@ -53,20 +53,6 @@ describe('dist/zdt-agent (linux x64 single executable)', () => {
     for (const command of COMMANDS) expect(r.stdout).toMatch(new RegExp(`^ +zdt-agent ${command}\\b`, 'm'));
   });
 
-  // The commands agent/cli.ts still wires to notImplemented(); the list shrinks as the issues
-  // land, and a command is only run here while it is not implemented (boot and terminate must
-  // never run for real on the test machine).
-  const cliSource = fs.readFileSync(path.join(ROOT, 'agent/cli.ts'), 'utf8');
-  const unimplemented = [['boot'], ['terminate'], ['ssh-keys', 'alice'], ['ssh-users', 'sync'], ['etcd', 'backup']].filter((argv) =>
-    cliSource.includes(`notImplemented('${argv[0]}`),
-  );
-  it.skipIf(unimplemented.length === 0).each(unimplemented)('a command not implemented yet (%s) exits 2 with one line', (...argv) => {
-    const r = run(BIN, [...argv, '--root', emptyRoot]);
-    expect(r.status).toBe(2);
-    expect(r.stdout).toBe('');
-    expect(r.stderr).toMatch(/^zdt-agent: NotImplemented: .+; it arrives with .+\n$/);
-  });
-
   it('an unknown command exits 2 and points to --help', () => {
     const r = run(BIN, ['frobnicate']);
     expect(r.status).toBe(2);
