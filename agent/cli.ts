@@ -120,3 +120,28 @@ export async function runCli(argv: string[]): Promise<number> {
   }
   return code;
 }
+
+/**
+ * Build time only, never called by the agent: `scripts/lazy-chunk.cjs make-cache` runs this
+ * after `--help` and before it writes the CLI chunk's V8 code cache, so that the cache also
+ * holds the functions a first `boot` compiles lazily: the boot command's modules, YAML and zod
+ * parsing a config, the EC2 client (@aws-sdk/client-ec2 is one 2 MB module; warming the S3
+ * client too measured no better). Side-effect free: it writes nothing, connects nowhere and
+ * sends no request (a client calls nothing before `send`; the region is given, so IMDS is not
+ * asked). Under strace it reads only what node's DNS and TLS set-up read (/etc/resolv.conf,
+ * /etc/nsswitch.conf, the CA bundle), not the config file, ~/.aws or the environment's files.
+ */
+export async function warmUpBootForCodeCache(): Promise<void> {
+  await import('./commands/boot.js');
+  const { parseYamlLayer, resolveConfig } = await import('./config/load.js');
+  const config = resolveConfig([
+    parseYamlLayer(
+      'file',
+      'warm-up',
+      "cluster: { name: warm-up, kubernetesVersion: '1.34.0' }\nnode: { role: controller, controllerIndex: '00' }\naws: { region: us-east-1 }\n",
+    ),
+  ]);
+  const { makeAws } = await import('./host/aws.js');
+  const aws = makeAws({ aws: config.aws, region: () => Promise.resolve('us-east-1') });
+  await aws.ec2();
+}

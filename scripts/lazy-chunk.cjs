@@ -9,15 +9,17 @@
  * `loadChunk('cli')` below, which is bundled into the small main script.
  *
  *  - In the single executable the chunk is the SEA asset `cli.cjs`, compiled with the V8 code
- *    cache `cli.cache` (made by the build after a warm-up run, so it also holds the functions
- *    the CLI path compiles lazily; absent for arm64, whose V8 rejects an x64 cache).
+ *    cache `cli.cache` (made by the build after a warm-up, so it also holds the functions the
+ *    CLI path and a first boot compile lazily; absent for arm64, whose V8 rejects an x64 cache).
  *  - Run as `node dist/zdt-agent.cjs`, it is the file dist/zdt-agent-cli.cjs beside the bundle.
  *
  * ZDT_TRACE_CHUNKS=1 prints one line per chunk load: source, code cache verdict, time.
  *
- * The build also runs this file: `node lazy-chunk.cjs make-cache NAME FILE OUT [ARGS...]` loads
- * chunk NAME from FILE exactly as the binary does, calls its runCli(ARGS) with output muted,
- * and writes the code cache to OUT. It must run on the node binary the SEA is made from.
+ * The build also runs this file: `node lazy-chunk.cjs make-cache NAME FILE OUT CALLS [ARGS...]`
+ * loads chunk NAME from FILE exactly as the binary does, calls its runCli(ARGS) and then each
+ * export named in CALLS (comma-separated, `-` for none; e.g. the CLI chunk's side-effect-free
+ * warmUpBootForCodeCache) with output muted, and writes the code cache to OUT. It must run on
+ * the node binary the SEA is made from.
  */
 const fs = require('node:fs');
 const path = require('node:path');
@@ -68,13 +70,17 @@ function loadChunk(name) {
 }
 
 /** Build time: load the chunk as the binary would, warm it up, write its code cache. */
-async function makeCache(name, chunkFile, out, args) {
+async function makeCache(name, chunkFile, out, calls, args) {
   const script = compileChunk(fs.readFileSync(chunkFile, 'utf8'), `zdt-agent-${name}.cjs`);
   const chunk = evaluateChunk(script);
   const write = { out: process.stdout.write, err: process.stderr.write };
   process.stdout.write = process.stderr.write = () => true;
   try {
     await chunk.runCli(args);
+    for (const fn of calls) {
+      if (typeof chunk[fn] !== 'function') throw new Error(`chunk ${name} exports no function ${fn}`);
+      await chunk[fn]();
+    }
   } finally {
     process.stdout.write = write.out;
     process.stderr.write = write.err;
@@ -85,8 +91,8 @@ async function makeCache(name, chunkFile, out, args) {
 module.exports = { loadChunk, compileChunk };
 
 if (require.main === module && process.argv[2] === 'make-cache') {
-  const [name, chunkFile, out, ...args] = process.argv.slice(3);
-  makeCache(name, chunkFile, out, args).catch((err) => {
+  const [name, chunkFile, out, calls, ...args] = process.argv.slice(3);
+  makeCache(name, chunkFile, out, calls === '-' ? [] : calls.split(','), args).catch((err) => {
     process.stderr.write(`lazy-chunk: ${err.stack ?? err}\n`);
     process.exit(1);
   });
