@@ -1,10 +1,9 @@
 import fs from 'node:fs';
-import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startImds, type Imds } from '../testbed/imds.js';
-import { freePort } from '../testbed/ports.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
 import { AZ, BINARY, REGION, runBinary, writeConfig } from '../support/boot-env.js';
+import { startHttpTap } from '../testbed/http-tap.js';
 
 /**
  * The built binary (`make binary`) boots a NAT instance (identity only: no volume, no
@@ -21,22 +20,8 @@ const BOOT_ID = '3d1f0c57-8a44-4b8e-9c1e-5b2a7f0e6d11';
 /** Counts the requests that reach IMDS. */
 async function countingProxy(target: string) {
   let n = 0;
-  const server = http.createServer((req, res) => {
-    n++;
-    const up = http.request(`${target}${req.url}`, { method: req.method, headers: req.headers }, (r) => {
-      res.writeHead(r.statusCode ?? 502, r.headers);
-      r.pipe(res);
-    });
-    up.on('error', () => res.writeHead(502).end());
-    req.pipe(up);
-  });
-  const port = await freePort();
-  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
-  return {
-    endpoint: `http://127.0.0.1:${port}`,
-    requests: () => n,
-    stop: () => new Promise<void>((resolve) => server.close(() => resolve()).closeAllConnections()),
-  };
+  const tap = await startHttpTap(target, () => void n++);
+  return { endpoint: tap.endpoint, requests: () => n, stop: tap.stop };
 }
 
 function setBootId(id: string): void {

@@ -1,10 +1,10 @@
-import http from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Imds } from '../../agent/host/imds.js';
 import { createLogger } from '../../agent/log/logger.js';
 import { startImds, type Imds as ImdsServer, type ImdsConfig } from '../testbed/imds.js';
 import { freePort } from '../testbed/ports.js';
+import { startHttpTap } from '../testbed/http-tap.js';
 
 const log = createLogger({ console: null });
 
@@ -23,29 +23,17 @@ const tags = { 'zdt:cluster': 'prod', 'zdt:role': 'controller', Name: 'prod-cont
 async function startCountingProxy(target: string) {
   const seen = { tokenPuts: 0, gets: 0, tokenlessGets: 0 };
   let refuseTokens = false;
-  const server = http.createServer((req, res) => {
+  const tap = await startHttpTap(target, (req) => {
     if (req.method === 'PUT' && req.url === '/latest/api/token') {
       seen.tokenPuts++;
-      if (refuseTokens) return void res.writeHead(403).end();
+      if (refuseTokens) return 403;
     } else {
       seen.gets++;
       if (!req.headers['x-aws-ec2-metadata-token']) seen.tokenlessGets++;
     }
-    const up = http.request(`${target}${req.url}`, { method: req.method, headers: req.headers }, (r) => {
-      res.writeHead(r.statusCode ?? 502, r.headers);
-      r.pipe(res);
-    });
-    up.on('error', () => res.writeHead(502).end());
-    req.pipe(up);
+    return undefined;
   });
-  const port = await freePort();
-  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
-  return {
-    endpoint: `http://127.0.0.1:${port}`,
-    seen,
-    refuseTokens: (v: boolean) => void (refuseTokens = v),
-    stop: () => new Promise<void>((resolve) => server.close(() => resolve()).closeAllConnections()),
-  };
+  return { endpoint: tap.endpoint, seen, refuseTokens: (v: boolean) => void (refuseTokens = v), stop: tap.stop };
 }
 
 const stops: (() => Promise<void>)[] = [];

@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { freePort } from './ports.js';
 import { answersHttp, startServer } from './process.js';
+import type { InstanceIdentityDocument } from '../../agent/host/imds.js';
 
 /**
  * IMDS for tests: amazon-ec2-metadata-mock (AEMM, AWS's own IMDS mock, v1.13.0) configured
@@ -21,15 +22,8 @@ import { answersHttp, startServer } from './process.js';
  *   truncated), so a 1 s delay may pass at once: give tests a margin of seconds.
  */
 
-export interface ImdsConfig {
-  instanceId: string;
-  region: string;
-  availabilityZone: string;
-  instanceType: string;
-  privateIp: string;
-  accountId?: string;
-  imageId?: string;
-  architecture?: string;
+/** The instance identity (the agent's own type), and what else the mock serves. */
+export interface ImdsConfig extends InstanceIdentityDocument {
   /** Served at /latest/user-data; absent -> 404, as on an instance launched without user data. */
   userData?: string | Uint8Array;
   /** Instance metadata tags; absent -> tags/instance answers 404 (tags in metadata disabled). */
