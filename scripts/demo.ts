@@ -167,6 +167,10 @@ async function main(): Promise<void> {
   writeConfig(rootA.dir, controllerConfig(imdsA));
   const recordsA = rootA.at('/standins.jsonl');
   const envA = standinEnv(recordsA, { ZDT_APK_VERSIONS: APK_VERSIONS, ZDT_STANDIN_KUBEADM_ADMIN_CONF: kube.adminKubeconfig, AWS_ACCESS_KEY_ID: 'demo', AWS_SECRET_ACCESS_KEY: 'demo' });
+  // The kernel boot id, where the agent reads it under its root prefix (boot's fast path).
+  fs.mkdirSync(rootA.at('/proc/sys/kernel/random'), { recursive: true });
+  // (read and written, not copied: procfs files report size 0, and a copy comes out empty)
+  fs.writeFileSync(rootA.at('/proc/sys/kernel/random/boot_id'), fs.readFileSync('/proc/sys/kernel/random/boot_id'));
   await run('what boot and terminate would do on this node', ['plan', '--root', rootA.dir], envA);
   await run('boot: attach, format (blank volume), mount, install 1.34.X, kubeadm init', ['boot', '--root', rootA.dir], envA);
   // What kubeadm init would have left behind on a real node:
@@ -174,7 +178,8 @@ async function main(): Promise<void> {
     fs.mkdirSync(path.dirname(rootA.at(f)), { recursive: true });
     fs.writeFileSync(rootA.at(f), '# written by kubeadm\n');
   }
-  await run('boot again: everything is in place', ['boot', '--root', rootA.dir], envA);
+  await run('boot again in the same kernel boot: the fast path, nothing to do', ['boot', '--root', rootA.dir], envA);
+  await run('boot --force: every phase inspects the node again, and finds everything in place', ['boot', '--force', '--root', rootA.dir], envA);
   await run('what boot did, phase by phase', ['status', '--root', rootA.dir], envA);
   note(`stand-ins received: ${(await readRecords(recordsA)).map((r) => `${r.tool} ${r.argv.slice(0, 2).join(' ')}`).join('; ')}`);
 
