@@ -159,14 +159,19 @@ async function main(): Promise<void> {
   const loop = await createLoopDevice(128);
   cleanups.unshift(() => loop.detach());
   const volumeId = await createEtcdVolume(w, { cluster: 'demo' });
+  /** A controller 00 node: its root with the etcd volume linked, its IMDS, config and stand-ins. */
+  const controllerNode = async (inst: { instanceId: string; privateIp: string }) => {
+    const root = await newRoot();
+    await root.linkVolume(volumeId, loop.device);
+    const imds = await newImds({ instanceId: inst.instanceId, region: REGION, availabilityZone: AZ, instanceType: 'm6i.large', privateIp: inst.privateIp, tags: controllerTags });
+    writeConfig(root.dir, controllerConfig(imds));
+    const records = root.at('/standins.jsonl');
+    const env = standinEnv(records, { ZDT_APK_VERSIONS: APK_VERSIONS, ZDT_STANDIN_KUBEADM_ADMIN_CONF: kube.adminKubeconfig, AWS_ACCESS_KEY_ID: 'demo', AWS_SECRET_ACCESS_KEY: 'demo' });
+    return { root, imds, records, env };
+  };
   const first = await launchInstance(w, { tags: controllerTags });
   note(`instance ${first.instanceId}; etcd volume ${volumeId} is the loop device ${loop.device}`);
-  const rootA = await newRoot();
-  await rootA.linkVolume(volumeId, loop.device);
-  const imdsA = await newImds({ instanceId: first.instanceId, region: REGION, availabilityZone: AZ, instanceType: 'm6i.large', privateIp: first.privateIp, tags: controllerTags });
-  writeConfig(rootA.dir, controllerConfig(imdsA));
-  const recordsA = rootA.at('/standins.jsonl');
-  const envA = standinEnv(recordsA, { ZDT_APK_VERSIONS: APK_VERSIONS, ZDT_STANDIN_KUBEADM_ADMIN_CONF: kube.adminKubeconfig, AWS_ACCESS_KEY_ID: 'demo', AWS_SECRET_ACCESS_KEY: 'demo' });
+  const { root: rootA, records: recordsA, env: envA } = await controllerNode(first);
   // The kernel boot id, where the agent reads it under its root prefix (boot's fast path).
   fs.mkdirSync(rootA.at('/proc/sys/kernel/random'), { recursive: true });
   // (read and written, not copied: procfs files report size 0, and a copy comes out empty)
@@ -193,12 +198,7 @@ async function main(): Promise<void> {
   execFileSync('umount', [dataDir]);
   await w.ec2.send(new TerminateInstancesCommand({ InstanceIds: [first.instanceId] }));
   const second = await launchInstance(w, { tags: controllerTags });
-  const rootB = await newRoot();
-  await rootB.linkVolume(volumeId, loop.device);
-  const imdsB = await newImds({ instanceId: second.instanceId, region: REGION, availabilityZone: AZ, instanceType: 'm6i.large', privateIp: second.privateIp, tags: controllerTags });
-  writeConfig(rootB.dir, controllerConfig(imdsB));
-  const recordsB = rootB.at('/standins.jsonl');
-  const envB = standinEnv(recordsB, { ZDT_APK_VERSIONS: APK_VERSIONS, ZDT_STANDIN_KUBEADM_ADMIN_CONF: kube.adminKubeconfig, AWS_ACCESS_KEY_ID: 'demo', AWS_SECRET_ACCESS_KEY: 'demo' });
+  const { root: rootB, imds: imdsB, env: envB } = await controllerNode(second);
   await run(`boot of ${second.instanceId}: wait for the detach, attach, find the filesystem, never format`, ['boot', '--root', rootB.dir], envB);
   const marker = path.join(rootB.at('/var/lib/etcd'), 'data', 'member', 'demo-marker');
   note(fs.existsSync(marker) ? `data/member/demo-marker is still there: "${fs.readFileSync(marker, 'utf8').trim()}"` : 'data/member/demo-marker is MISSING');

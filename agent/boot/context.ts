@@ -44,14 +44,19 @@ export interface BootShared {
   neuronDevices?: number | undefined;
 }
 
-export interface BootContext {
+/** What boot works with on the node: config and the host boundaries (built by context.ts). */
+export interface NodeHost {
   config: Config;
   paths: Paths;
-  /** The phase's logger (lines carry `[phase]`). */
   log: Logger;
   imds: Imds;
   aws: Aws;
   exec: Exec;
+}
+
+export interface BootContext extends NodeHost {
+  /** The phase's logger (lines carry `[phase]`). */
+  log: Logger;
   identity: Identity;
   /** Persistent facts (state file); phases read earlier boots' facts and add their own. */
   state: AgentState;

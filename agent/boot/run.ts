@@ -1,14 +1,10 @@
 import type { Config } from '../config/schema.js';
 import { AgentError, DeadlineError, asAgentError } from '../errors.js';
-import type { Aws } from '../host/aws.js';
-import type { Exec } from '../host/exec.js';
 import { readIdentity, type Identity } from '../host/identity.js';
-import type { Imds } from '../host/imds.js';
-import type { Paths } from '../host/paths.js';
 import type { Logger } from '../log/logger.js';
 import { readState, writeState, type AgentState, type PhaseRecord, type RunRecord } from '../log/state.js';
 import { agentVersion } from '../version.js';
-import type { BootContext, BootPhase, BootShared, PhaseOutcome } from './context.js';
+import type { BootContext, BootPhase, BootShared, NodeHost, PhaseOutcome } from './context.js';
 import { recordCompletion, type BootCompletion } from './fast-path.js';
 import { acquireBootLock } from '../host/lock.js';
 import { bootPhases } from './phases.js';
@@ -22,13 +18,7 @@ import { bootPhaseOrder, reportingPhases, type BootPhaseName } from './plan.js';
  * run; the reporting phases (signal, notify) still run and report the failure.
  */
 
-export interface BootDeps {
-  config: Config;
-  paths: Paths;
-  log: Logger;
-  imds: Imds;
-  aws: Aws;
-  exec: Exec;
+export interface BootDeps extends NodeHost {
   /** Instance tags already read with the config sources (saves IMDS calls). */
   tags?: Record<string, string> | undefined;
   /**
