@@ -41,11 +41,19 @@ export function makeCommandDir(): { dir: string; remove(): void } {
   return { dir, remove: () => fs.rmSync(dir, { recursive: true, force: true }) };
 }
 
-/** A root-owned 0755 shell wrapper: sshd passes no environment, so it sets what the agent needs. */
+/**
+ * A root-owned 0755 shell wrapper: sshd passes no environment, so it sets what the agent needs.
+ * The binary is copied beside it, as /usr/bin/zdt-agent is installed on a node: the
+ * unprivileged AuthorizedKeysCommandUser must be able to reach it, and a checkout may sit in
+ * a directory it cannot enter (mktemp -d makes 0700 ones).
+ */
 export function writeKeyCommand(file: string, o: { binary: string; args?: string[]; env: Record<string, string> }): void {
   const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
   const env = Object.entries(o.env).map(([k, v]) => `${k}=${q(v)}`);
-  fs.writeFileSync(file, `#!/bin/sh\nexec env -i ${env.join(' ')} ${q(o.binary)} ssh-keys ${(o.args ?? []).map(q).join(' ')} "$@"\n`, { mode: 0o755 });
+  const binary = path.join(path.dirname(file), 'zdt-agent');
+  fs.copyFileSync(o.binary, binary);
+  fs.chmodSync(binary, 0o755);
+  fs.writeFileSync(file, `#!/bin/sh\nexec env -i ${env.join(' ')} ${q(binary)} ssh-keys ${(o.args ?? []).map(q).join(' ')} "$@"\n`, { mode: 0o755 });
   fs.chmodSync(file, 0o755);
 }
 
