@@ -163,7 +163,7 @@ async function bundle(version) {
   };
   const builds = [
     { name: 'main', entryPoints: ['agent/main.ts'], outfile: MAIN_BUNDLE, plugins: [splitChunks] },
-    ...CHUNKS.map((c) => ({ name: c.name, entryPoints: [c.entry], outfile: chunkFile(c.name) })),
+    ...CHUNKS.map((c) => ({ name: c.name, entryPoints: [c.entry], outfile: chunkFile(c.name), plugins: [deepSdkImports, lazyStringWidth] })),
   ];
   for (const { name, ...options } of builds) {
     const result = await esbuild.build({ ...common, ...options });
@@ -171,6 +171,72 @@ async function bundle(version) {
     fs.writeFileSync(path.join(CACHE, `esbuild-meta-${name}.json`), JSON.stringify(result.metafile));
   }
 }
+
+/**
+ * esbuild plugin: agent/host/sdk/<service>.ts re-export a few names from an AWS SDK client's
+ * index. In the bundle that index sits under a dynamic import, where esbuild keeps every
+ * `export *` of it (copied at run time): all ~750 EC2 commands and the aggregated `EC2` class,
+ * about 60 ms of module evaluation on a first boot. Here each name is taken from its own file
+ * of the package's ES build instead (`XClient` from dist-es/XClient.js, `XCommand` from
+ * dist-es/commands/XCommand.js), so only what the agent sends is bundled. The sources stay
+ * plain imports of the package for tsc and the tests.
+ */
+const deepSdkImports = {
+  name: 'zdt-deep-sdk-imports',
+  setup(build) {
+    build.onLoad({ filter: /[\\/]agent[\\/]host[\\/]sdk[\\/][a-z0-9]+\.ts$/ }, (args) => {
+      const text = fs.readFileSync(args.path, 'utf8');
+      const m = /export\s*\{([^}]*)\}\s*from\s*'(@aws-sdk\/client-[a-z0-9-]+)'/.exec(text);
+      if (!m) throw new Error(`${args.path}: expected one \`export { … } from '@aws-sdk/client-…'\``);
+      const [, names, pkg] = m;
+      const lines = names
+        .split(',')
+        .map((n) => n.trim())
+        .filter(Boolean)
+        .map((name) => {
+          const rel = name.endsWith('Command') ? `dist-es/commands/${name}.js` : `dist-es/${name}.js`;
+          if (!fs.existsSync(path.join(ROOT, 'node_modules', pkg, rel))) throw new Error(`${args.path}: ${pkg} has no ${rel} for ${name}`);
+          return `export { ${name} } from '${pkg}/${rel}';`;
+        });
+      return { contents: lines.join('\n'), loader: 'ts', resolveDir: path.dirname(args.path) };
+    });
+  },
+};
+
+/**
+ * esbuild plugin: string-width (three copies, under yargs, cliui and wrap-ansi) builds an
+ * emoji RegExp with the `v` flag and an Intl.Segmenter when its module is evaluated, about
+ * 18 ms of the CLI chunk's start, and yargs measures its help text on every command run (it
+ * caches the help of the command it runs). Each `import 'string-width'` gets this wrapper
+ * instead: printable ASCII (all of our help text) is one column a character, which is what
+ * string-width answers for it (test/unit/build-shims.test.ts checks every copy); anything else
+ * goes to the real module, evaluated on that first call.
+ */
+const PRINTABLE_ASCII = /^[\x20-\x7e]*$/;
+const lazyStringWidth = {
+  name: 'zdt-lazy-string-width',
+  setup(build) {
+    build.onResolve({ filter: /^string-width$/ }, async (args) => {
+      if (args.pluginData?.real) return undefined;
+      const real = await build.resolve(args.path, { kind: args.kind, importer: args.importer, resolveDir: args.resolveDir, pluginData: { real: true } });
+      if (real.errors.length > 0) return { errors: real.errors };
+      return { path: real.path, namespace: 'zdt-string-width' };
+    });
+    build.onLoad({ filter: /.*/, namespace: 'zdt-string-width' }, (args) => ({
+      contents: [
+        `const PRINTABLE_ASCII = ${PRINTABLE_ASCII};`,
+        'let real;',
+        'export default function stringWidth(text, options) {',
+        "  if (typeof text === 'string' && PRINTABLE_ASCII.test(text)) return text.length;",
+        `  real ??= require(${JSON.stringify(args.path)}).default;`,
+        '  return real(text, options);',
+        '}',
+      ].join('\n'),
+      loader: 'js',
+      resolveDir: path.dirname(args.path),
+    }));
+  },
+};
 
 /** esbuild plugin: `import('./cli.js')` in main.ts becomes `loadChunk('cli')` (scripts/lazy-chunk.cjs). */
 const splitChunks = {

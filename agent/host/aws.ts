@@ -27,15 +27,15 @@ const once = <T>(load: () => Promise<T>): (() => Promise<T>) => {
   return () => (p ??= load());
 };
 export const sdk = {
-  autoscaling: once(() => import('@aws-sdk/client-auto-scaling')),
-  cloudformation: once(() => import('@aws-sdk/client-cloudformation')),
-  ec2: once(() => import('@aws-sdk/client-ec2')),
-  iam: once(() => import('@aws-sdk/client-iam')),
-  kms: once(() => import('@aws-sdk/client-kms')),
-  route53: once(() => import('@aws-sdk/client-route-53')),
-  s3: once(() => import('@aws-sdk/client-s3')),
-  sns: once(() => import('@aws-sdk/client-sns')),
-  sts: once(() => import('@aws-sdk/client-sts')),
+  autoscaling: once(() => import('./sdk/autoscaling.js')),
+  cloudformation: once(() => import('./sdk/cloudformation.js')),
+  ec2: once(() => import('./sdk/ec2.js')),
+  iam: once(() => import('./sdk/iam.js')),
+  kms: once(() => import('./sdk/kms.js')),
+  route53: once(() => import('./sdk/route53.js')),
+  s3: once(() => import('./sdk/s3.js')),
+  sns: once(() => import('./sdk/sns.js')),
+  sts: once(() => import('./sdk/sts.js')),
 };
 
 type Service = keyof Config['aws']['endpoints'];

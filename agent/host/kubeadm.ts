@@ -47,9 +47,10 @@ function args(map: Record<string, string>): Array<{ name: string; value: string 
 }
 
 function nodeRegistration(n: NodeRegistration) {
-  const labels = Object.entries(n.labels)
-    .sort(([a], [b]) => a.localeCompare(b))
-    .map(([k, v]) => `${k}=${v}`)
+  // Plain code-unit order, as .sort() above: localeCompare would load ICU's collator (about 8 ms).
+  const labels = Object.keys(n.labels)
+    .sort()
+    .map((k) => `${k}=${n.labels[k]}`)
     .join(',');
   const kubelet: Record<string, string> = { 'root-dir': n.kubeletRootDir, ...n.kubeletExtraArgs };
   if (labels) kubelet['node-labels'] = labels;

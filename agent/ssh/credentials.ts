@@ -1,4 +1,4 @@
-import { AssumeRoleCommand } from '@aws-sdk/client-sts';
+import { AssumeRoleCommand } from '../host/sdk/sts.js';
 import type { AwsCredentialIdentity } from '@smithy/types';
 import fs from 'node:fs';
 import { AgentError, DeadlineError } from '../errors.js';

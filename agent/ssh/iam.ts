@@ -1,4 +1,5 @@
-import { GetGroupCommand, GetSSHPublicKeyCommand, ListSSHPublicKeysCommand, type IAMClient } from '@aws-sdk/client-iam';
+import type { IAMClient } from '@aws-sdk/client-iam';
+import { GetGroupCommand, GetSSHPublicKeyCommand, ListSSHPublicKeysCommand } from '../host/sdk/iam.js';
 import { AgentError, DeadlineError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import type { GroupSnapshot, Member } from './cache.js';

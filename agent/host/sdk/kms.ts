@@ -1,0 +1,7 @@
+// Only what the agent sends: a named re-export lets the bundler drop the rest of the client
+// (see ../aws.ts).
+export {
+  KMSClient,
+  GenerateDataKeyCommand,
+  DecryptCommand,
+} from '@aws-sdk/client-kms';

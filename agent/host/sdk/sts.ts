@@ -1,0 +1,6 @@
+// Only what the agent sends: a named re-export lets the bundler drop the rest of the client
+// (see ../aws.ts).
+export {
+  STSClient,
+  AssumeRoleCommand,
+} from '@aws-sdk/client-sts';
