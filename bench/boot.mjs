@@ -20,7 +20,8 @@
  *
  * --bin measures another build of the binary (e.g. one of an older commit, for a before/after).
  * ZDT_BENCH_PROFILE=DIR writes a V8 CPU profile of one boot per node (ZDT_BENCH_PROFILE_WHICH:
- * first, second (default) or forced) into DIR; ZDT_BENCH_VERBOSE=1 prints each boot's log.
+ * first, second (default) or forced) into DIR; ZDT_BENCH_VERBOSE=1 prints each boot's log;
+ * ZDT_BENCH_NODE_OPTIONS passes V8/Node flags to the binary (NODE_OPTIONS), for experiments.
  *
  * Needs: dist/zdt-agent (make binary), moto_server, ec2-metadata-mock, etcd and kube-apiserver
  * (testbed), root (loop devices).
@@ -111,6 +112,10 @@ async function tcpTimingProxy(tb, targetPort) {
       start = lastServer = undefined;
     };
     const up = net.connect(targetPort, '127.0.0.1');
+    // Without TCP_NODELAY a small second segment of a response waits here for the agent's
+    // delayed ACK (40 ms), time this proxy would have counted as the agent's.
+    client.setNoDelay(true);
+    up.setNoDelay(true);
     client.on('data', (d) => {
       if (start !== undefined && lastServer !== undefined) close();
       start ??= now();
@@ -148,6 +153,28 @@ function unionMs(intervals) {
   return total;
 }
 
+/** unionMs of the intervals clipped to [from, to]. */
+const unionWithin = (intervals, from, to) => unionMs(intervals.map(([s, e]) => [Math.max(s, from), Math.min(e, to)]).filter(([s, e]) => e > s));
+
+/**
+ * The first boot cut at its log lines: start-up (process start to the first phase), each phase
+ * (its `<phase>: start` to the next one's), the end (the last phase to the process exit), each
+ * with its own wall and overhead.
+ */
+function segments(logFile, fromOffset, run, intervals) {
+  const lines = fs.readFileSync(logFile, 'utf8').slice(fromOffset).split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  const marks = [['start-up', run.start]];
+  for (const l of lines) {
+    const m = /^([a-z-]+): start$/.exec(l.msg);
+    if (m) marks.push([m[1], Date.parse(l.ts)]);
+    else if (l.msg.startsWith('boot finished')) marks.push(['finish + exit', Date.parse(l.ts)]);
+  }
+  return marks.map(([name, from], i) => {
+    const to = i + 1 < marks.length ? marks[i + 1][1] : run.end;
+    return { name, wall: to - from, overhead: to - from - unionWithin(intervals, from, to) };
+  });
+}
+
 /** Subprocess intervals from the agent's JSON log: `ran` lines end at ts and lasted ms. */
 function execIntervals(logFile, fromOffset) {
   const text = fs.readFileSync(logFile, 'utf8').slice(fromOffset);
@@ -169,7 +196,8 @@ function runAgent(args, env, profileDir) {
   return new Promise((resolve, reject) => {
     const rssFile = path.join(os.tmpdir(), `zdt-bench-rss-${process.pid}`);
     const cmd = [BIN, ...args];
-    if (profileDir) env = { ...env, NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${profileDir}` };
+    const nodeOptions = [process.env.ZDT_BENCH_NODE_OPTIONS, profileDir && `--cpu-prof --cpu-prof-dir=${profileDir}`].filter(Boolean).join(' ');
+    if (nodeOptions) env = { ...env, NODE_OPTIONS: nodeOptions };
     const [file, argv] = TIME ? [TIME, ['-f', '%M %U %S', '-o', rssFile, ...cmd]] : [cmd[0], cmd.slice(1)];
     const start = performance.timeOrigin + performance.now();
     const child = spawn(file, argv, { env, stdio: ['ignore', 'ignore', 'pipe'] });
@@ -218,6 +246,7 @@ async function main() {
   const imageId = (await ec2.send(new DescribeImagesCommand({}))).Images[0].ImageId;
 
   const rows = { first: [], second: [], forced: [] };
+  const firstSegments = [];
   const LABELS = { first: 'first boot ', second: 'second boot', forced: '  --force  ' };
   for (let i = 0; i < RUNS; i++) {
     const cluster = `bench${i}-${process.pid}`;
@@ -269,8 +298,10 @@ async function main() {
         const offset = fs.existsSync(logFile) ? fs.statSync(logFile).size : 0;
         const args = ['boot', '--root', root.dir, '--log-level', 'info', ...(which === 'forced' && HAS_FORCE ? ['--force'] : [])];
         const r = await runAgent(args, env, which === (process.env.ZDT_BENCH_PROFILE_WHICH ?? 'second') ? process.env.ZDT_BENCH_PROFILE : undefined);
-        const outside = unionMs([...awsTiming.take(), ...imdsTiming.take(), ...kubeTiming.take(), ...execIntervals(logFile, offset)].filter(([s]) => s >= r.start - 5));
+        const intervals = [...awsTiming.take(), ...imdsTiming.take(), ...kubeTiming.take(), ...execIntervals(logFile, offset)].filter(([s]) => s >= r.start - 5);
+        const outside = unionMs(intervals);
         rows[which].push({ wall: r.wall, outside, overhead: r.wall - outside, rss: r.rssMb, cpu: r.cpuMs });
+        if (which === 'first') firstSegments.push(segments(logFile, offset, r, intervals));
         const fast = fs.readFileSync(logFile, 'utf8').slice(offset).includes('boot already completed in this boot');
         if (HAS_FORCE && fast !== (which === 'second')) console.error(`bench/boot: run ${i + 1}, ${which} boot ${fast ? 'took' : 'did not take'} the fast path`);
         if (process.env.ZDT_BENCH_VERBOSE) {
@@ -304,6 +335,12 @@ async function main() {
     const rss = rs[0].rss === undefined ? '     n/a' : `${median(rs.map((x) => x.rss)).toFixed(1)} MB`;
     const cpu = rs[0].cpu === undefined ? '' : fmt(median(rs.map((x) => x.cpu)));
     console.log(`  ${LABELS[which]}  ${col('wall')}  ${fmt(median(rs.map((x) => x.outside)))}  ${col('overhead')}   ${rss}  ${cpu}`);
+  }
+  // Where the first boot's overhead goes (medians per segment; the segments' medians need not add up to the total's).
+  console.log('first boot by segment (median wall / overhead):');
+  for (const [i, seg] of firstSegments[0].entries()) {
+    const of = (key) => median(firstSegments.map((run) => run[i]?.[key] ?? 0));
+    console.log(`  ${seg.name.padEnd(16)} ${fmt(of('wall'))} / ${fmt(of('overhead'))}`);
   }
   const firstOverhead = median(rows.first.map((x) => x.overhead));
   const secondWall = median(rows.second.map((x) => x.wall));
