@@ -19,6 +19,28 @@ type Handler = (args: Record<string, unknown> & GlobalOptions) => Promise<number
 const EPILOG = `Exit codes: 0 ok, 1 failed, 2 usage or config error (nothing was changed), 3 a deadline was exceeded.
 Docs: README.md and docs/ (config reference: docs/config.md).`;
 
+/** A command's exit code; an error becomes its one line on stderr and its exit code. */
+async function runHandler(h: Handler, args: Record<string, unknown> & GlobalOptions): Promise<number> {
+  try {
+    return await h(args);
+  } catch (err) {
+    const e = asAgentError(err);
+    process.stderr.write(`zdt-agent: ${e.oneLine()}\n`);
+    return e.exitCode;
+  }
+}
+
+const bootHandler: Handler = async (a) => (await import('./commands/boot.js')).runBoot(a);
+
+/**
+ * `boot` with arguments main.ts has already parsed (boot/fast-path.ts parseBootArgv: only the
+ * global options, nothing yargs would treat differently): the boot without yargs, which costs
+ * a first boot about 15 ms (its set-up, and the help text it renders for every command run).
+ */
+export function runBootCommand(args: GlobalOptions): Promise<number> {
+  return runHandler(bootHandler, { ...args });
+}
+
 export async function runCli(argv: string[]): Promise<number> {
   let code: number = ExitCode.ok;
   let usageError: string | undefined;
@@ -26,13 +48,7 @@ export async function runCli(argv: string[]): Promise<number> {
     (h: Handler) =>
     async (args: Record<string, unknown>): Promise<void> => {
       if (usageError !== undefined) return;
-      try {
-        code = await h(args as Record<string, unknown> & GlobalOptions);
-      } catch (err) {
-        const e = asAgentError(err);
-        process.stderr.write(`zdt-agent: ${e.oneLine()}\n`);
-        code = e.exitCode;
-      }
+      code = await runHandler(h, args as Record<string, unknown> & GlobalOptions);
     };
 
   const cli = yargs(argv)
@@ -51,7 +67,7 @@ export async function runCli(argv: string[]): Promise<number> {
           default: false,
           describe: 'Inspect every phase again, also when a boot already completed in this boot from the same config',
         }),
-      wrap(async (a) => (await import('./commands/boot.js')).runBoot(a)),
+      wrap(bootHandler),
     )
     .command(
       'terminate',
@@ -125,7 +141,7 @@ export async function runCli(argv: string[]): Promise<number> {
  * Build time only, never called by the agent: `scripts/lazy-chunk.cjs make-cache` runs this
  * after `--help` and before it writes the CLI chunk's V8 code cache, so that the cache also
  * holds the functions a first `boot` compiles lazily: the boot command's modules, YAML and zod
- * parsing a config, the EC2 client (@aws-sdk/client-ec2 is one 2 MB module; warming the S3
+ * parsing a config, the EC2 client (its schemas alone are 0.6 MB of code; warming the S3
  * client too measured no better). Side-effect free: it writes nothing, connects nowhere and
  * sends no request (a client calls nothing before `send`; the region is given, so IMDS is not
  * asked). Under strace it reads only what node's DNS and TLS set-up read (/etc/resolv.conf,

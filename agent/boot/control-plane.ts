@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { AgentError } from '../errors.js';
 import { upsertStableName } from '../host/dns.js';
-import { KubeApiError, KubeClient, loadKubeconfig } from '../host/kube.js';
+import { KubeApiError } from '../host/kube.js';
 import { renderEtcdPatch, renderInitConfig, renderJoinConfig } from '../host/kubeadm.js';
 import { waitFor } from '../host/retry.js';
 import { ensureServiceRunning } from '../host/services.js';
@@ -23,7 +23,7 @@ import { ETCD_SLOTS, otherEtcdMembersAnswering, requireApiEndpoint } from './clu
 import type { BootContext, BootPhase, JoinMode, MountedVolume, PhaseOutcome } from './context.js';
 import { addThisMember, listMembers, type EtcdAccess } from './etcd-members.js';
 import { holdsEtcdData, readVolumeIdentity, volumeSettings, writeVolumeIdentity } from './etcd-volume.js';
-import { dirAvailableCheck, fileAvailableCheck, kubeadm, kubeFiles, removeStaleSlotNodes, writeKubeadmConfig, writePatch } from './kubeadm-run.js';
+import { dirAvailableCheck, fileAvailableCheck, kubeadm, kubeFiles, openAdminKube, removeStaleSlotNodes, writeKubeadmConfig, writePatch, type AdminKube } from './kubeadm-run.js';
 import { clusterSettingsFor, nodeNameOf, nodeRegistrationFor, stableEtcdName } from './registration.js';
 
 /**
@@ -68,7 +68,7 @@ async function bringUpControlPlane(ctx: BootContext): Promise<PhaseOutcome> {
     recordVersionOnVolume(volume, version);
     // A boot cut off between kubeadm init and the grant (or one of an older agent) grants now.
     const granted = isFirstController(config) && ctx.state.facts[NODE_RBAC_FACT] !== true;
-    if (granted) await grantNodeSelfDelete(ctx);
+    if (granted) await withAdminKube(ctx, (admin) => grantNodeSelfDelete(ctx, admin));
     const did = [started && 'started kubelet', granted && `applied ${NODE_SELF_DELETE}`].filter(Boolean);
     return { detail: ['already a control-plane node', ...did].join('; '), changed: did.length > 0 };
   }
@@ -106,9 +106,13 @@ async function bringUpControlPlane(ctx: BootContext): Promise<PhaseOutcome> {
   else await initControlPlane(ctx, volume, version, stable, mode === 'restore');
 
   recordVersionOnVolume(volume, version);
-  const removed = await removeStaleSlotNodes(ctx, nodeNameOf(identity)).catch((err: Error) => {
-    log.warn('could not remove stale Node objects of this slot', { err: err.message });
-    return [] as string[];
+  // One admin client for both (one kubeconfig parse, one TLS session).
+  const removed = await withAdminKube(ctx, async (admin) => {
+    if (mode !== 'join') await grantNodeSelfDelete(ctx, admin);
+    return removeStaleSlotNodes(ctx, nodeNameOf(identity), admin).catch((err: Error) => {
+      log.warn('could not remove stale Node objects of this slot', { err: err.message });
+      return [] as string[];
+    });
   });
   const extra = removed.length ? `; removed stale Node ${removed.join(', ')}` : '';
   return { detail: `${mode}: control plane ${version} on ${nodeNameOf(identity)}${stable ? ` (etcd ${stable})` : ''}${extra}`, changed: true };
@@ -168,7 +172,15 @@ async function initControlPlane(ctx: BootContext, volume: MountedVolume, version
   } else if (generated) {
     log.warn('no cluster.bootstrap.s3Uri: workers and other controllers cannot learn the join token');
   }
-  await grantNodeSelfDelete(ctx);
+}
+
+async function withAdminKube<T>(ctx: BootContext, fn: (admin: AdminKube | undefined) => Promise<T>): Promise<T> {
+  const admin = openAdminKube(ctx);
+  try {
+    return await fn(admin);
+  } finally {
+    admin?.client.close();
+  }
 }
 
 /**
@@ -177,22 +189,20 @@ async function initControlPlane(ctx: BootContext, volume: MountedVolume, version
  * takes it, within boot.controlPlaneWait. Without the grant the cluster cannot retire workers
  * cleanly, so a grant that cannot be applied fails the phase (the next boot tries again).
  */
-async function grantNodeSelfDelete(ctx: BootContext): Promise<void> {
+async function grantNodeSelfDelete(ctx: BootContext, admin: AdminKube | undefined): Promise<void> {
   const objects = `ClusterRole and ClusterRoleBinding ${NODE_SELF_DELETE}`;
-  const file = kubeFiles(ctx).adminConf;
-  if (!fs.existsSync(file)) {
+  if (!admin) {
     throw new AgentError('NodeRbacNotApplied', `cannot apply the ${objects}: kubeadm init left no /etc/kubernetes/admin.conf`, {
       hint: 'check the kubeadm init output in the log; workers need this grant to delete their own Node when they are retired (docs/terminate.md)',
     });
   }
-  const creds = loadKubeconfig(file, (p) => ctx.paths.at(p));
   const hint =
-    `check that the API server at ${creds.server} answers (crictl ps -a, the kubelet log) and that /etc/kubernetes/admin.conf is kubeadm's admin kubeconfig; ` +
+    `check that the API server at ${admin.server} answers (crictl ps -a, the kubelet log) and that /etc/kubernetes/admin.conf is kubeadm's admin kubeconfig; ` +
     'workers need this grant to delete their own Node when they are retired (docs/terminate.md); the next boot applies it again';
-  const kube = new KubeClient(creds);
+  const kube = admin.client;
   try {
     const done = await waitFor({
-      what: `the API server at ${creds.server} to take the ${objects}`,
+      what: `the API server at ${admin.server} to take the ${objects}`,
       timeoutMs: ctx.config.boot.controlPlaneWait * 1000,
       initialDelayMs: 1000,
       maxDelayMs: 15_000,
@@ -209,8 +219,6 @@ async function grantNodeSelfDelete(ctx: BootContext): Promise<void> {
   } catch (err) {
     if (!(err instanceof KubeApiError)) throw err;
     throw new AgentError('NodeRbacNotApplied', `cannot apply the ${objects} with /etc/kubernetes/admin.conf: ${err.message}`, { hint, cause: err });
-  } finally {
-    kube.close();
   }
 }
 

@@ -44,28 +44,34 @@ export async function kubeadm(ctx: BootContext, args: readonly string[], what: s
   });
 }
 
+/** A client with kubeadm's admin.conf, which a control-plane node has; undefined without one. */
+export interface AdminKube {
+  client: KubeClient;
+  server: string;
+}
+
+export function openAdminKube(ctx: BootContext): AdminKube | undefined {
+  const file = kubeFiles(ctx).adminConf;
+  if (!fs.existsSync(file)) return undefined;
+  const creds = loadKubeconfig(file, (p) => ctx.paths.at(p));
+  return { client: new KubeClient(creds), server: creds.server };
+}
+
 /**
  * Deletes the Node objects a predecessor in this controller slot left behind (same slot
- * label, another name). Needs admin credentials, which a control-plane node has.
+ * label, another name), with the admin client.
  */
-export async function removeStaleSlotNodes(ctx: BootContext, ownName: string, apiUrl?: string): Promise<string[]> {
+export async function removeStaleSlotNodes(ctx: BootContext, ownName: string, admin: AdminKube | undefined): Promise<string[]> {
   const index = ctx.config.node.controllerIndex;
-  const admin = kubeFiles(ctx).adminConf;
-  if (!index || !fs.existsSync(admin)) return [];
-  const creds = loadKubeconfig(admin, (p) => ctx.paths.at(p));
-  const client = new KubeClient(apiUrl ? { ...creds, server: apiUrl } : creds);
-  try {
-    const list = await client.call<{ items?: Array<{ metadata: { name: string } }> }>(
-      'GET',
-      `/api/v1/nodes?labelSelector=${encodeURIComponent(`${CONTROLLER_INDEX_LABEL}=${index}`)}`,
-    );
-    const stale = (list.body.items ?? []).map((n) => n.metadata.name).filter((n) => n !== ownName);
-    for (const name of stale) {
-      ctx.log.info('deleting the Node object of the predecessor in this slot', { node: name });
-      await client.call('DELETE', `/api/v1/nodes/${encodeURIComponent(name)}`, { okStatus: [404] });
-    }
-    return stale;
-  } finally {
-    client.close();
+  if (!index || !admin) return [];
+  const list = await admin.client.call<{ items?: Array<{ metadata: { name: string } }> }>(
+    'GET',
+    `/api/v1/nodes?labelSelector=${encodeURIComponent(`${CONTROLLER_INDEX_LABEL}=${index}`)}`,
+  );
+  const stale = (list.body.items ?? []).map((n) => n.metadata.name).filter((n) => n !== ownName);
+  for (const name of stale) {
+    ctx.log.info('deleting the Node object of the predecessor in this slot', { node: name });
+    await admin.client.call('DELETE', `/api/v1/nodes/${encodeURIComponent(name)}`, { okStatus: [404] });
   }
+  return stale;
 }
