@@ -7,7 +7,7 @@ import type { CommandContext } from '../context.js';
 import { AgentError } from '../errors.js';
 import { writeFileAtomic } from '../host/atomic.js';
 import { decryptStream, isEnvelope } from './envelope.js';
-import { BACKUP_FORMAT, KUBEADM_PREFIX, MANIFEST_NAME, PKI_PREFIX, SNAPSHOT_NAME, type Manifest } from './manifest.js';
+import { BACKUP_FORMAT, KUBEADM_PREFIX, MANIFEST_NAME, PKI_PREFIX, SNAPSHOT_NAME, ETCD_DIGEST_BYTES, type Manifest, type ManifestPart } from './manifest.js';
 import { backupLocation, listBackups, type BackupObject } from './store.js';
 import { readTar } from './tar.js';
 import { sdk } from '../host/aws.js';
@@ -97,6 +97,38 @@ export async function restoreBackup(o: RestoreOptions): Promise<RestoreResult> {
   throw lastError;
 }
 
+/**
+ * The digests a manifest part may name, from one pass over the entry: SHA-256 of all of it,
+ * and for an etcd snapshot SHA-256 of all but its last 32 bytes (the database) and those
+ * bytes (etcd's digest of the database).
+ */
+class EntryDigests {
+  private readonly whole = createHash('sha256');
+  private readonly head = createHash('sha256');
+  private held: Buffer = Buffer.alloc(0);
+
+  update(c: Buffer): void {
+    this.whole.update(c);
+    if (c.length >= ETCD_DIGEST_BYTES) {
+      this.head.update(this.held);
+      this.head.update(c.subarray(0, c.length - ETCD_DIGEST_BYTES));
+      this.held = Buffer.from(c.subarray(c.length - ETCD_DIGEST_BYTES));
+    } else {
+      const all = Buffer.concat([this.held, c]);
+      this.head.update(all.subarray(0, Math.max(0, all.length - ETCD_DIGEST_BYTES)));
+      this.held = all.subarray(Math.max(0, all.length - ETCD_DIGEST_BYTES));
+    }
+  }
+
+  matches(part: ManifestPart): boolean {
+    if (part.digestOf === 'etcd-database') {
+      const db = this.head.digest('hex');
+      return this.held.length === ETCD_DIGEST_BYTES && db === part.sha256 && this.held.toString('hex') === part.sha256;
+    }
+    return this.whole.digest('hex') === part.sha256;
+  }
+}
+
 async function restoreOne(o: RestoreOptions, key: string): Promise<Omit<RestoreResult, 'durationMs'>> {
   const { ctx, signal } = o;
   const loc = backupLocation(ctx.config);
@@ -117,7 +149,7 @@ async function restoreOne(o: RestoreOptions, key: string): Promise<Omit<RestoreR
     const body = got.Body as Readable | undefined;
     if (!body) throw corrupt(key, 'S3 returned no body');
     const plain = await maybeDecrypt(ctx, loc.cluster, body, signal);
-    const staged = new Map<string, { size: number; sha256: string; file: string | undefined; mode: number }>();
+    const staged = new Map<string, { size: number; digests: EntryDigests; file: string | undefined; mode: number }>();
     let manifestBytes: Buffer | undefined;
     for await (const entry of readTar(plain)) {
       if (entry.name.includes('..') || path.isAbsolute(entry.name)) throw corrupt(key, `unsafe path ${entry.name} in the archive`);
@@ -127,7 +159,7 @@ async function restoreOne(o: RestoreOptions, key: string): Promise<Omit<RestoreR
         manifestBytes = Buffer.concat(chunks);
         continue;
       }
-      const h = createHash('sha256');
+      const h = new EntryDigests();
       // The snapshot is only hashed when no snapshot is wanted (pkiOnly).
       const keep = !(o.pkiOnly && entry.name === SNAPSHOT_NAME);
       const file = keep ? path.join(staging, 'files', entry.name) : undefined;
@@ -143,7 +175,7 @@ async function restoreOne(o: RestoreOptions, key: string): Promise<Omit<RestoreR
       } else {
         for await (const c of entry.body) h.update(c);
       }
-      staged.set(entry.name, { size: entry.size, sha256: h.digest('hex'), file, mode: entry.mode });
+      staged.set(entry.name, { size: entry.size, digests: h, file, mode: entry.mode });
     }
     if (!manifestBytes) throw corrupt(key, 'the archive has no manifest');
     let manifest: Manifest;
@@ -157,7 +189,7 @@ async function restoreOne(o: RestoreOptions, key: string): Promise<Omit<RestoreR
     for (const part of manifest.parts) {
       const s = staged.get(part.path);
       if (!s) throw corrupt(key, `${part.path} is in the manifest but not in the archive`);
-      if (s.size !== part.size || s.sha256 !== part.sha256) throw corrupt(key, `${part.path} does not match its SHA-256 in the manifest`);
+      if (s.size !== part.size || !s.digests.matches(part)) throw corrupt(key, `${part.path} does not match its SHA-256 in the manifest`);
     }
     for (const name of staged.keys()) if (!manifest.parts.some((p) => p.path === name)) throw corrupt(key, `${name} is in the archive but not in the manifest`);
     if (!o.pkiOnly && !staged.has(SNAPSHOT_NAME)) throw corrupt(key, 'the archive has no etcd snapshot');

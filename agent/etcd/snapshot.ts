@@ -1,6 +1,7 @@
 import http2 from 'node:http2';
 import { ByteReader } from './bytes.js';
 import { EtcdUnavailable, type EtcdEndpoint } from './gateway.js';
+import { ETCD_DIGEST_BYTES } from './manifest.js';
 
 /**
  * The etcd snapshot as a byte stream, straight from the gRPC `Maintenance.Snapshot` call over
@@ -21,9 +22,13 @@ export interface SnapshotStream {
   /** Total bytes the stream yields: the database plus etcd's 32-byte SHA-256 trailer. */
   size: number;
   chunks: AsyncGenerator<Buffer>;
+  /**
+   * etcd's SHA-256 of the database (hex): the stream's last 32 bytes, which etcd computes as it
+   * reads the database and `etcdctl snapshot restore` checks. Known once `chunks` has ended.
+   */
+  databaseSha256(): string | undefined;
 }
 
-const HASH_TRAILER = 32;
 const WINDOW = 16 * 1024 * 1024;
 
 function readVarint(b: Buffer, pos: number): [number, number] {
@@ -158,14 +163,18 @@ export async function openSnapshot(ep: EtcdEndpoint, signal?: AbortSignal): Prom
     }
     checkStatus();
     if (first.done || !first.value.blobStart) throw new EtcdUnavailable('etcd ended the snapshot stream before its first message');
-    const size = first.value.remaining + first.value.length + HASH_TRAILER;
+    const size = first.value.remaining + first.value.length + ETCD_DIGEST_BYTES;
+    let trailer: Buffer | undefined;
     async function* chunks(): AsyncGenerator<Buffer> {
       try {
         let sent = 0;
+        // The last ETCD_DIGEST_BYTES bytes seen, across chunk boundaries.
+        let tail: Buffer = Buffer.alloc(0);
         try {
           for await (const e of events) {
             if (e.blobStart) continue;
             sent += e.data.length;
+            tail = e.data.length >= ETCD_DIGEST_BYTES ? e.data.subarray(e.data.length - ETCD_DIGEST_BYTES) : Buffer.concat([tail, e.data]).subarray(-ETCD_DIGEST_BYTES);
             yield e.data;
           }
         } catch (err) {
@@ -173,12 +182,13 @@ export async function openSnapshot(ep: EtcdEndpoint, signal?: AbortSignal): Prom
         }
         checkStatus();
         if (sent !== size) throw new EtcdUnavailable(`the etcd snapshot stream ended after ${sent} of ${size} bytes`);
+        trailer = Buffer.from(tail);
       } finally {
         signal?.removeEventListener('abort', closeAll);
         session.close();
       }
     }
-    return { size, chunks: chunks() };
+    return { size, chunks: chunks(), databaseSha256: () => trailer?.toString('hex') };
   } catch (err) {
     signal?.removeEventListener('abort', closeAll);
     session.destroy();

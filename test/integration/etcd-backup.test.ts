@@ -136,7 +136,16 @@ describe('emergency backup of a single-member etcd', () => {
     expect(manifest).toMatchObject({ cluster: 'test', kind: 'emergency', instanceId: INSTANCE, kubernetesVersion: 'v1.34.1' });
     expect(manifest.etcd.version).toMatch(/^3\.\d+\.\d+$/);
     expect(manifest.etcd.memberName).toBe('etcd00');
-    for (const part of manifest.parts) expect(sha(files.get(part.path)!.data), part.path).toBe(part.sha256);
+    for (const part of manifest.parts) {
+      const data = files.get(part.path)!.data;
+      if (part.path !== SNAPSHOT_NAME) expect(sha(data), part.path).toBe(part.sha256);
+      else {
+        // etcd's own digest of the database, which also ends the snapshot.
+        expect(part.digestOf).toBe('etcd-database');
+        expect(sha(data.subarray(0, -32))).toBe(part.sha256);
+        expect(data.subarray(-32).toString('hex')).toBe(part.sha256);
+      }
+    }
     expect(files.get('pki/ca.key')!.data.equals(pki['ca.key']!)).toBe(true);
     expect(files.get('pki/ca.key')!.mode).toBe(0o600);
     expect(files.get('pki/etcd/ca.crt')!.data.equals(pki['etcd/ca.crt']!)).toBe(true);
@@ -190,6 +199,26 @@ describe('emergency backup of a single-member etcd', () => {
     await expect(restoreBackup({ ctx, from: copy, dataDir: '/var/lib/etcd', memberName: 'x', peerUrl: 'http://127.0.0.1:1' })).rejects.toMatchObject({
       code: 'BackupOfAnotherCluster',
     });
+    expect(fs.existsSync(target.at('/etc/kubernetes/pki'))).toBe(false);
+  });
+
+  it("refuses a snapshot whose database or etcd's digest at its end was changed", async () => {
+    const original = await objectBytes(key);
+    const size = (await untar(original)).get(SNAPSHOT_NAME)!.data.length;
+    const data = original.indexOf(Buffer.from(`${SNAPSHOT_NAME}\0`)) + 512; // the tar header's name field starts it
+    const target = await newRoot();
+    const ctx = await contextFor(target.dir, controllerConfig(etcd.clientUrl));
+    for (const [i, at] of [data + Math.floor(size / 2), data + size - 5].entries()) {
+      const bytes = Buffer.from(original);
+      bytes.writeUInt8(bytes.readUInt8(at) ^ 0xff, at);
+      const damaged = `etcd-backups/test/emergency/2020010${i}T000000Z-${INSTANCE}.tar`; // older than every real one
+      await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: damaged, Body: bytes, Metadata: { 'zdt-cluster': 'test' } }));
+      await expect(restoreBackup({ ctx, from: damaged, dataDir: '/var/lib/etcd', pkiOnly: true })).rejects.toMatchObject({
+        code: 'BackupCorrupt',
+        message: expect.stringContaining(`${SNAPSHOT_NAME} does not match its SHA-256`),
+      });
+      await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: damaged, Body: Buffer.alloc(0) }));
+    }
     expect(fs.existsSync(target.at('/etc/kubernetes/pki'))).toBe(false);
   });
 
