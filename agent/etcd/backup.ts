@@ -6,8 +6,8 @@ import { AgentError } from '../errors.js';
 import { readState } from '../log/state.js';
 import { agentVersion } from '../version.js';
 import { encryptStream } from './envelope.js';
-import { EtcdGateway, EtcdUnavailable, localEtcdEndpoint } from './gateway.js';
-import { openSnapshot } from './snapshot.js';
+import { EtcdGateway, EtcdUnavailable, localEtcdEndpoint, type EtcdMember, type EtcdStatus } from './gateway.js';
+import { openSnapshot, type SnapshotStream } from './snapshot.js';
 import { BACKUP_FORMAT, KUBEADM_PREFIX, MANIFEST_NAME, PKI_PREFIX, SNAPSHOT_NAME, type BackupKind, type Manifest, type ManifestPart } from './manifest.js';
 import type { EtcdContext } from './restore.js';
 import { backupKey, backupLocation } from './store.js';
@@ -84,7 +84,15 @@ export function serverSideEncryption(ctx: EtcdContext): ServerSideEncryption {
   return { mode: 'AES256' };
 }
 
-export async function takeBackup(o: { ctx: EtcdContext; instanceId: string; kind: BackupKind; signal?: AbortSignal | undefined; now?: Date }): Promise<BackupResult> {
+export async function takeBackup(o: {
+  ctx: EtcdContext;
+  instanceId: string;
+  kind: BackupKind;
+  signal?: AbortSignal | undefined;
+  now?: Date;
+  /** This member's status and the member list, when the caller has just asked etcd. */
+  etcd?: { status: EtcdStatus; members: EtcdMember[] } | undefined;
+}): Promise<BackupResult> {
   const { ctx, signal } = o;
   const started = Date.now();
   const loc = backupLocation(ctx.config);
@@ -98,9 +106,14 @@ export async function takeBackup(o: { ctx: EtcdContext; instanceId: string; kind
   const log = ctx.log;
 
   const endpoint = localEtcdEndpoint(ctx);
+  // The snapshot stream opens while the rest is gathered: etcd fills the stream's window
+  // meanwhile (HTTP/2 flow control holds the rest until it is read).
+  const snapshot = openSnapshot(endpoint, signal);
+  snapshot.catch(() => undefined); // awaited below; a failure before that must not go unhandled
   const gateway = new EtcdGateway(endpoint);
+  let snap: SnapshotStream | undefined;
   try {
-    const [status, members] = await Promise.all([gateway.status(signal), gateway.members(signal)]);
+    const [status, members] = o.etcd ? [o.etcd.status, o.etcd.members] : await Promise.all([gateway.status(signal), gateway.members(signal)]);
     const self = members.find((m) => m.id === status.memberId);
 
     const pkiHost = ctx.paths.at(b.pkiDir);
@@ -111,8 +124,9 @@ export async function takeBackup(o: { ctx: EtcdContext; instanceId: string; kind
     if (kubeadm.length === 0) log.warn('no kubeadm config to back up', { dir: b.kubeadmDir });
     const files: FilePart[] = [...pki, ...kubeadm];
 
-    const snap = await openSnapshot(endpoint, signal);
-    log.info('etcd snapshot stream open', { bytes: snap.size, etcd: status.version, member: self?.name });
+    snap = await snapshot;
+    const size = snap.size;
+    log.info('etcd snapshot stream open', { bytes: size, etcd: status.version, member: self?.name });
     const partsOut: ManifestPart[] = [];
     const manifest: Manifest = {
       format: BACKUP_FORMAT,
@@ -127,20 +141,21 @@ export async function takeBackup(o: { ctx: EtcdContext; instanceId: string; kind
       parts: partsOut,
     };
 
+    const stream = snap;
     async function* archive(): AsyncGenerator<Buffer> {
       for (const f of files) {
         partsOut.push({ path: f.name, size: f.data.length, sha256: sha256hex(f.data), mode: f.mode });
         yield tarEntry(f.name, f.data, f.mode, now);
       }
-      yield tarHeader({ name: SNAPSHOT_NAME, size: snap.size, mode: 0o600, mtime: now });
+      yield tarHeader({ name: SNAPSHOT_NAME, size, mode: 0o600, mtime: now });
       // Not hashed here: the upload hashes every byte for its part checksums already, and etcd
       // ends the stream with its own SHA-256 of the database (about 0.3 s of CPU less for
       // 256 MiB, on a machine that etcd and the upload keep busy; docs/etcd-backup.md).
-      yield* snap.chunks;
-      yield tarPadding(snap.size);
-      const databaseSha256 = snap.databaseSha256();
+      yield* stream.chunks;
+      yield tarPadding(size);
+      const databaseSha256 = stream.databaseSha256();
       if (!databaseSha256) throw new EtcdUnavailable('the etcd snapshot stream ended without its SHA-256');
-      partsOut.push({ path: SNAPSHOT_NAME, size: snap.size, sha256: databaseSha256, digestOf: 'etcd-database', mode: 0o600 });
+      partsOut.push({ path: SNAPSHOT_NAME, size, sha256: databaseSha256, digestOf: 'etcd-database', mode: 0o600 });
       yield tarEntry(MANIFEST_NAME, Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`), 0o644, now);
       yield tarEnd();
     }
@@ -171,7 +186,7 @@ export async function takeBackup(o: { ctx: EtcdContext; instanceId: string; kind
       key,
       kind: o.kind,
       sizeBytes: uploaded.size,
-      snapshotBytes: snap.size,
+      snapshotBytes: size,
       parts: uploaded.parts,
       encryption: `${sse.mode}${b.clientSideEncryption ? '+kms-envelope' : ''}`,
       durationMs: Date.now() - started,
@@ -187,5 +202,7 @@ export async function takeBackup(o: { ctx: EtcdContext; instanceId: string; kind
     return result;
   } finally {
     gateway.close();
+    // Ends the stream when the backup stopped before reading all of it (a no-op after).
+    (snap ?? (await snapshot.catch(() => undefined)))?.close();
   }
 }

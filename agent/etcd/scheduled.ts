@@ -1,5 +1,5 @@
 import { takeBackup, type BackupResult } from './backup.js';
-import { EtcdGateway, localEtcdEndpoint } from './gateway.js';
+import { EtcdGateway, localEtcdEndpoint, type EtcdMember, type EtcdStatus } from './gateway.js';
 import type { EtcdContext } from './restore.js';
 import { applyRetention } from './retention.js';
 import { backupLocation } from './store.js';
@@ -15,8 +15,10 @@ export type ScheduledOutcome =
 
 export async function scheduledBackup(ctx: EtcdContext, o: { instanceId: string; signal?: AbortSignal | undefined; now?: Date }): Promise<ScheduledOutcome> {
   const gateway = new EtcdGateway(localEtcdEndpoint(ctx));
+  let etcd: { status: EtcdStatus; members: EtcdMember[] };
   try {
     const [status, members] = await Promise.all([gateway.status(o.signal), gateway.members(o.signal)]);
+    etcd = { status, members };
     const voters = members.filter((m) => !m.isLearner);
     if (voters.length > 1 && status.leaderId !== status.memberId) {
       const leader = members.find((m) => m.id === status.leaderId);
@@ -25,7 +27,7 @@ export async function scheduledBackup(ctx: EtcdContext, o: { instanceId: string;
   } finally {
     gateway.close();
   }
-  const backup = await takeBackup({ ctx, instanceId: o.instanceId, kind: 'hourly', signal: o.signal, now: o.now });
+  const backup = await takeBackup({ ctx, instanceId: o.instanceId, kind: 'hourly', signal: o.signal, now: o.now, etcd });
   const b = ctx.config.etcd!.backup;
   try {
     const r = await applyRetention({ s3: await ctx.aws.s3(), loc: backupLocation(ctx.config), policy: b.retention, protect: backup.key, log: ctx.log, signal: o.signal });

@@ -1,5 +1,4 @@
 import http2 from 'node:http2';
-import { ByteReader } from './bytes.js';
 import { EtcdUnavailable, type EtcdEndpoint } from './gateway.js';
 import { ETCD_DIGEST_BYTES } from './manifest.js';
 
@@ -27,98 +26,158 @@ export interface SnapshotStream {
    * reads the database and `etcdctl snapshot restore` checks. Known once `chunks` has ended.
    */
   databaseSha256(): string | undefined;
+  /** Closes the stream (the connection to etcd); reading all of `chunks` closes it too. */
+  close(): void;
 }
 
 const WINDOW = 16 * 1024 * 1024;
 
-function readVarint(b: Buffer, pos: number): [number, number] {
-  let value = 0;
-  let mul = 1;
-  for (;;) {
-    if (pos >= b.length) throw new EtcdUnavailable('etcd sent a snapshot message that is cut off');
-    const byte = b[pos++]!;
-    value += (byte & 0x7f) * mul;
-    if ((byte & 0x80) === 0) return [value, pos];
-    mul *= 128;
+/** Chunks as they arrived, read across their boundaries without copying. */
+class ChunkQueue {
+  private chunks: Buffer[] = [];
+  private off = 0;
+  length = 0;
+
+  push(b: Buffer): void {
+    if (b.length === 0) return;
+    this.chunks.push(b);
+    this.length += b.length;
   }
-}
 
-/** remaining_bytes and blob of one whole SnapshotResponse (tests; the stream parses incrementally). */
-export function parseSnapshotResponse(msg: Buffer): { remaining: number; blob: Buffer } {
-  let pos = 0;
-  let remaining = 0;
-  let blob: Buffer = Buffer.alloc(0);
-  while (pos < msg.length) {
-    let key: number;
-    [key, pos] = readVarint(msg, pos);
-    const field = Math.floor(key / 8);
-    const wire = key & 7;
-    if (wire === 0) {
-      let v: number;
-      [v, pos] = readVarint(msg, pos);
-      if (field === 2) remaining = v;
-    } else if (wire === 2) {
-      let len: number;
-      [len, pos] = readVarint(msg, pos);
-      if (field === 3) blob = msg.subarray(pos, pos + len);
-      pos += len;
-    } else if (wire === 1) pos += 8;
-    else if (wire === 5) pos += 4;
-    else throw new EtcdUnavailable(`etcd sent a snapshot message with wire type ${wire}`);
+  byteAt(i: number): number {
+    let k = this.off + i;
+    let j = 0;
+    while (k >= this.chunks[j]!.length) k -= this.chunks[j++]!.length;
+    return this.chunks[j]![k]!;
   }
-  return { remaining, blob };
-}
 
-type SnapshotEvent = { blobStart: true; remaining: number; length: number } | { blobStart: false; data: Buffer };
-
-/**
- * The gRPC messages of the response, parsed as they stream in: at each blob its length and
- * the remaining_bytes before it, then the blob's bytes as slices of the received chunks
- * (no copy; this is the hot loop of a backup).
- */
-async function* snapshotEvents(stream: AsyncIterable<Buffer>): AsyncGenerator<SnapshotEvent> {
-  const cut = () => new EtcdUnavailable('the etcd snapshot stream ended inside a message');
-  const r = new ByteReader(stream[Symbol.asyncIterator](), cut);
-  const varint = async (): Promise<[number, number]> => {
+  /** The varint at offset i: [value, its length], or undefined when its bytes are not all here. */
+  varint(i: number): [number, number] | undefined {
     let value = 0;
     let mul = 1;
-    for (let n = 1; ; n++) {
-      const b = await r.read(1);
-      if (b.length === 0) throw cut();
-      value += (b[0]! & 0x7f) * mul;
-      if ((b[0]! & 0x80) === 0) return [value, n];
+    for (let n = 1; i + n <= this.length; n++) {
+      const b = this.byteAt(i + n - 1);
+      value += (b & 0x7f) * mul;
+      if ((b & 0x80) === 0) return [value, n];
+      if (n === 10) throw new EtcdUnavailable('etcd sent a snapshot message with a malformed varint');
       mul *= 128;
     }
-  };
-  for (;;) {
-    const prefix = await r.read(5);
-    if (prefix.length === 0) return;
-    if (prefix.length < 5) throw cut();
-    if (prefix[0] !== 0) throw new EtcdUnavailable('etcd sent a compressed gRPC message (not requested)');
-    let left = prefix.readUInt32BE(1);
-    let remaining = 0;
-    while (left > 0) {
-      const [key, kn] = await varint();
-      left -= kn;
-      const field = Math.floor(key / 8);
-      const wire = key & 7;
-      if (wire === 0) {
-        const [v, vn] = await varint();
-        left -= vn;
-        if (field === 2) remaining = v;
-      } else if (wire === 2) {
-        const [len, ln] = await varint();
-        left -= ln + len;
-        if (field === 3) {
-          yield { blobStart: true, remaining, length: len };
-          for await (const data of r.pieces(len)) yield { blobStart: false, data };
-        } else if ((await r.read(len)).length < len) throw cut();
-      } else if (wire === 1 || wire === 5) {
-        if ((await r.read(wire === 1 ? 8 : 4)).length < (wire === 1 ? 8 : 4)) throw cut();
-        left -= wire === 1 ? 8 : 4;
-      } else throw new EtcdUnavailable(`etcd sent a snapshot message with wire type ${wire}`);
+    return undefined;
+  }
+
+  /** Drops up to n bytes, handing them to `to` as slices of the chunks; returns how many. */
+  take(n: number, to?: (b: Buffer) => void): number {
+    let done = 0;
+    while (done < n && this.chunks.length > 0) {
+      const c = this.chunks[0]!;
+      const k = Math.min(n - done, c.length - this.off);
+      to?.(c.subarray(this.off, this.off + k));
+      done += k;
+      this.off += k;
+      if (this.off === c.length) {
+        this.chunks.shift();
+        this.off = 0;
+      }
     }
-    if (left < 0) throw new EtcdUnavailable('etcd sent a snapshot message longer than its frame');
+    this.length -= done;
+    return done;
+  }
+}
+
+export interface SnapshotSink {
+  /** A blob starts: its length, and remaining_bytes (what the stream holds after it). */
+  blobStart(remaining: number, length: number): void;
+  /** Blob bytes, as slices of the received chunks. */
+  data(b: Buffer): void;
+}
+
+/**
+ * The gRPC messages of the response, parsed chunk by chunk as they arrive, synchronously: a
+ * 5-byte gRPC prefix, then the SnapshotResponse fields (1 header, skipped; 2 remaining_bytes;
+ * 3 blob, handed on as slices of the chunks without copying; 4 version in 3.6, skipped). This
+ * is the hot loop of a backup: one pass per network chunk, no promise per field.
+ */
+export class SnapshotParser {
+  private readonly q = new ChunkQueue();
+  private state: 'prefix' | 'fields' | 'blob' | 'skip' = 'prefix';
+  /** Bytes of the current message not yet parsed. */
+  private msgLeft = 0;
+  /** Bytes of the current blob or skipped field not yet taken. */
+  private left = 0;
+  private remaining = 0;
+
+  constructor(private readonly sink: SnapshotSink) {}
+
+  push(chunk: Buffer): void {
+    this.q.push(chunk);
+    while (this.step());
+  }
+
+  /** The stream ended: it must end between messages. */
+  end(): void {
+    if (this.state !== 'prefix' || this.q.length > 0) throw new EtcdUnavailable('the etcd snapshot stream ended inside a message');
+  }
+
+  private step(): boolean {
+    const q = this.q;
+    switch (this.state) {
+      case 'prefix': {
+        if (q.length < 5) return false;
+        if (q.byteAt(0) !== 0) throw new EtcdUnavailable('etcd sent a compressed gRPC message (not requested)');
+        this.msgLeft = ((q.byteAt(1) << 24) >>> 0) + (q.byteAt(2) << 16) + (q.byteAt(3) << 8) + q.byteAt(4);
+        q.take(5);
+        this.remaining = 0;
+        if (this.msgLeft > 0) this.state = 'fields';
+        return true;
+      }
+      case 'fields': {
+        const key = q.varint(0);
+        if (!key) return false;
+        const [k, kn] = key;
+        const field = Math.floor(k / 8);
+        const wire = k & 7;
+        if (wire === 0) {
+          const v = q.varint(kn);
+          if (!v) return false;
+          q.take(kn + v[1]);
+          this.msgLeft -= kn + v[1];
+          if (field === 2) this.remaining = v[0];
+        } else if (wire === 2) {
+          const len = q.varint(kn);
+          if (!len) return false;
+          q.take(kn + len[1]);
+          this.msgLeft -= kn + len[1] + len[0];
+          if (this.msgLeft < 0) throw new EtcdUnavailable('etcd sent a snapshot message longer than its frame');
+          this.left = len[0];
+          if (field === 3) {
+            this.sink.blobStart(this.remaining, this.left);
+            this.state = 'blob';
+          } else this.state = 'skip';
+        } else if (wire === 1 || wire === 5) {
+          const n = kn + (wire === 1 ? 8 : 4);
+          if (q.length < n) return false;
+          q.take(n);
+          this.msgLeft -= n;
+        } else throw new EtcdUnavailable(`etcd sent a snapshot message with wire type ${wire}`);
+        this.afterField();
+        return true;
+      }
+      case 'blob':
+      case 'skip': {
+        if (this.left > 0 && q.length === 0) return false;
+        this.left -= q.take(this.left, this.state === 'blob' ? (b) => this.sink.data(b) : undefined);
+        if (this.left > 0) return false;
+        this.state = 'fields';
+        this.afterField();
+        return true;
+      }
+    }
+  }
+
+  private afterField(): void {
+    if (this.state !== 'fields') return;
+    if (this.msgLeft < 0) throw new EtcdUnavailable('etcd sent a snapshot message longer than its frame');
+    if (this.msgLeft === 0) this.state = 'prefix';
   }
 }
 
@@ -151,35 +210,50 @@ export async function openSnapshot(ep: EtcdEndpoint, signal?: AbortSignal): Prom
     req.on('response', noteStatus);
     req.on('trailers', noteStatus);
     req.end(Buffer.alloc(5)); // one empty SnapshotRequest
-    const events = snapshotEvents(req as unknown as AsyncIterable<Buffer>);
     const checkStatus = () => {
       if (grpcStatus && grpcStatus.status !== '0') throw new EtcdUnavailable(`etcd refused the snapshot: gRPC status ${grpcStatus.status} ${grpcStatus.message}`);
     };
-    let first: IteratorResult<SnapshotEvent>;
-    try {
-      first = await events.next();
-    } catch (err) {
-      throw err instanceof EtcdUnavailable ? err : fail(err);
-    }
+    // Slices of the blobs parsed from the last network chunk, handed on in order.
+    const out: Buffer[] = [];
+    let first: { remaining: number; length: number } | undefined;
+    const parser = new SnapshotParser({
+      blobStart: (remaining, length) => void (first ??= { remaining, length }),
+      data: (b) => void out.push(b),
+    });
+    const frames = (req as unknown as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+    /** The next network chunk through the parser; false at the end of the stream. */
+    const pull = async (): Promise<boolean> => {
+      let r: IteratorResult<Buffer>;
+      try {
+        r = await frames.next();
+      } catch (err) {
+        throw err instanceof EtcdUnavailable ? err : fail(err);
+      }
+      if (r.done) {
+        parser.end();
+        return false;
+      }
+      parser.push(r.value);
+      return true;
+    };
+    while (!first && (await pull()));
     checkStatus();
-    if (first.done || !first.value.blobStart) throw new EtcdUnavailable('etcd ended the snapshot stream before its first message');
-    const size = first.value.remaining + first.value.length + ETCD_DIGEST_BYTES;
+    if (!first) throw new EtcdUnavailable('etcd ended the snapshot stream before its first message');
+    const size = first.remaining + first.length + ETCD_DIGEST_BYTES;
     let trailer: Buffer | undefined;
     async function* chunks(): AsyncGenerator<Buffer> {
       try {
         let sent = 0;
         // The last ETCD_DIGEST_BYTES bytes seen, across chunk boundaries.
         let tail: Buffer = Buffer.alloc(0);
-        try {
-          for await (const e of events) {
-            if (e.blobStart) continue;
-            sent += e.data.length;
-            tail = e.data.length >= ETCD_DIGEST_BYTES ? e.data.subarray(e.data.length - ETCD_DIGEST_BYTES) : Buffer.concat([tail, e.data]).subarray(-ETCD_DIGEST_BYTES);
-            yield e.data;
+        do {
+          for (const b of out) {
+            sent += b.length;
+            tail = b.length >= ETCD_DIGEST_BYTES ? b.subarray(b.length - ETCD_DIGEST_BYTES) : Buffer.concat([tail, b]).subarray(-ETCD_DIGEST_BYTES);
+            yield b;
           }
-        } catch (err) {
-          throw err instanceof EtcdUnavailable ? err : fail(err);
-        }
+          out.length = 0;
+        } while (await pull());
         checkStatus();
         if (sent !== size) throw new EtcdUnavailable(`the etcd snapshot stream ended after ${sent} of ${size} bytes`);
         trailer = Buffer.from(tail);
@@ -188,7 +262,15 @@ export async function openSnapshot(ep: EtcdEndpoint, signal?: AbortSignal): Prom
         session.close();
       }
     }
-    return { size, chunks: chunks(), databaseSha256: () => trailer?.toString('hex') };
+    return {
+      size,
+      chunks: chunks(),
+      databaseSha256: () => trailer?.toString('hex'),
+      close: () => {
+        signal?.removeEventListener('abort', closeAll);
+        if (!session.closed) session.destroy();
+      },
+    };
   } catch (err) {
     signal?.removeEventListener('abort', closeAll);
     session.destroy();

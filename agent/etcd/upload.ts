@@ -150,7 +150,9 @@ export async function uploadStream(o: UploadOptions): Promise<UploadResult> {
       while (inFlight.size >= o.concurrency) await Promise.race(inFlight);
       all.push(send(body));
     }
+    o.log.debug('stream read; waiting for the last parts', { parts: n, inFlight: inFlight.size });
     await Promise.all(all);
+    o.log.debug('parts uploaded; completing the multipart upload', { parts: n });
     done.sort((a, b) => a.PartNumber - b.PartNumber);
     await o.s3.send(
       new s3sdk.CompleteMultipartUploadCommand({

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { parseSnapshotResponse } from '../../agent/etcd/snapshot.js';
+import { SnapshotParser } from '../../agent/etcd/snapshot.js';
 import { parseEtcdJson } from '../../agent/etcd/leave.js';
 import { selectExpired } from '../../agent/etcd/retention.js';
 import { backupKey, parseBackupKey, type BackupObject } from '../../agent/etcd/store.js';
@@ -61,23 +61,42 @@ describe('the backup tar', () => {
 });
 
 describe('etcd snapshot messages (gRPC SnapshotResponse)', () => {
-  it('are parsed field by field: header skipped, remaining bytes, blob', () => {
+  /** Runs messages through the parser in the given pieces; what the sink saw. */
+  function parse(pieces: Buffer[]): { starts: Array<[number, number]>; data: Buffer } {
+    const starts: Array<[number, number]> = [];
+    const data: Buffer[] = [];
+    const p = new SnapshotParser({ blobStart: (r, l) => void starts.push([r, l]), data: (b) => void data.push(b) });
+    for (const piece of pieces) p.push(piece);
+    p.end();
+    return { starts, data: Buffer.concat(data) };
+  }
+  const grpc = (msg: Buffer) => Buffer.concat([Buffer.from([0, 0, 0, 0, msg.length]), msg]);
+
+  it('are parsed field by field (header skipped, remaining bytes, blob, version skipped), however the stream is cut', () => {
     const blob = Buffer.from('hello snapshot');
     // header {cluster_id: 1} | remaining_bytes 300 (varint ac 02) | blob | version "3.6.0"
-    const msg = Buffer.concat([
-      Buffer.from([0x0a, 0x02, 0x08, 0x01]),
-      Buffer.from([0x10, 0xac, 0x02]),
-      Buffer.from([0x1a, blob.length]),
-      blob,
-      Buffer.from([0x22, 0x05]),
-      Buffer.from('3.6.0'),
-    ]);
-    const m = parseSnapshotResponse(msg);
-    expect(m.remaining).toBe(300);
-    expect(m.blob.equals(blob)).toBe(true);
-    expect(parseSnapshotResponse(Buffer.from([0x1a, 0x01, 0x41])).remaining).toBe(0);
-    expect(() => parseSnapshotResponse(Buffer.from([0x1a, 0x05, 0x41]))).not.toThrow(); // a short blob is caught by the size check
-    expect(() => parseSnapshotResponse(Buffer.from([0x10, 0x80]))).toThrow(/cut off/);
+    const first = grpc(
+      Buffer.concat([Buffer.from([0x0a, 0x02, 0x08, 0x01]), Buffer.from([0x10, 0xac, 0x02]), Buffer.from([0x1a, blob.length]), blob, Buffer.from([0x22, 0x05]), Buffer.from('3.6.0')]),
+    );
+    const last = grpc(Buffer.from([0x1a, 0x02, 0x41, 0x42])); // remaining_bytes 0 is left out (proto3)
+    const stream = Buffer.concat([first, last]);
+    // Every way of cutting the stream in two, and byte by byte.
+    const cuts = [...Array.from({ length: stream.length + 1 }, (_, i) => [stream.subarray(0, i), stream.subarray(i)]), [...stream].map((b) => Buffer.from([b]))];
+    for (const pieces of cuts) {
+      const r = parse(pieces);
+      expect(r.starts).toEqual([
+        [300, blob.length],
+        [0, 2],
+      ]);
+      expect(r.data.toString()).toBe('hello snapshotAB');
+    }
+  });
+
+  it('refuses a stream cut inside a message, a compressed message and a field longer than its message', () => {
+    const msg = grpc(Buffer.from([0x1a, 0x03, 0x41, 0x42, 0x43]));
+    expect(() => parse([msg.subarray(0, msg.length - 1)])).toThrow(/ended inside a message/);
+    expect(() => parse([Buffer.from([1, 0, 0, 0, 0])])).toThrow(/compressed/);
+    expect(() => parse([Buffer.concat([Buffer.from([0, 0, 0, 0, 3]), Buffer.from([0x1a, 0x05, 0x41])]), Buffer.from('BCDE')])).toThrow(/longer than its frame/);
   });
 
   it("etcdctl's uint64 ids keep every digit", () => {
