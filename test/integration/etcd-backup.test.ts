@@ -16,6 +16,7 @@ import type { ConfigInput } from '../../agent/config/schema.js';
 import { AgentError } from '../../agent/errors.js';
 import { startEtcd, startEtcdCluster, type EtcdCluster, type EtcdMember } from '../testbed/etcd.js';
 import { startFidelityProxy, type FidelityProxy } from '../testbed/fidelity-proxy.js';
+import { makeTestCa, type TestCa } from '../testbed/pki.js';
 import { startMoto, type Moto } from '../testbed/moto.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
 import { startServer } from '../testbed/process.js';
@@ -382,5 +383,65 @@ describe('backup errors are classified', () => {
     expect((err as AgentError).code).toBe('EtcdUnavailable');
     const listed = await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: 'etcd-backups/noetcd/' }));
     expect(listed.KeyCount ?? 0).toBe(0);
+  });
+});
+
+describe('etcd over TLS with client certificates (as kubeadm runs it)', () => {
+  let tlsEtcd: EtcdMember | undefined;
+  let dir: string;
+  let ca: TestCa;
+
+  beforeAll(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-etcd-tls-'));
+    ca = await makeTestCa(path.join(dir, 'pki'), 'etcd-ca');
+    // As kubeadm makes it: serverAuth and clientAuth (etcd's gateway dials its own gRPC port with it).
+    await ca.server('etcd-server', '/CN=etcd00', ['IP:127.0.0.1', 'DNS:localhost'], { alsoClient: true });
+    const client = await ca.client('healthcheck-client', '/O=system:masters/CN=kube-etcd-healthcheck-client');
+    tlsEtcd = await startEtcd({ dir: path.join(dir, 'data'), name: 'etcd00', tls: { caDir: ca.dir, server: 'etcd-server', client } });
+  });
+
+  afterAll(async () => {
+    await tlsEtcd?.stop();
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** A node root with the etcd client certificate where kubeadm puts it. */
+  async function rootWithEtcdClientCert(): Promise<TempRoot> {
+    const root = await newRoot();
+    writeFakePki(root.dir);
+    const etcdPki = path.join(root.dir, 'etc/kubernetes/pki/etcd');
+    for (const f of ['ca.crt', 'healthcheck-client.crt', 'healthcheck-client.key']) fs.copyFileSync(path.join(ca.dir, f), path.join(etcdPki, f));
+    return root;
+  }
+
+  it('backs up with the kubeadm client certificate: the same database etcdctl saves over TLS', async () => {
+    const root = await rootWithEtcdClientCert();
+    const ctx = await contextFor(root.dir, controllerConfig(tlsEtcd!.clientUrl, {}, 'tls'));
+    const r = await takeBackup({ ctx, instanceId: INSTANCE, kind: 'emergency' });
+    const fresh = path.join(root.dir, 'fresh.db');
+    const tlsFlags = [`--cacert=${ca.dir}/ca.crt`, `--cert=${ca.dir}/healthcheck-client.crt`, `--key=${ca.dir}/healthcheck-client.key`];
+    etcdctl(tlsEtcd!.clientUrl, ...tlsFlags, 'snapshot', 'save', fresh);
+    const files = await untar(await objectBytes(r.key));
+    expect(files.get(SNAPSHOT_NAME)!.data.equals(fs.readFileSync(fresh))).toBe(true);
+    expect(r.manifest.etcd.memberName).toBe('etcd00');
+  });
+
+  it('without the client certificate it says which file is missing; with one of another CA, etcd refuses', async () => {
+    const missing = await newRoot();
+    writeFakePki(missing.dir);
+    const ctx = await contextFor(missing.dir, controllerConfig(tlsEtcd!.clientUrl, {}, 'tls'));
+    await expect(takeBackup({ ctx, instanceId: INSTANCE, kind: 'emergency' })).rejects.toMatchObject({
+      code: 'EtcdClientCertMissing',
+      message: expect.stringContaining('/etc/kubernetes/pki/etcd/healthcheck-client.crt'),
+    });
+
+    const other = await makeTestCa(path.join(dir, 'other'), 'other-ca');
+    await other.client('healthcheck-client', '/CN=someone-else');
+    const wrong = await rootWithEtcdClientCert();
+    for (const f of ['healthcheck-client.crt', 'healthcheck-client.key']) fs.copyFileSync(path.join(other.dir, f), path.join(wrong.dir, 'etc/kubernetes/pki/etcd', f));
+    const ctx2 = await contextFor(wrong.dir, controllerConfig(tlsEtcd!.clientUrl, {}, 'tls'));
+    await expect(takeBackup({ ctx: ctx2, instanceId: INSTANCE, kind: 'emergency' })).rejects.toMatchObject({ code: 'EtcdUnavailable' });
+    const listed = await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: 'etcd-backups/tls/' }));
+    expect(listed.KeyCount).toBe(1); // the first test's only
   });
 });

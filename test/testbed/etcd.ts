@@ -2,10 +2,12 @@ import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import https from 'node:https';
+import type { Credentials } from './pki.js';
 import { freePort } from './ports.js';
 import { startServer, type ServerProcess } from './process.js';
 
-/** Debian's etcd-server (3.4); plain HTTP on loopback ports. */
+/** Debian's etcd-server (3.4) on loopback ports: plain HTTP, or TLS with client certificates (`tls`). */
 const ETCD = process.env.ZDT_ETCD_BIN ?? '/usr/bin/etcd';
 
 export interface EtcdMember {
@@ -24,9 +26,18 @@ export interface EtcdCluster {
   stop(): Promise<void>;
 }
 
+/** Client URLs over TLS, as kubeadm runs etcd: a server certificate, and client certificates of `ca` required. */
+export interface EtcdTls {
+  /** The CA's directory (pki.ts): `ca.crt`, and `<server>.crt`/`.key` for the server. */
+  caDir: string;
+  server: string;
+  /** A client certificate of the CA, for the health check. */
+  client: Credentials;
+}
+
 /** One single-member etcd with its data in `dir` (created 0700; the caller removes it). */
-export async function startEtcd(o: { dir: string; name?: string }): Promise<EtcdMember> {
-  const [member] = await launch([{ name: o.name ?? 'default', dataDir: o.dir }]);
+export async function startEtcd(o: { dir: string; name?: string; tls?: EtcdTls }): Promise<EtcdMember> {
+  const [member] = await launch([{ name: o.name ?? 'default', dataDir: o.dir }], o.tls);
   return member!;
 }
 
@@ -48,10 +59,14 @@ export async function startEtcdCluster(size: number, o: { dir?: string } = {}): 
 }
 
 /** Starts all members at once (none is healthy before a quorum is up); stops them all when one fails. */
-async function launch(specs: { name: string; dataDir: string }[]): Promise<EtcdMember[]> {
+async function launch(specs: { name: string; dataDir: string }[], tls?: EtcdTls): Promise<EtcdMember[]> {
   const planned = await Promise.all(
-    specs.map(async (s) => ({ ...s, clientUrl: `http://127.0.0.1:${await freePort()}`, peerUrl: `http://127.0.0.1:${await freePort()}` })),
+    specs.map(async (s) => ({ ...s, clientUrl: `${tls ? 'https' : 'http'}://127.0.0.1:${await freePort()}`, peerUrl: `http://127.0.0.1:${await freePort()}` })),
   );
+  const tlsArgs = tls
+    ? ['--cert-file', path.join(tls.caDir, `${tls.server}.crt`), '--key-file', path.join(tls.caDir, `${tls.server}.key`), '--trusted-ca-file', path.join(tls.caDir, 'ca.crt'), '--client-cert-auth']
+    : [];
+  const ca = tls ? await fs.readFile(path.join(tls.caDir, 'ca.crt'), 'utf8') : undefined;
   const initialCluster = planned.map((m) => `${m.name}=${m.peerUrl}`).join(',');
   const token = `zdt-test-${randomUUID()}`;
   const started = await Promise.allSettled(
@@ -67,11 +82,24 @@ async function launch(specs: { name: string; dataDir: string }[]): Promise<EtcdM
           ...['--listen-peer-urls', m.peerUrl, '--initial-advertise-peer-urls', m.peerUrl],
           ...['--initial-cluster', initialCluster, '--initial-cluster-state', 'new', '--initial-cluster-token', token],
           ...['--logger', 'zap', '--log-outputs', 'stderr'],
+          ...tlsArgs,
         ],
         timeoutMs: 30_000,
         ready: async () => {
-          const res = await fetch(`${m.clientUrl}/health`, { signal: AbortSignal.timeout(1000) });
-          return ((await res.json()) as { health?: string }).health === 'true';
+          if (!tls) {
+            const res = await fetch(`${m.clientUrl}/health`, { signal: AbortSignal.timeout(1000) });
+            return ((await res.json()) as { health?: string }).health === 'true';
+          }
+          const body = await new Promise<string>((resolve, reject) => {
+            const req = https.get(`${m.clientUrl}/health`, { ca, cert: tls.client.cert, key: tls.client.key, timeout: 1000 }, (res) => {
+              let text = '';
+              res.on('data', (c: Buffer) => (text += c));
+              res.on('end', () => resolve(text));
+            });
+            req.on('timeout', () => req.destroy(new Error('timeout')));
+            req.on('error', reject);
+          });
+          return (JSON.parse(body) as { health?: string }).health === 'true';
         },
       });
     }),

@@ -1,11 +1,10 @@
-import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { stringify } from 'yaml';
 import { KubeClient, loadKubeconfig } from '../../agent/host/kube.js';
 import { startEtcd, type EtcdMember } from './etcd.js';
+import { makeKeyPair, makeTestCa, type Credentials } from './pki.js';
 import { freePort } from './ports.js';
 import { startServer, type ServerProcess } from './process.js';
 
@@ -17,8 +16,6 @@ import { startServer, type ServerProcess } from './process.js';
  * (registers its Node, finalises pods the API marks for deletion), and `setPdbStatus`
  * plays the disruption controller.
  */
-
-const run = promisify(execFile);
 
 export function kubeBinDir(): string {
   return path.join(process.env.ZDT_CACHE_DIR ?? path.join(os.homedir(), '.cache', 'zdt-agent'), 'bin');
@@ -33,10 +30,7 @@ export async function kubeApiserverAvailable(): Promise<boolean> {
   }
 }
 
-export interface Credentials {
-  cert: string;
-  key: string;
-}
+export type { Credentials };
 
 export interface Kube {
   server: string;
@@ -58,18 +52,6 @@ export interface Kube {
   stop(): Promise<void>;
 }
 
-async function openssl(cwd: string, ...args: string[]): Promise<void> {
-  await run('openssl', args, { cwd });
-}
-
-const CLIENT_EXT = 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n';
-
-async function clientCert(pki: string, name: string, subject: string): Promise<Credentials> {
-  await openssl(pki, 'req', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', subject);
-  await openssl(pki, 'x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${name}.crt`, '-days', '2', '-extfile', 'client.ext');
-  return { cert: await fs.readFile(path.join(pki, `${name}.crt`), 'utf8'), key: await fs.readFile(path.join(pki, `${name}.key`), 'utf8') };
-}
-
 export function kubeconfigYaml(server: string, ca: string, creds: Credentials, user: string): string {
   const b64 = (s: string) => Buffer.from(s).toString('base64');
   return stringify({
@@ -85,19 +67,11 @@ export function kubeconfigYaml(server: string, ca: string, creds: Credentials, u
 export async function startKube(): Promise<Kube> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'zdt-kube-'));
   const pki = path.join(dir, 'pki');
-  await fs.mkdir(pki);
-  await openssl(pki, 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '2', '-subj', '/CN=zdt-testbed-ca');
-  await fs.writeFile(
-    path.join(pki, 'apiserver.ext'),
-    'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\n',
-  );
-  await fs.writeFile(path.join(pki, 'client.ext'), CLIENT_EXT);
-  await openssl(pki, 'req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'apiserver.key', '-out', 'apiserver.csr', '-subj', '/CN=kube-apiserver');
-  await openssl(pki, 'x509', '-req', '-in', 'apiserver.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'apiserver.crt', '-days', '2', '-extfile', 'apiserver.ext');
-  await openssl(pki, 'genrsa', '-out', 'sa.key', '2048');
-  await openssl(pki, 'rsa', '-in', 'sa.key', '-pubout', '-out', 'sa.pub');
-  const adminCreds = await clientCert(pki, 'admin', '/O=system:masters/CN=kubernetes-admin');
-  const ca = await fs.readFile(path.join(pki, 'ca.crt'), 'utf8');
+  const testCa = await makeTestCa(pki);
+  await testCa.server('apiserver', '/CN=kube-apiserver', ['IP:127.0.0.1', 'IP:10.96.0.1', 'DNS:localhost', 'DNS:kubernetes', 'DNS:kubernetes.default', 'DNS:kubernetes.default.svc']);
+  await makeKeyPair(pki, 'sa');
+  const adminCreds = await testCa.client('admin', '/O=system:masters/CN=kubernetes-admin');
+  const ca = testCa.ca;
 
   let etcd: EtcdMember | undefined;
   let apiserver: ServerProcess | undefined;
@@ -140,7 +114,7 @@ export async function startKube(): Promise<Kube> {
     const nodeCredentials = async (name: string) => {
       let c = nodeCreds.get(name);
       if (!c) {
-        c = await clientCert(pki, `node-${name}`, `/O=system:nodes/CN=system:node:${name}`);
+        c = await testCa.client(`node-${name}`, `/O=system:nodes/CN=system:node:${name}`);
         nodeCreds.set(name, c);
       }
       return c;
