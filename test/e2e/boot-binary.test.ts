@@ -4,12 +4,11 @@ import path from 'node:path';
 import { CreateTopicCommand, SNSClient, SubscribeCommand } from '@aws-sdk/client-sns';
 import { CreateQueueCommand, GetQueueAttributesCommand, ReceiveMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startImds, type Imds } from '../testbed/imds.js';
 import { kubeApiserverAvailable, startKube, type Kube } from '../testbed/kube.js';
-import { createLoopDevice, type LoopDevice } from '../testbed/loop.js';
-import { makeTempRoot, type TempRoot } from '../testbed/root.js';
-import { readRecords, standinEnv } from '../testbed/standins.js';
-import { AZ, BINARY, REGION, awsSection, createEtcdVolume, credentials, launchInstance, runBinary, startAwsWorld, writeConfig, type AwsWorld } from '../support/boot-env.js';
+import type { LoopDevice } from '../testbed/loop.js';
+import type { TempRoot } from '../testbed/root.js';
+import { readRecords } from '../testbed/standins.js';
+import { BINARY, REGION, credentials, runBinary, startAwsWorld, startController00, type AwsWorld, type BinaryController00 } from '../support/boot-env.js';
 
 /**
  * The built binary (`make binary`) boots a controller 00 on the testbed: moto behind the
@@ -20,21 +19,19 @@ import { AZ, BINARY, REGION, awsSection, createEtcdVolume, credentials, launchIn
 
 let w: AwsWorld;
 let kube: Kube;
+let node: BinaryController00;
 let root: TempRoot;
 let loop: LoopDevice;
-let imds: Imds;
+let records: string;
+let env: NodeJS.ProcessEnv;
 let sqs: SQSClient;
 let queueUrl: string;
-let env: NodeJS.ProcessEnv;
-let records: string;
 
 beforeAll(async () => {
   if (!fs.existsSync(BINARY)) throw new Error(`${BINARY} is missing: run 'make binary' first`);
   if (!(await kubeApiserverAvailable())) throw new Error('kube-apiserver is missing: run test/testbed/k8s/build.sh');
   w = await startAwsWorld();
   kube = await startKube();
-  root = await makeTempRoot();
-  loop = await createLoopDevice(64);
   const common = { region: REGION, endpoint: w.proxy.endpoint, credentials };
   const sns = new SNSClient(common);
   sqs = new SQSClient(common);
@@ -42,28 +39,15 @@ beforeAll(async () => {
   queueUrl = (await sqs.send(new CreateQueueCommand({ QueueName: 'zdt-e2e' }))).QueueUrl!;
   const queueArn = (await sqs.send(new GetQueueAttributesCommand({ QueueUrl: queueUrl, AttributeNames: ['QueueArn'] }))).Attributes!.QueueArn!;
   await sns.send(new SubscribeCommand({ TopicArn: topicArn, Protocol: 'sqs', Endpoint: queueArn }));
-  const inst = await launchInstance(w);
-  const volumeId = await createEtcdVolume(w, { cluster: 'e2e' });
-  await root.linkVolume(volumeId, loop.device);
-  imds = await startImds({ instanceId: inst.instanceId, region: REGION, availabilityZone: AZ, instanceType: 'm5.large', privateIp: inst.privateIp, tags: { 'zdt:cluster': 'e2e', 'zdt:role': 'controller', 'zdt:controller-index': '00' } });
-  writeConfig(root.dir, {
-    cluster: { name: 'e2e', kubernetesVersion: '1.34.X' },
-    notify: { snsTopicArn: topicArn },
-    aws: { ...awsSection(w.proxy.endpoint), imdsEndpoint: imds.endpoint },
+  node = await startController00(w, {
+    config: { cluster: { name: 'e2e', kubernetesVersion: '1.34.X' }, notify: { snsTopicArn: topicArn } },
+    adminKubeconfig: kube.adminKubeconfig,
   });
-  records = root.at('/records.jsonl');
-  env = standinEnv(records, {
-    ZDT_APK_VERSIONS: '1.34.2-r0,1.34.1-r0',
-    ZDT_STANDIN_KUBEADM_ADMIN_CONF: kube.adminKubeconfig,
-    AWS_ACCESS_KEY_ID: 'testing',
-    AWS_SECRET_ACCESS_KEY: 'testing',
-  });
+  ({ root, loop, records, env } = node);
 }, 120_000);
 
 afterAll(async () => {
-  await imds?.stop();
-  await root?.cleanup();
-  await loop?.detach();
+  await node?.stop();
   await kube?.stop();
   await w?.stop();
 });

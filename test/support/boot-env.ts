@@ -17,13 +17,18 @@ import type { CommandContext } from '../../agent/context.js';
 import type { Identity } from '../../agent/host/identity.js';
 import { readState } from '../../agent/log/state.js';
 import { startFidelityProxy, type FidelityProxy } from '../testbed/fidelity-proxy.js';
+import { startImds, type Imds } from '../testbed/imds.js';
+import { createLoopDevice, type LoopDevice } from '../testbed/loop.js';
 import { startMoto, type Moto } from '../testbed/moto.js';
+import { makeTempRoot, type TempRoot } from '../testbed/root.js';
+import { standinEnv } from '../testbed/standins.js';
 import { REGION, useTestCredentials } from './terminate-env.js';
 
 /**
  * Shared by the boot tests: moto behind the fidelity proxy with helpers to launch instances
- * and create etcd volumes, a BootContext for running one phase, and the agent bundled from
- * source for the tests that run it as a process (kill -9, boot twice).
+ * and create etcd volumes, a BootContext for running one phase, the agent bundled from
+ * source for the tests that run it as a process (kill -9, boot twice), and a fresh
+ * controller 00 for the tests of the built binary.
  */
 
 export { REGION };
@@ -228,16 +233,79 @@ export function agentLog(root: string): string {
 
 export const BINARY = path.join(ROOT_DIR, 'dist/zdt-agent');
 
-/** Runs the built single executable (`make binary`). */
-export function runBinary(args: string[], env: NodeJS.ProcessEnv, timeoutMs = 120_000): Promise<AgentRun> {
+/** A fresh controller 00 for the built binary, and what a test reads back from it. */
+export interface BinaryController00 {
+  root: TempRoot;
+  /** The loop device behind its etcd volume. */
+  loop: LoopDevice;
+  imds: Imds;
+  /** Where the recording stand-ins write (`readRecords`). */
+  records: string;
+  /** What the e2e tests pass to the binary: the stand-ins first on PATH, apk versions, test credentials. */
+  env: NodeJS.ProcessEnv;
+  /** Stops AEMM, detaches the loop device (unmounting it), removes the node root. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Controller 00 of `config.cluster.name` as the binary finds it on a new instance: the
+ * instance in moto, its etcd volume (tagged for the cluster) backed by a 64 MiB loop device,
+ * AEMM serving the instance with its role and slot tags, a fresh node root whose config file
+ * is `config` plus the aws section (the fidelity proxy, AEMM). With `adminKubeconfig`, the
+ * kubeadm stand-in leaves it as admin.conf (the node self-delete grant needs an API server).
+ */
+export async function startController00(
+  w: AwsWorld,
+  o: { config: ConfigInput & { cluster: { name: string } }; adminKubeconfig?: string },
+): Promise<BinaryController00> {
+  const cluster = o.config.cluster.name;
+  const undo: Array<() => Promise<void>> = [];
+  const stop = async () => {
+    for (const step of undo.splice(0).reverse()) await step();
+  };
+  try {
+    const root = await makeTempRoot();
+    undo.push(() => root.cleanup());
+    const loop = await createLoopDevice(64);
+    undo.push(() => loop.detach());
+    const inst = await launchInstance(w);
+    await root.linkVolume(await createEtcdVolume(w, { cluster }), loop.device);
+    const imds = await startImds({ instanceId: inst.instanceId, region: REGION, availabilityZone: AZ, instanceType: 'm5.large', privateIp: inst.privateIp, tags: { 'zdt:cluster': cluster, 'zdt:role': 'controller', 'zdt:controller-index': '00' } });
+    undo.push(() => imds.stop());
+    writeConfig(root.dir, { ...o.config, aws: { ...awsSection(w.proxy.endpoint), imdsEndpoint: imds.endpoint } });
+    const records = root.at('/records.jsonl');
+    const env = standinEnv(records, {
+      ZDT_APK_VERSIONS: '1.34.2-r0,1.34.1-r0',
+      ...(o.adminKubeconfig ? { ZDT_STANDIN_KUBEADM_ADMIN_CONF: o.adminKubeconfig } : {}),
+      AWS_ACCESS_KEY_ID: 'testing',
+      AWS_SECRET_ACCESS_KEY: 'testing',
+    });
+    return { root, loop, imds, records, env, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+/**
+ * Runs the built single executable (`make binary`). With `hosts`, in a private mount namespace
+ * whose /etc/hosts is that file: names the test machine cannot resolve (the stable etcd names)
+ * resolve for the agent alone, the machine's /etc/hosts stays as it is (tests run as root).
+ * That bind mount, and whatever the agent mounts there (the etcd volume), end with the agent.
+ * `unshare` and `sh` exec the binary, so the child's PID is the agent's.
+ */
+export function runBinary(args: string[], env: NodeJS.ProcessEnv, o: { hosts?: string; timeoutMs?: number } = {}): Promise<AgentRun> {
+  const [command, argv]: [string, string[]] = o.hosts
+    ? ['unshare', ['--mount', '--propagation', 'private', 'sh', '-c', 'mount --bind "$0" /etc/hosts && exec "$@"', o.hosts, BINARY, ...args]]
+    : [BINARY, args];
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
-    const child = spawn(BINARY, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(command, argv, { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout!.on('data', (c: Buffer) => (stdout += c.toString()));
     child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    const timer = setTimeout(() => child.kill('SIGKILL'), o.timeoutMs ?? 120_000);
     child.once('error', reject);
     child.once('exit', (code, signal) => {
       clearTimeout(timer);
