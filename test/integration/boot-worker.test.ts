@@ -73,12 +73,14 @@ afterAll(async () => {
 async function workerNode(o: { controlPlaneWait: number }): Promise<{ root: TempRoot; imds: Imds; instanceId: string; config: ConfigInput }> {
   const root = await makeTempRoot();
   cleanups.push(() => root.cleanup());
-  const inst = await launchInstance(w, { type: 'inf2.xlarge' });
   const tags = {
     'aws:autoscaling:groupName': 'prod-workers',
     'aws:cloudformation:stack-name': 'prod',
     'aws:cloudformation:logical-id': 'WorkerGroup',
   };
+  // The instance carries the tags IMDS shows (as on AWS), so the DescribeInstances fallback
+  // of a slow IMDS tag read finds them too.
+  const inst = await launchInstance(w, { type: 'inf2.xlarge', tags });
   const imds = await startImds({ instanceId: inst.instanceId, region: REGION, availabilityZone: AZ, instanceType: 'm5.large', privateIp: inst.privateIp, tags });
   cleanups.push(() => imds.stop());
   const config: ConfigInput = {
@@ -204,6 +206,24 @@ describe.skipIf(!!pending)(`worker boot${pending ? ` (${pending})` : ''}`, () =>
       expect((await readRecords(records)).filter((r) => r.tool === 'kubeadm')).toEqual([]);
     } finally {
       await kube.startApiserver();
+    }
+  });
+
+  it('a launch lifecycle action that is gone (the hook timed out) is nothing to signal: the boot succeeds', async () => {
+    const n = await workerNode({ controlPlaneWait: 30 });
+    // What AWS answers once no lifecycle action holds the instance.
+    w.proxy.inject({ action: 'CompleteLifecycleAction', kind: 'error', status: 400, code: 'ValidationError', message: `No active Lifecycle Action found with instance ID ${n.instanceId}` });
+    try {
+      const result = await runBoot(await bootDepsFor(n.root.dir, n.config));
+      expect(result.error?.oneLine()).toBeUndefined();
+      expect(result.ok).toBe(true);
+      expect(result.phases.signal).toMatchObject({ result: 'ok' });
+      expect(result.phases.signal!.detail).toContain('no active lifecycle action on prod-workers/launch');
+      const [ev] = await receiveEvents(1);
+      expect(ev).toMatchObject({ event: 'boot.succeeded' });
+      expect(ev!.failure).toBeUndefined();
+    } finally {
+      w.proxy.clearFaults();
     }
   });
 

@@ -74,6 +74,15 @@ async function imdsFor(instanceId: string, o: { lifecycle?: 'Terminated'; asg?: 
   return imds;
 }
 
+/** A worker node with its fake kubelet, its IMDS and a root holding its kubelet.conf. */
+async function workerNode(nodeName: string, instanceId: string, o: { lifecycle?: 'Terminated'; asg?: boolean }): Promise<{ imds: Imds; root: TempRoot }> {
+  kubelets.push(await startFakeKubelet(kube, nodeName));
+  const imds = await imdsFor(instanceId, o);
+  const root = await newRoot();
+  await kube.writeNodeKubeconfig(nodeName, root.at('/etc/kubernetes/kubelet.conf'));
+  return { imds, root };
+}
+
 /** Every SNS message that reached the queue since the last call. */
 async function drainQueue(): Promise<AgentEvent[]> {
   const out: AgentEvent[] = [];
@@ -216,6 +225,28 @@ describe.skipIf(!available)('a worker is terminated by its Auto Scaling group', 
     expect(n.body.spec.unschedulable).toBe(true);
     expect(proxy.recorded('CompleteLifecycleAction').filter((c) => c.params.InstanceId === 'i-0worker000000002')).toHaveLength(0);
   });
+
+  it('a lifecycle action that is gone (the hook timed out) skips the lifecycle step and fails nothing', async () => {
+    const nodeName = 'ip-10-0-1-8.eu-central-1.compute.internal';
+    const { imds, root } = await workerNode(nodeName, 'i-0worker000000004', { lifecycle: 'Terminated', asg: true });
+    await drainQueue();
+    // What AWS answers to both calls once no lifecycle action holds the instance.
+    const noAction = { kind: 'error', status: 400, code: 'ValidationError', message: 'No active Lifecycle Action found with instance ID i-0worker000000004' } as const;
+    for (const action of ['RecordLifecycleActionHeartbeat', 'CompleteLifecycleAction']) proxy.inject({ action, ...noAction });
+    try {
+      const ctx = await contextFor(root.dir, workerConfig(imds));
+      const out = await runTerminate({ ctx, budget: new Budget(40_000), env: {} });
+      expect(out.record.phases.lifecycle).toMatchObject({ result: 'skipped', detail: `no lifecycle action of ${HOOK} holds this instance` });
+      expect(out.record.phases['self-delete']).toMatchObject({ result: 'ok', detail: `deleted Node ${nodeName}` });
+      expect(out.record.result).toBe('ok');
+      expect(out.exitCode).toBe(0);
+      const finished = (await drainQueue()).find((m) => m.event === 'terminate.finished')!;
+      expect(finished.details.result).toBe('ok');
+      expect(finished.failure).toBeUndefined();
+    } finally {
+      proxy.clearFaults();
+    }
+  });
 });
 
 describe('a single controller is terminated', () => {
@@ -306,10 +337,7 @@ describe('a single controller is terminated', () => {
 describe.skipIf(!available)('the API server hangs', () => {
   it('the drain ends at its deadline, the lifecycle hook is still completed, and the run ends inside its budget', async () => {
     const nodeName = 'ip-10-0-1-7.eu-central-1.compute.internal';
-    kubelets.push(await startFakeKubelet(kube, nodeName));
-    const imds = await imdsFor('i-0worker000000003', { lifecycle: 'Terminated', asg: true });
-    const root = await newRoot();
-    await kube.writeNodeKubeconfig(nodeName, root.at('/etc/kubernetes/kubelet.conf'));
+    const { imds, root } = await workerNode(nodeName, 'i-0worker000000003', { lifecycle: 'Terminated', asg: true });
     const pid = kube.apiserverPid()!;
     sigstop(pid);
     try {

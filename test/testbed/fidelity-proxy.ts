@@ -16,26 +16,31 @@ import { freePort } from './ports.js';
  * - DetachVolume of an available volume answers `IncorrectState`, and DetachVolume without
  *   InstanceId works; moto answers HTTP 500 to both.
  * - CompleteLifecycleAction, RecordLifecycleActionHeartbeat and SignalResource (HTTP 500 in
- *   moto) are recorded and answered with the success response the SDK expects.
+ *   moto) are recorded and answered with the success response the SDK expects. A call
+ *   answered by an injected fault is not recorded.
  *
  * Not covered: DescribeVolumes filters on `status` / `attachment.status` see moto's settled
  * state, and DescribeInstances block device mappings are not rewritten.
  *
- * Any call can also be made to fail (`inject`). Calls are named by their Query `Action`,
- * the operation of a JSON `X-Amz-Target` (`ListKeys`), or for S3 `s3:<Operation>` derived
- * from method and path (path-style only: clients need `forcePathStyle: true`).
+ * Any call can also be made to fail (`inject`): throttled, 500, 503, reset, slowed, hung, or
+ * answered with a given AWS error (`kind: 'error'`), such as the HTTP 400 `ValidationError`
+ * "No active Lifecycle Action found with instance ID …" that AWS answers to
+ * CompleteLifecycleAction when no lifecycle action waits. Calls are named by their Query
+ * `Action`, the operation of a JSON `X-Amz-Target` (`ListKeys`), or for S3 `s3:<Operation>`
+ * derived from method and path (path-style only: clients need `forcePathStyle: true`).
  */
 
-export type FaultKind = 'throttle' | '500' | '503' | 'reset' | 'latency' | 'hang';
-
-export interface Fault {
+export type Fault = {
   action: string;
-  kind: FaultKind;
   /** How many calls fail; all of them until `clearFaults()` when omitted. */
   times?: number;
-  /** For `latency`: how long each call is held before it is forwarded. */
-  ms?: number;
-}
+} & (
+  | { kind: 'throttle' | '500' | '503' | 'reset' | 'hang' }
+  /** Each call is held `ms` (1000 when omitted) before it is forwarded. */
+  | { kind: 'latency'; ms?: number }
+  /** Each call is answered with this AWS error, in the shape of the call's protocol. */
+  | { kind: 'error'; status: number; code: string; message: string }
+);
 
 export interface RecordedCall {
   /** The form parameters of the call (`InstanceId`, `LifecycleActionResult`, …). */
@@ -225,6 +230,7 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
     if (fault?.kind === 'reset') return void req.socket.resetAndDestroy();
     if (fault?.kind === 'hang') return; // never answered; the client times out, or stop() closes it
     if (fault?.kind === 'latency') await sleep(fault.ms ?? 1000);
+    else if (fault?.kind === 'error') return send(res, awsError(call, fault.status, fault.code, fault.message), req.method);
     else if (fault) {
       const [status, code] = FAULT_ERRORS[fault.kind][call.protocol];
       return send(res, awsError(call, status, code, `injected ${fault.kind} by the fidelity proxy`), req.method);
