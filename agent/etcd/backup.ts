@@ -7,7 +7,7 @@ import { readState } from '../log/state.js';
 import { agentVersion } from '../version.js';
 import { encryptStream } from './envelope.js';
 import { EtcdGateway, EtcdUnavailable, localEtcdEndpoint, type EtcdMember, type EtcdStatus } from './gateway.js';
-import { openSnapshot, type SnapshotStream } from './snapshot.js';
+import { openSnapshot } from './snapshot.js';
 import { BACKUP_FORMAT, KUBEADM_PREFIX, MANIFEST_NAME, PKI_PREFIX, SNAPSHOT_NAME, type BackupKind, type Manifest, type ManifestPart } from './manifest.js';
 import type { EtcdContext } from './restore.js';
 import { backupKey, backupLocation } from './store.js';
@@ -110,10 +110,9 @@ export async function takeBackup(o: {
   // meanwhile (HTTP/2 flow control holds the rest until it is read).
   const snapshot = openSnapshot(endpoint, signal);
   snapshot.catch(() => undefined); // awaited below; a failure before that must not go unhandled
-  const gateway = new EtcdGateway(endpoint);
-  let snap: SnapshotStream | undefined;
+  const gateway = o.etcd ? undefined : new EtcdGateway(endpoint);
   try {
-    const [status, members] = o.etcd ? [o.etcd.status, o.etcd.members] : await Promise.all([gateway.status(signal), gateway.members(signal)]);
+    const [status, members] = gateway ? await Promise.all([gateway.status(signal), gateway.members(signal)]) : [o.etcd!.status, o.etcd!.members];
     const self = members.find((m) => m.id === status.memberId);
 
     const pkiHost = ctx.paths.at(b.pkiDir);
@@ -124,7 +123,7 @@ export async function takeBackup(o: {
     if (kubeadm.length === 0) log.warn('no kubeadm config to back up', { dir: b.kubeadmDir });
     const files: FilePart[] = [...pki, ...kubeadm];
 
-    snap = await snapshot;
+    const snap = await snapshot;
     const size = snap.size;
     log.info('etcd snapshot stream open', { bytes: size, etcd: status.version, member: self?.name });
     const partsOut: ManifestPart[] = [];
@@ -141,7 +140,6 @@ export async function takeBackup(o: {
       parts: partsOut,
     };
 
-    const stream = snap;
     async function* archive(): AsyncGenerator<Buffer> {
       for (const f of files) {
         partsOut.push({ path: f.name, size: f.data.length, sha256: sha256hex(f.data), mode: f.mode });
@@ -151,9 +149,9 @@ export async function takeBackup(o: {
       // Not hashed here: the upload hashes every byte for its part checksums already, and etcd
       // ends the stream with its own SHA-256 of the database (about 0.3 s of CPU less for
       // 256 MiB, on a machine that etcd and the upload keep busy; docs/etcd-backup.md).
-      yield* stream.chunks;
+      yield* snap.chunks;
       yield tarPadding(size);
-      const databaseSha256 = stream.databaseSha256();
+      const databaseSha256 = snap.databaseSha256();
       if (!databaseSha256) throw new EtcdUnavailable('the etcd snapshot stream ended without its SHA-256');
       partsOut.push({ path: SNAPSHOT_NAME, size, sha256: databaseSha256, digestOf: 'etcd-database', mode: 0o600 });
       yield tarEntry(MANIFEST_NAME, Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`), 0o644, now);
@@ -201,8 +199,9 @@ export async function takeBackup(o: {
     });
     return result;
   } finally {
-    gateway.close();
-    // Ends the stream when the backup stopped before reading all of it (a no-op after).
-    (snap ?? (await snapshot.catch(() => undefined)))?.close();
+    gateway?.close();
+    // Ends the stream when the backup stopped before reading all of it (a no-op after), also
+    // one still opening.
+    snapshot.then((snap) => snap.close(), () => undefined);
   }
 }

@@ -1,14 +1,13 @@
 import { AddUserToGroupCommand, CreateGroupCommand, CreateUserCommand, DeleteSSHPublicKeyCommand, IAMClient, UploadSSHPublicKeyCommand } from '@aws-sdk/client-iam';
 import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { executedSources as executedSourcesOf } from '../support/coverage.js';
 import { stringify } from 'yaml';
 import { startMoto, type Moto } from '../testbed/moto.js';
-import { freePort } from '../testbed/ports.js';
+import { silentListener } from '../testbed/ports.js';
 import {
   addLoginUser,
   makeCommandDir,
@@ -204,11 +203,9 @@ describe.skipIf(skip !== undefined)(`ssh login through the built binary${skip ? 
     const down = agent(['ssh-keys', '--root', root, login.alice]);
     expect([down.status, down.stdout, down.stderr]).toEqual([1, '', '']);
 
-    const holder = net.createServer(() => {});
-    const port = await freePort();
-    await new Promise<void>((r) => holder.listen(port, '127.0.0.1', r));
+    const holder = await silentListener();
     try {
-      configure({ deadline: 1 }, { endpoint: `http://127.0.0.1:${port}` });
+      configure({ deadline: 1 }, { endpoint: holder.endpoint });
       const started = Date.now();
       const hung = await new Promise<{ status: number | null; stdout: string }>((resolve) => {
         // Not spawnSync: the event loop must keep serving the hanging endpoint.

@@ -65,6 +65,22 @@ async function attachedTo(volumeId: string): Promise<string | undefined> {
   return v.Attachments?.find((a) => a.State === 'attached')?.InstanceId;
 }
 
+/**
+ * A volume some controller used before: ext4 labelled etcd with the agent's identity file
+ * naming `cluster`, plus whatever `fill` writes; mounted at `scratch` only meanwhile.
+ */
+function usedVolume(device: string, scratch: string, cluster: string, fill?: (dir: string) => void): void {
+  execFileSync('mkfs.ext4', ['-q', '-L', 'etcd', device]);
+  fs.mkdirSync(scratch, { recursive: true });
+  execFileSync('mount', [device, scratch]);
+  try {
+    fill?.(scratch);
+    fs.writeFileSync(path.join(scratch, VOLUME_IDENTITY_FILE), JSON.stringify({ schema: 1, cluster, volumeId: 'vol-older', createdAt: 't0', createdBy: 'i-0' }));
+  } finally {
+    execFileSync('umount', [scratch]);
+  }
+}
+
 describe('etcd volume', () => {
   it('attaches a blank volume, formats it once with the label, mounts it and writes the identity file', async () => {
     const name = nextCluster();
@@ -101,14 +117,10 @@ describe('etcd volume', () => {
     const name = nextCluster();
     const { root, loop, cmd } = await node({ cluster: name });
     // The predecessor's volume: a filesystem with etcd data, attached to the old instance.
-    execFileSync('mkfs.ext4', ['-q', '-L', 'etcd', loop.device]);
-    const scratch = root.at('/mnt/old');
-    fs.mkdirSync(scratch, { recursive: true });
-    execFileSync('mount', [loop.device, scratch]);
-    fs.mkdirSync(path.join(scratch, 'data/member/snap'), { recursive: true });
-    fs.writeFileSync(path.join(scratch, 'data/member/snap/db'), 'etcd data of the predecessor');
-    fs.writeFileSync(path.join(scratch, VOLUME_IDENTITY_FILE), JSON.stringify({ schema: 1, cluster: name, volumeId: 'vol-older', createdAt: 't0', createdBy: 'i-0' }));
-    execFileSync('umount', [scratch]);
+    usedVolume(loop.device, root.at('/mnt/old'), name, (dir) => {
+      fs.mkdirSync(path.join(dir, 'data/member/snap'), { recursive: true });
+      fs.writeFileSync(path.join(dir, 'data/member/snap/db'), 'etcd data of the predecessor');
+    });
     const uuid = blkid(loop.device, 'UUID');
 
     const old = await launchInstance(w);
@@ -134,12 +146,7 @@ describe('etcd volume', () => {
   it("refuses a volume whose identity file names another cluster, and leaves it unmounted and unformatted", async () => {
     const name = nextCluster();
     const { root, loop, cmd } = await node({ cluster: name });
-    execFileSync('mkfs.ext4', ['-q', '-L', 'etcd', loop.device]);
-    const scratch = root.at('/mnt/other');
-    fs.mkdirSync(scratch, { recursive: true });
-    execFileSync('mount', [loop.device, scratch]);
-    fs.writeFileSync(path.join(scratch, VOLUME_IDENTITY_FILE), JSON.stringify({ schema: 1, cluster: 'someone-else', volumeId: 'vol-x', createdAt: 't0', createdBy: 'i-0' }));
-    execFileSync('umount', [scratch]);
+    usedVolume(loop.device, root.at('/mnt/other'), 'someone-else');
     const uuid = blkid(loop.device, 'UUID');
     const inst = await launchInstance(w);
     const volumeId = await createEtcdVolume(w, { cluster: name });

@@ -10,7 +10,6 @@ import {
 import { AssumeRoleCommand, STSClient } from '@aws-sdk/client-sts';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { stringify } from 'yaml';
 import { runSshUsersSync } from '../../agent/commands/ssh-users.js';
@@ -23,7 +22,7 @@ import { usersStateFile } from '../../agent/ssh/users.js';
 import { answerFromCache } from '../../agent/ssh/warm.js';
 import { startFidelityProxy, type FidelityProxy } from '../testbed/fidelity-proxy.js';
 import { startMoto, type Moto } from '../testbed/moto.js';
-import { freePort } from '../testbed/ports.js';
+import { silentListener } from '../testbed/ports.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
 import { startSyslogSink, tempKey, tmpdir, type SyslogSink } from '../testbed/sshd.js';
 
@@ -299,11 +298,9 @@ describe('ssh-keys when IAM fails: fail closed', () => {
   });
 
   it('an endpoint that accepts and never answers also ends at the deadline', async () => {
-    const holder = net.createServer(() => {});
-    const port = await freePort();
-    await new Promise<void>((r) => holder.listen(port, '127.0.0.1', r));
+    const holder = await silentListener();
     try {
-      configure({ deadline: 1 }, { endpoint: `http://127.0.0.1:${port}` });
+      configure({ deadline: 1 }, { endpoint: holder.endpoint });
       const started = Date.now();
       expect(await keysFor('alice')).toBe(3);
       expect(Date.now() - started).toBeLessThan(2000);

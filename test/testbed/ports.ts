@@ -19,3 +19,11 @@ export function freePort(): Promise<number> {
     });
   });
 }
+
+/** A listener on 127.0.0.1 that accepts connections and never answers (a hung endpoint). */
+export async function silentListener(): Promise<{ endpoint: string; close(): void }> {
+  const server = net.createServer(() => {});
+  const port = await freePort();
+  await new Promise<void>((r) => server.listen(port, '127.0.0.1', r));
+  return { endpoint: `http://127.0.0.1:${port}`, close: () => void server.close() };
+}

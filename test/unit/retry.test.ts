@@ -36,13 +36,20 @@ describe('waitFor', () => {
     expect(lines.at(-1)!.msg).toBe('done waiting for the control plane at https://api.example:6443');
   });
 
-  it('ends at its bound with a DeadlineError naming what, how long and the last error', async () => {
+  it('retries with backoff until the check answers', async () => {
+    let n = 0;
+    const v = await waitFor({ what: 'x', timeoutMs: 5000, initialDelayMs: 5, hint: 'h', log: createLogger({ console: null }), check: async () => (++n >= 3 ? 'ok' : undefined) });
+    expect(v).toBe('ok');
+    expect(n).toBe(3);
+  });
+
+  it('ends at its bound in a DeadlineError naming what, how long, the last error and what to check', async () => {
     const started = Date.now();
     const err = await waitFor({
       what: 'the etcd volume to detach',
       timeoutMs: 150,
       initialDelayMs: 20,
-      hint: 'check the holder instance',
+      hint: 'check the predecessor instance',
       log: createLogger({ console: null }),
       retryable: () => true,
       check: async () => {
@@ -51,7 +58,8 @@ describe('waitFor', () => {
     }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(DeadlineError);
     expect((err as DeadlineError).message).toMatch(/^gave up waiting for the etcd volume to detach after 0s \(last error: VolumeInUse\)$/);
-    expect((err as DeadlineError).hint).toBe('check the holder instance');
+    expect((err as DeadlineError).hint).toBe('check the predecessor instance');
+    expect((err as DeadlineError).oneLine()).toMatch(/gave up waiting for the etcd volume to detach after \d+s \(last error: VolumeInUse\); check the predecessor instance/);
     expect(Date.now() - started).toBeLessThan(2000);
   });
 

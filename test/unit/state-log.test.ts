@@ -2,10 +2,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { DeadlineError } from '../../agent/errors.js';
 import { createLogger } from '../../agent/log/logger.js';
 import { formatState, readState, writeState, emptyState } from '../../agent/log/state.js';
-import { waitFor } from '../../agent/host/retry.js';
 
 const dirs: string[] = [];
 const tmp = () => {
@@ -58,30 +56,5 @@ describe('logger', () => {
     expect(JSON.parse(lines[1]!)).toEqual({ ts: '2026-01-01T00:00:00.000Z', level: 'warn', msg: 'slow', phase: 'boot', ms: 5 });
     expect(lines).toHaveLength(2);
     expect(human.tail(5)).toHaveLength(1);
-  });
-});
-
-describe('waitFor', () => {
-  it('retries with backoff until the check answers', async () => {
-    let n = 0;
-    const v = await waitFor({ what: 'x', timeoutMs: 5000, initialDelayMs: 5, hint: 'h', log: createLogger({ console: null }), check: async () => (++n >= 3 ? 'ok' : undefined) });
-    expect(v).toBe('ok');
-    expect(n).toBe(3);
-  });
-
-  it('ends in a deadline error that names what was awaited and what to check', async () => {
-    const err = await waitFor({
-      what: 'the etcd volume to detach',
-      timeoutMs: 100,
-      initialDelayMs: 10,
-      hint: 'check the predecessor instance',
-      log: createLogger({ console: null }),
-      retryable: () => true,
-      check: async () => {
-        throw new Error('VolumeInUse');
-      },
-    }).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(DeadlineError);
-    expect((err as DeadlineError).oneLine()).toMatch(/gave up waiting for the etcd volume to detach after \d+s \(last error: VolumeInUse\); check the predecessor instance/);
   });
 });
