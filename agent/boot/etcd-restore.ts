@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { AgentError } from '../errors.js';
-import { restoreBackup } from '../etcd/restore.js';
+import { describeRestore, restoreBackup } from '../etcd/restore.js';
 import { apiCredentials, apiEndpoint, probeApi } from './cluster.js';
 import type { BootContext, BootPhase, PhaseOutcome } from './context.js';
 import { refuseSecondCluster } from './control-plane.js';
@@ -44,8 +44,8 @@ async function restoreIfBlank(ctx: BootContext): Promise<PhaseOutcome> {
     if (id && r.manifest.kubernetesVersion) {
       writeVolumeIdentity(volume.mountPoint, { ...id, kubernetesVersion: r.manifest.kubernetesVersion.replace(/^v/, '') });
     }
-    log.info('restored etcd from the backup', { key: r.key, member: memberName, kubernetes: r.manifest.kubernetesVersion, ms: r.durationMs });
-    return { detail: `restored ${r.key} as ${memberName} (${r.files.length} PKI/config files)`, changed: true };
+    log.info('restored etcd from the backup', { key: r.key, member: memberName, kubernetes: r.manifest.kubernetesVersion, tool: r.tool?.file, revisionBump: r.revisionBump, ms: r.durationMs });
+    return { detail: `restored ${r.key} as ${memberName} (${r.files.length} PKI/config files; ${describeRestore(r)})`, changed: true };
   } catch (err) {
     if (err instanceof AgentError && err.code === 'NoBackupFound') {
       return { detail: 'no backup of this cluster: a new cluster will be bootstrapped', changed: false, skipped: true };

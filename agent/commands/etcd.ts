@@ -2,7 +2,7 @@ import type { GlobalOptions } from '../cli.js';
 import { buildContext } from '../context.js';
 import { ConfigError, DeadlineError, ExitCode } from '../errors.js';
 import { isController } from '../node.js';
-import { restoreBackup } from '../etcd/restore.js';
+import { describeRestore, restoreBackup } from '../etcd/restore.js';
 import { scheduledBackup } from '../etcd/scheduled.js';
 
 export interface EtcdArgs extends GlobalOptions {
@@ -53,7 +53,7 @@ export async function runEtcd(args: EtcdArgs): Promise<number> {
     pkiOnly: args.pkiOnly,
   });
   process.stdout.write(
-    `restored ${r.key} (cluster ${r.manifest.cluster}, etcd ${r.manifest.etcd.version}, revision ${r.manifest.etcd.revision}) into ${r.dataDir}; ${r.files.length} files written\n`,
+    `restored ${r.key} (cluster ${r.manifest.cluster}, etcd ${r.manifest.etcd.version}, revision ${r.manifest.etcd.revision}) into ${r.dataDir} with ${describeRestore(r)}; ${r.files.length} files written\n`,
   );
   return ExitCode.ok;
 }

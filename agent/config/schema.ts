@@ -113,6 +113,12 @@ export const etcdSchema = z
       .strict()
       .prefault({}),
     restore: z.enum(['auto', 'never']).default('auto').describe('Restore the newest backup onto a blank volume'),
+    restoreRevisionBump: z
+      .number()
+      .int()
+      .min(0)
+      .default(1_000_000_000)
+      .describe('How far a restore moves the etcd revision up (--bump-revision with --mark-compacted, etcd tools 3.5.10+), so watchers relist; 0: no bump'),
     clientUrl: endpointUrl.default('https://127.0.0.1:2379').describe('Client URL of the local etcd member (backup, leave)'),
     caFile: z.string().startsWith('/').default('/etc/kubernetes/pki/etcd/ca.crt').describe('CA of the etcd client URL'),
     certFile: z.string().startsWith('/').default('/etc/kubernetes/pki/etcd/healthcheck-client.crt').describe('etcd client certificate'),

@@ -7,6 +7,7 @@ import type { CommandContext } from '../context.js';
 import { AgentError } from '../errors.js';
 import { writeFileAtomic } from '../host/atomic.js';
 import { decryptStream, isEnvelope } from './envelope.js';
+import { chooseRestoreTool, restoreArgs, type RestoreTool } from './restore-tool.js';
 import { BACKUP_FORMAT, KUBEADM_PREFIX, MANIFEST_NAME, PKI_PREFIX, SNAPSHOT_NAME, ETCD_DIGEST_BYTES, type Manifest, type ManifestPart } from './manifest.js';
 import { backupLocation, listBackups, type BackupObject } from './store.js';
 import { readTar } from './tar.js';
@@ -15,7 +16,8 @@ import { sdk } from '../host/aws.js';
 /**
  * Restore from a backup set (docs/etcd-backup.md): download, verify every checksum into a
  * staging directory inside the data dir, and only then write the PKI and the kubeadm config
- * and run `etcdctl snapshot restore`, whose `member/` directory is renamed into place.
+ * and run `etcdutl snapshot restore` (etcdctl's for etcd 3.4, restore-tool.ts) with the
+ * revision bump, whose `member/` directory is renamed into place.
  * Used by `zdt-agent etcd restore` and by boot's disaster recovery.
  */
 
@@ -40,7 +42,9 @@ export interface RestoreOptions {
   pkiDir?: string | undefined;
   /** Restore the PKI and kubeadm config only (no snapshot): a volume that still has its data. */
   pkiOnly?: boolean | undefined;
-  /** Limit for `etcdctl snapshot restore`; default 10 minutes. */
+  /** How far the revision moves up (--bump-revision); default etcd.restoreRevisionBump. */
+  revisionBump?: number | undefined;
+  /** Limit for the snapshot restore; default 10 minutes. */
   timeoutMs?: number | undefined;
   signal?: AbortSignal | undefined;
 }
@@ -51,6 +55,10 @@ export interface RestoreResult {
   /** Node paths written (PKI files, kubeadm config). */
   files: string[];
   dataDir: string;
+  /** The program that restored the snapshot (absent with pkiOnly). */
+  tool?: RestoreTool | undefined;
+  /** The revision bump applied: 0 when none was asked or the tool cannot bump. */
+  revisionBump: number;
   durationMs: number;
 }
 
@@ -209,14 +217,14 @@ async function restoreOne(o: RestoreOptions, key: string): Promise<Omit<RestoreR
     }
     ctx.log.info('restored PKI and kubeadm config', { files: written.length, pkiDir });
 
-    if (!o.pkiOnly) await restoreSnapshot(o, manifest, path.join(staging, 'files', SNAPSHOT_NAME), staging);
-    return { key, manifest, files: written, dataDir: o.dataDir };
+    const restored = o.pkiOnly ? { tool: undefined, revisionBump: 0 } : await restoreSnapshot(o, manifest, path.join(staging, 'files', SNAPSHOT_NAME), staging);
+    return { key, manifest, files: written, dataDir: o.dataDir, ...restored };
   } finally {
     fs.rmSync(staging, { recursive: true, force: true });
   }
 }
 
-async function restoreSnapshot(o: RestoreOptions, manifest: Manifest, snapshotFile: string, staging: string): Promise<void> {
+async function restoreSnapshot(o: RestoreOptions, manifest: Manifest, snapshotFile: string, staging: string): Promise<{ tool: RestoreTool; revisionBump: number }> {
   const { ctx } = o;
   const name = o.memberName ?? manifest.etcd.memberName;
   const peerUrl = o.peerUrl ?? manifest.etcd.peerUrls[0];
@@ -224,23 +232,39 @@ async function restoreSnapshot(o: RestoreOptions, manifest: Manifest, snapshotFi
     throw new AgentError('RestoreMemberUnknown', 'the etcd member name or peer URL is not known', { hint: 'pass memberName and peerUrl (boot derives them from the controller slot)' });
   }
   const out = path.join(staging, 'etcd');
+  const tool = await chooseRestoreTool(ctx.exec);
+  const asked = o.revisionBump ?? ctx.config.etcd?.restoreRevisionBump ?? 0;
+  const revisionBump = tool.bumpsRevision ? asked : 0;
+  if (asked > 0 && !tool.bumpsRevision) {
+    ctx.log.warn(`${tool.file} ${tool.version} cannot bump the revision (3.5.10 and later can): watchers holding newer resourceVersions may miss changes until they relist`, {
+      tool: tool.file,
+      version: tool.version,
+    });
+  }
+  ctx.log.info('restoring the etcd snapshot', { tool: tool.file, version: tool.version, revisionBump, markCompacted: revisionBump > 0, backupRevision: manifest.etcd.revision });
   await ctx.exec(
-    'etcdctl',
-    [
-      'snapshot',
-      'restore',
-      snapshotFile,
-      `--data-dir=${out}`,
-      `--name=${name}`,
-      `--initial-advertise-peer-urls=${peerUrl}`,
-      `--initial-cluster=${o.initialCluster ?? `${name}=${peerUrl}`}`,
-      `--initial-cluster-token=${o.clusterToken ?? manifest.cluster}`,
-    ],
-    { timeoutMs: o.timeoutMs ?? 600_000, env: { ETCDCTL_API: '3' }, hint: 'check that etcdctl (3.4 or newer) is installed and the data dir has room' },
+    tool.file,
+    restoreArgs(tool, {
+      snapshot: snapshotFile,
+      dataDir: out,
+      name,
+      peerUrl,
+      initialCluster: o.initialCluster ?? `${name}=${peerUrl}`,
+      clusterToken: o.clusterToken ?? manifest.cluster,
+      revisionBump,
+    }),
+    { timeoutMs: o.timeoutMs ?? 600_000, env: { ETCDCTL_API: '3' }, hint: `check ${tool.file} ${tool.version} and that the data dir has room` },
   );
   const target = path.join(ctx.paths.at(o.dataDir), 'member');
   fs.renameSync(path.join(out, 'member'), target);
-  ctx.log.info('etcd snapshot restored', { dataDir: o.dataDir, member: name, peerUrl, revision: manifest.etcd.revision });
+  ctx.log.info('etcd snapshot restored', { dataDir: o.dataDir, member: name, peerUrl, tool: tool.file, backupRevision: manifest.etcd.revision, revisionBump });
+  return { tool, revisionBump };
+}
+
+/** How the snapshot was restored, for an operator: `etcdutl 3.6.5, revision bumped by 1000000000`. */
+export function describeRestore(r: Pick<RestoreResult, 'tool' | 'revisionBump'>): string {
+  if (!r.tool) return 'PKI and kubeadm config only';
+  return `${r.tool.file} ${r.tool.version}, ${r.revisionBump > 0 ? `revision bumped by ${r.revisionBump} and marked compacted` : 'revision not bumped'}`;
 }
 
 /** The archive bytes: the object itself, or its decryption when it is envelope-encrypted. */
