@@ -21,7 +21,7 @@ import {
 } from './bootstrap.js';
 import { ETCD_SLOTS, otherEtcdMembersAnswering, requireApiEndpoint } from './cluster.js';
 import type { BootContext, BootPhase, JoinMode, MountedVolume, PhaseOutcome } from './context.js';
-import { addThisMember, listMembers, type EtcdAccess } from './etcd-members.js';
+import { addThisMember, initialClusterOf, listMembers, type EtcdAccess } from './etcd-members.js';
 import { holdsEtcdData, readVolumeIdentity, volumeSettings, writeVolumeIdentity } from './etcd-volume.js';
 import { dirAvailableCheck, fileAvailableCheck, kubeadm, kubeFiles, openAdminKube, removeStaleSlotNodes, writeKubeadmConfig, writePatch, type AdminKube } from './kubeadm-run.js';
 import { clusterSettingsFor, nodeNameOf, nodeRegistrationFor, stableEtcdName } from './registration.js';
@@ -282,7 +282,7 @@ async function joinControlPlane(ctx: BootContext, volume: MountedVolume, version
           hint: 'the member was removed while its volume was kept; move the old data aside (it is stale) and boot again to join as a new member',
         });
       }
-      initialCluster = members.map((m) => `${m.name || stable}=${m.peerUrls[0]}`).join(',');
+      initialCluster = initialClusterOf(members, { name: stable, peerUrl });
       log.info('the etcd volume holds this slot member\'s data; rejoining as that member', { member: stable });
     } else {
       initialCluster = (await addThisMember({ exec: ctx.exec, access, name: stable, peerUrl, log })).initialCluster;

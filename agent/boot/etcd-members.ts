@@ -6,6 +6,14 @@ import { waitFor } from '../host/retry.js';
 /**
  * etcd membership for a joining controller, through etcdctl (v3 API): find the member of this
  * slot, remove a stale one only when the rest keep quorum, add this one.
+ *
+ * Learners (kubeadm 1.34 adds every joining member as one, then promotes it) do not vote: the
+ * quorum arithmetic counts voting members only. A learner with this slot's peer URL was left
+ * by a join that died before the promotion; it is removed, never promoted: promotion needs a
+ * learner that runs and is in sync with the leader, and this one's instance and data are
+ * gone. Removing a learner changes no quorum. Learners of other slots are left alone (their
+ * join may be under way) but listed in --initial-cluster, which etcd checks against every
+ * member.
  */
 
 export interface EtcdAccess {
@@ -21,6 +29,8 @@ export interface EtcdMember {
   started: boolean;
   peerUrls: string[];
   clientUrls: string[];
+  /** A non-voting member (etcd 3.4+ `member add --learner`). */
+  isLearner: boolean;
 }
 
 function base(a: EtcdAccess): string[] {
@@ -38,8 +48,8 @@ export function parseMemberList(text: string): EtcdMember[] {
     .map((l) => l.trim())
     .filter(Boolean)
     .map((l) => {
-      const [id = '', status = '', name = '', peers = '', clients = ''] = l.split(', ');
-      return { id, name, started: status === 'started', peerUrls: peers.split(',').filter(Boolean), clientUrls: clients.split(',').filter(Boolean) };
+      const [id = '', status = '', name = '', peers = '', clients = '', learner = ''] = l.split(', ');
+      return { id, name, started: status === 'started', peerUrls: peers.split(',').filter(Boolean), clientUrls: clients.split(',').filter(Boolean), isLearner: learner === 'true' };
     });
 }
 
@@ -74,27 +84,45 @@ export async function addThisMember(o: { exec: Exec; access: EtcdAccess; name: s
   let members = await listMembers(o.exec, o.access);
   let removedStale = false;
   const stale = members.find((m) => m.peerUrls.includes(o.peerUrl));
-  if (stale) {
+  if (stale?.isLearner) {
+    o.log.warn('removing the learner this slot left (a join that died before its promotion; it never voted)', { member: stale.name || stale.id, id: stale.id, started: stale.started });
+    await reconfigure(o, ['member', 'remove', stale.id]);
+    removedStale = true;
+    members = members.filter((m) => m.id !== stale.id);
+  } else if (stale) {
     const rest = members.filter((m) => m.id !== stale.id);
-    const healthy = await healthyEndpoints(o.exec, o.access, rest.flatMap((m) => m.clientUrls));
-    const healthyMembers = rest.filter((m) => m.clientUrls.some((u) => healthy.includes(u)));
-    // After the removal the cluster has rest.length members; the healthy ones must be a quorum of that.
-    if (healthyMembers.length < quorumOf(rest.length)) {
+    const voters = rest.filter((m) => !m.isLearner);
+    const healthy = await healthyEndpoints(o.exec, o.access, voters.flatMap((m) => m.clientUrls));
+    const healthyVoters = voters.filter((m) => m.clientUrls.some((u) => healthy.includes(u)));
+    // After the removal the cluster has voters.length voting members; the healthy ones must be a quorum of that.
+    if (healthyVoters.length < quorumOf(voters.length)) {
       throw new AgentError(
         'EtcdQuorumAtRisk',
-        `the stale member ${stale.name || stale.id} of this slot cannot be removed: only ${healthyMembers.length} of the other ${rest.length} members are healthy`,
+        `the stale member ${stale.name || stale.id} of this slot cannot be removed: only ${healthyVoters.length} of the other ${voters.length} voting members are healthy`,
         { hint: 'bring the other controllers back first; removing a member now could lose quorum' },
       );
     }
-    o.log.warn('removing the stale etcd member of this slot (its data is gone)', { member: stale.name || stale.id, id: stale.id });
+    o.log.warn('removing the stale etcd member of this slot (its data is gone)', { member: stale.name || stale.id, id: stale.id, voting: voters.length, healthy: healthyVoters.length });
     await reconfigure(o, ['member', 'remove', stale.id]);
     removedStale = true;
     members = rest;
   }
+  const learners = members.filter((m) => m.isLearner);
+  if (learners.length) o.log.info('etcd learners of other slots (not counted for quorum; left alone)', { learners: learners.map((m) => m.name || m.peerUrls.join(' ')).join(', ') });
   o.log.info('adding this etcd member', { name: o.name, peerUrl: o.peerUrl });
   await reconfigure(o, ['member', 'add', o.name, `--peer-urls=${o.peerUrl}`]);
-  const initialCluster = [...members.filter((m) => m.name).map((m) => `${m.name}=${m.peerUrls[0]}`), `${o.name}=${o.peerUrl}`].join(',');
+  const initialCluster = initialClusterOf([...members, { id: '', name: o.name, started: false, peerUrls: [o.peerUrl], clientUrls: [], isLearner: false }], o);
   return { initialCluster, removedStale };
+}
+
+/**
+ * --initial-cluster for this slot's member joining `members` (which include it): every member,
+ * learners and unstarted ones included, since etcd refuses to join when the list does not
+ * match the cluster's ("member count is unequal"); a member without a name yet (never
+ * started) gets a placeholder, this slot's its own name.
+ */
+export function initialClusterOf(members: readonly EtcdMember[], self: { name: string; peerUrl: string }): string {
+  return members.map((m) => `${m.peerUrls.includes(self.peerUrl) ? self.name : m.name || `unstarted-${m.id}`}=${m.peerUrls[0]}`).join(',');
 }
 
 /**

@@ -8,6 +8,11 @@ import type { EtcdContext } from './restore.js';
  * its health), hand leadership away if this member leads, then remove it. Refuses, and
  * says why, when the rest would lose quorum: a controller that leaves a two-member remnant
  * with one member down has stopped the cluster.
+ *
+ * Learners (kubeadm adds joining members as learners until it promotes them) neither vote nor
+ * lead: the guard counts voting members only, asks only them for their health, and leadership
+ * only ever moves to one of them (etcd refuses a learner as the target). A learner leaving is
+ * removed without the guard: it never counted for quorum.
  */
 
 export type LeaveOutcome =
@@ -102,7 +107,7 @@ export async function leaveEtcd(ctx: EtcdContext, o: { commandTimeoutS?: number;
     const down = others.filter((m) => !healthyOthers.includes(m)).map((m) => m.name || hex(m.id));
     return {
       result: 'refused',
-      reason: `removing ${self.name} would leave ${staying} members with ${healthyOthers.length} healthy, below quorum ${quorum} (down: ${down.join(', ')})`,
+      reason: `removing ${self.name} would leave ${staying} voting members with ${healthyOthers.length} healthy, below quorum ${quorum} (down: ${down.join(', ')})`,
     };
   }
   const via = healthyOthers.flatMap((m) => m.clientUrls.slice(0, 1));

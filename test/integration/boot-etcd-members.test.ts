@@ -41,9 +41,9 @@ async function addStaleMember(c: EtcdCluster): Promise<void> {
 
 describe('etcd membership of a joining controller', () => {
   it('parses etcdctl member list output, unstarted members included', () => {
-    expect(parseMemberList('8e9e05c52164694d, started, etcd00.x, https://etcd00.x:2380, https://10.0.0.1:2379, false\n91bc3c398fb3c146, unstarted, , https://etcd01.x:2380, , false\n')).toEqual([
-      { id: '8e9e05c52164694d', name: 'etcd00.x', started: true, peerUrls: ['https://etcd00.x:2380'], clientUrls: ['https://10.0.0.1:2379'] },
-      { id: '91bc3c398fb3c146', name: '', started: false, peerUrls: ['https://etcd01.x:2380'], clientUrls: [] },
+    expect(parseMemberList('8e9e05c52164694d, started, etcd00.x, https://etcd00.x:2380, https://10.0.0.1:2379, false\n91bc3c398fb3c146, unstarted, , https://etcd01.x:2380, , true\n')).toEqual([
+      { id: '8e9e05c52164694d', name: 'etcd00.x', started: true, peerUrls: ['https://etcd00.x:2380'], clientUrls: ['https://10.0.0.1:2379'], isLearner: false },
+      { id: '91bc3c398fb3c146', name: '', started: false, peerUrls: ['https://etcd01.x:2380'], clientUrls: [], isLearner: true },
     ]);
     expect([1, 2, 3, 4, 5].map(quorumOf)).toEqual([1, 2, 2, 3, 3]);
   });
@@ -76,7 +76,7 @@ describe('etcd membership of a joining controller', () => {
     expect(err).toBeInstanceOf(AgentError);
     expect(err.code).toBe('EtcdQuorumAtRisk');
     // Without quorum not even the running member answers a health check.
-    expect(err.message).toMatch(/only 0 of the other 3 members are healthy/);
+    expect(err.message).toMatch(/only 0 of the other 3 voting members are healthy/);
     expect(await listMembers(exec, access)).toEqual(before);
   });
 });
