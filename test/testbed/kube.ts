@@ -64,7 +64,16 @@ export function kubeconfigYaml(server: string, ca: string, creds: Credentials, u
   });
 }
 
-export async function startKube(): Promise<Kube> {
+/** An etcd the caller runs (and may replace between `stopApiserver` and `startApiserver`): its URL and the API server's client certificate. */
+export interface ExternalEtcd {
+  url: string;
+  caFile: string;
+  certFile: string;
+  keyFile: string;
+}
+
+/** The API server on its own etcd (Debian's, plain HTTP), or on `o.etcd`, which stop() leaves running. */
+export async function startKube(o: { etcd?: ExternalEtcd } = {}): Promise<Kube> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'zdt-kube-'));
   const pki = path.join(dir, 'pki');
   const testCa = await makeTestCa(pki);
@@ -76,13 +85,15 @@ export async function startKube(): Promise<Kube> {
   let etcd: EtcdMember | undefined;
   let apiserver: ServerProcess | undefined;
   try {
-    etcd = await startEtcd({ dir: path.join(dir, 'etcd') });
+    if (!o.etcd) etcd = await startEtcd({ dir: path.join(dir, 'etcd') });
     const port = await freePort();
     const server = `https://127.0.0.1:${port}`;
     const adminKubeconfig = path.join(dir, 'admin.conf');
     await fs.writeFile(adminKubeconfig, kubeconfigYaml(server, ca, adminCreds, 'admin'));
     const admin = new KubeClient(loadKubeconfig(adminKubeconfig));
-    const etcdUrl = etcd.clientUrl;
+    const etcdArgs = o.etcd
+      ? [`--etcd-servers=${o.etcd.url}`, `--etcd-cafile=${o.etcd.caFile}`, `--etcd-certfile=${o.etcd.certFile}`, `--etcd-keyfile=${o.etcd.keyFile}`]
+      : [`--etcd-servers=${etcd!.clientUrl}`];
 
     const startApiserver = async () => {
       apiserver = await startServer({
@@ -92,7 +103,7 @@ export async function startKube(): Promise<Kube> {
           '--bind-address=127.0.0.1',
           `--secure-port=${port}`,
           '--advertise-address=192.0.2.10',
-          `--etcd-servers=${etcdUrl}`,
+          ...etcdArgs,
           `--client-ca-file=${pki}/ca.crt`,
           `--tls-cert-file=${pki}/apiserver.crt`,
           `--tls-private-key-file=${pki}/apiserver.key`,
