@@ -5,7 +5,7 @@ import path from 'node:path';
 import { HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
-import { startEtcd, type EtcdMember } from '../testbed/etcd.js';
+import { etcd36BinDir, startEtcd, type EtcdMember } from '../testbed/etcd.js';
 import { startFidelityProxy, type FidelityProxy } from '../testbed/fidelity-proxy.js';
 import { startImds, type Imds } from '../testbed/imds.js';
 import { startMoto, type Moto } from '../testbed/moto.js';
@@ -31,11 +31,11 @@ let etcdDir: string;
 const roots: TempRoot[] = [];
 let stoppedPid: number | undefined;
 
-function run(args: string[], timeoutMs = 60_000): Promise<{ code: number | null; stdout: string; stderr: string; ms: number }> {
+function run(args: string[], timeoutMs = 60_000, env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; stdout: string; stderr: string; ms: number }> {
   const started = Date.now();
   return new Promise((resolve, reject) => {
     const child = spawn(BIN, args, {
-      env: { ...process.env, AWS_ACCESS_KEY_ID: 'testing', AWS_SECRET_ACCESS_KEY: 'testing', AWS_REGION: REGION },
+      env: { ...process.env, AWS_ACCESS_KEY_ID: 'testing', AWS_SECRET_ACCESS_KEY: 'testing', AWS_REGION: REGION, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';
@@ -114,11 +114,23 @@ describe('zdt-agent etcd backup / restore (built binary)', () => {
     const r = await run(['--root', root.dir, 'etcd', 'restore', '--from', 'latest', '--data-dir', '/var/lib/etcd', '--peer-url', 'http://127.0.0.1:2380']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain(`restored ${key} (cluster e2e`);
+    // Debian's etcd 3.4 has no etcdutl: its etcdctl restores, without the revision bump.
+    expect(r.stdout).toMatch(/ with etcdctl 3\.4\.\d+, revision not bumped;/);
     expect(fs.existsSync(root.at('/etc/kubernetes/pki/ca.key'))).toBe(true);
     expect(fs.existsSync(root.at('/var/lib/etcd/member/snap/db'))).toBe(true);
     const again = await run(['--root', root.dir, 'etcd', 'restore', '--data-dir', '/var/lib/etcd']);
     expect(again.code).toBe(1);
     expect(again.stderr).toMatch(/^zdt-agent: DataDirNotEmpty: /);
+  });
+
+  it("with etcd 3.6's etcdutl on PATH (a 1.34 controller), restores the same 3.4 backup with it and bumps the revision", async () => {
+    const root = await controllerRoot();
+    const r = await run(['--root', root.dir, 'etcd', 'restore', '--from', key, '--data-dir', '/var/lib/etcd', '--peer-url', 'http://127.0.0.1:2380'], 60_000, {
+      PATH: `${etcd36BinDir()}${path.delimiter}${process.env.PATH ?? ''}`,
+    });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain(' with etcdutl 3.6.5, revision bumped by 1000000000 and marked compacted;');
+    expect(fs.existsSync(root.at('/var/lib/etcd/member/snap/db'))).toBe(true);
   });
 });
 

@@ -7,7 +7,7 @@ import { readVolumeIdentity } from '../../agent/boot/etcd-volume.js';
 import { runBoot } from '../../agent/boot/run.js';
 import type { ConfigInput } from '../../agent/config/schema.js';
 import { takeBackup } from '../../agent/etcd/backup.js';
-import { startEtcd, type EtcdMember } from '../testbed/etcd.js';
+import { etcdTool, startEtcd, type EtcdMember } from '../testbed/etcd.js';
 import { startImds } from '../testbed/imds.js';
 import { kubeApiserverAvailable, startKube, type Kube } from '../testbed/kube.js';
 import { createLoopDevice } from '../testbed/loop.js';
@@ -15,11 +15,13 @@ import { freePort } from '../testbed/ports.js';
 import { startServer } from '../testbed/process.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
 import { readRecords, standinPath } from '../testbed/standins.js';
+import { useEtcd36Tools } from '../support/etcd36-env.js';
 import { contextFor, makeBucket, testClients, writeFakePki } from '../support/terminate-env.js';
 import { AZ, REGION, awsSection, bootDepsFor, createEtcdVolume, launchInstance, startAwsWorld, type AwsWorld } from '../support/boot-env.js';
 
 /**
- * Disaster recovery at boot: the cluster's etcd (a real Debian etcd) was backed up to moto S3
+ * Disaster recovery at boot: the cluster's etcd (a real etcd 3.6, as kubeadm 1.34 runs it,
+ * with etcdctl and etcdutl 3.6 on PATH) was backed up to moto S3
  * by the terminate side (takeBackup); a new controller 00 with a blank etcd volume (a real
  * loop device) restores it before kubeadm runs, and etcd started from the restored data
  * reads back every key written before. kubeadm is the recording stand-in; the admin.conf it
@@ -44,6 +46,7 @@ beforeAll(async () => {
   w = await startAwsWorld();
   kube = await startKube();
   await makeBucket(testClients(w.proxy.endpoint).s3, BUCKET);
+  useEtcd36Tools();
   process.env.PATH = `${standinPath()}:${process.env.PATH}`;
   process.env.ZDT_STANDIN_KUBEADM_ADMIN_CONF = kube.adminKubeconfig;
   process.env.ZDT_RECORD_FILE = records;
@@ -86,7 +89,7 @@ describe('boot restores etcd from S3 onto a blank volume', () => {
   it('a new controller 00 restores the newest backup as its member, then kubeadm runs on the restored data; etcd reads back every key', async () => {
     // The cluster that was lost: its etcd, its PKI, one backup.
     etcdDir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-dr-etcd-'));
-    etcd = await startEtcd({ dir: path.join(etcdDir, 'data'), name: 'etcd00' });
+    etcd = await startEtcd({ version: '3.6', dir: path.join(etcdDir, 'data'), name: 'etcd00' });
     for (let i = 0; i < 50; i++) etcdctl(etcd.clientUrl, 'put', `/registry/configmaps/default/cm-${i}`, `value-${i}`);
     const old: TempRoot = await makeTempRoot();
     cleanups.push(() => old.cleanup());
@@ -105,6 +108,7 @@ describe('boot restores etcd from S3 onto a blank volume', () => {
     expect(result.error?.oneLine()).toBeUndefined();
     expect(result.phases['etcd-volume']!.detail).toContain('formatted ext4');
     expect(result.phases['etcd-restore']).toMatchObject({ result: 'ok', detail: expect.stringContaining(`restored ${backup.key}`) });
+    expect(result.phases['etcd-restore']!.detail).toContain('etcdutl 3.6.5, revision bumped by 1000000000 and marked compacted');
     expect(result.phases['control-plane']!.detail).toMatch(/^restore: /);
     expect(result.state.facts.restoredFrom).toBe(backup.key);
     expect(result.state.facts.nodeSelfDeleteRbac).toBe(true);
@@ -121,7 +125,7 @@ describe('boot restores etcd from S3 onto a blank volume', () => {
     const peerUrl = `http://127.0.0.1:${await freePort()}`;
     const restored = await startServer({
       what: 'etcd on the restored data',
-      file: '/usr/bin/etcd',
+      file: etcdTool('3.6', 'etcd'),
       args: ['--name', `ip-${n.inst.privateIp.replaceAll('.', '-')}.${REGION}.compute.internal`, '--data-dir', dataDir, '--listen-client-urls', clientUrl, '--advertise-client-urls', clientUrl, '--listen-peer-urls', peerUrl],
       ready: async () => ((await (await fetch(`${clientUrl}/health`, { signal: AbortSignal.timeout(1000) })).json()) as { health?: string }).health === 'true',
     });
@@ -130,6 +134,8 @@ describe('boot restores etcd from S3 onto a blank volume', () => {
       expect(etcdctl(clientUrl, 'get', '/registry/configmaps/', '--prefix', '--keys-only').trim().split(/\n+/)).toHaveLength(50);
       // As this slot's member, in a cluster of one.
       expect(etcdctl(clientUrl, 'member', 'list')).toContain(`https://${n.inst.privateIp}:2380`);
+      // Moved up by the default bump, past every revision a watcher of the lost cluster held.
+      expect((JSON.parse(etcdctl(clientUrl, 'get', 'x', '-w', 'json')) as { header: { revision: number } }).header.revision).toBeGreaterThan(1_000_000_000);
     } finally {
       await restored.stop();
     }

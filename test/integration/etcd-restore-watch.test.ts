@@ -3,18 +3,16 @@ import fs from 'node:fs';
 import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
-import type { S3Client } from '@aws-sdk/client-s3';
 import { afterEach, beforeAll, afterAll, describe, expect, it } from 'vitest';
 import type { ConfigInput } from '../../agent/config/schema.js';
 import { takeBackup } from '../../agent/etcd/backup.js';
 import { restoreBackup } from '../../agent/etcd/restore.js';
-import { etcd36BinDir, etcdTool, makeKubeadmEtcdPki, startEtcd, type EtcdMember, type EtcdTls } from '../testbed/etcd.js';
-import { startFidelityProxy, type FidelityProxy } from '../testbed/fidelity-proxy.js';
+import { makeKubeadmEtcdPki, startEtcd, type EtcdMember, type EtcdTls } from '../testbed/etcd.js';
 import { ensureNamespace, kubeApiserverAvailable, startKube, type Kube } from '../testbed/kube.js';
-import { startMoto, type Moto } from '../testbed/moto.js';
 import { freePort } from '../testbed/ports.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
-import { awsConfig, contextFor, makeBucket, testClients, useTestCredentials, writeFakePki } from '../support/terminate-env.js';
+import { installEtcdClientCert, startS3, useEtcd36Tools } from '../support/etcd36-env.js';
+import { awsConfig, contextFor, writeFakePki } from '../support/terminate-env.js';
 
 /**
  * The revision bump of a restore, seen from outside: the real kube-apiserver on etcd 3.6
@@ -34,24 +32,17 @@ import { awsConfig, contextFor, makeBucket, testClients, useTestCredentials, wri
 const BUCKET = 'zdt-watch-backups';
 const NS = 'zdt-watch';
 const AFTER_BACKUP = 60;
-const PATH_BEFORE = process.env.PATH ?? '';
 
-let moto: Moto;
-let proxy: FidelityProxy;
-let s3: S3Client;
+let aws: Awaited<ReturnType<typeof startS3>>;
+let restorePath: () => void;
 let dir: string;
 let pki: EtcdTls;
 const cleanups: Array<() => Promise<void>> = [];
 
 beforeAll(async () => {
   if (!(await kubeApiserverAvailable())) throw new Error('kube-apiserver is missing: run test/testbed/k8s/build.sh');
-  if (!fs.existsSync(etcdTool('3.6', 'etcdutl'))) throw new Error(`etcd 3.6 is missing in ${etcd36BinDir()}: run test/testbed/etcd36/build.sh`);
-  process.env.PATH = `${etcd36BinDir()}${path.delimiter}${PATH_BEFORE}`;
-  useTestCredentials();
-  moto = await startMoto();
-  proxy = await startFidelityProxy({ target: moto.endpoint });
-  ({ s3 } = testClients(proxy.endpoint));
-  await makeBucket(s3, BUCKET);
+  restorePath = useEtcd36Tools();
+  aws = await startS3(BUCKET);
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-restore-watch-'));
   pki = await makeKubeadmEtcdPki(path.join(dir, 'pki'));
 }, 120_000);
@@ -61,9 +52,8 @@ afterEach(async () => {
 });
 
 afterAll(async () => {
-  process.env.PATH = PATH_BEFORE;
-  await proxy?.stop();
-  await moto?.stop();
+  restorePath?.();
+  await aws?.stop();
   if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
 
@@ -156,14 +146,14 @@ async function clusterOnEtcd36(): Promise<{ kube: Kube; etcd: () => EtcdMember; 
     const r = await makeTempRoot();
     cleanups.push(() => r.cleanup());
     writeFakePki(r.dir);
-    for (const f of ['ca.crt', 'healthcheck-client.crt', 'healthcheck-client.key']) fs.copyFileSync(path.join(pki.caDir, f), r.at(`/etc/kubernetes/pki/etcd/${f}`));
+    installEtcdClientCert(r.dir, pki);
     return r;
   };
   const config = (etcdExtra: Record<string, unknown>): ConfigInput => ({
     cluster: { name: 'watch' },
     node: { role: 'controller', controllerIndex: '00' },
     etcd: { clientUrl, backup: { bucket: BUCKET }, ...etcdExtra },
-    aws: awsConfig(proxy.endpoint),
+    aws: awsConfig(aws.proxy.endpoint),
   });
   let key = '';
   return {

@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ConfigInput } from '../../agent/config/schema.js';
 import { takeBackup } from '../../agent/etcd/backup.js';
@@ -14,11 +14,10 @@ import { readTar } from '../../agent/etcd/tar.js';
 import { makeExec } from '../../agent/host/exec.js';
 import { createLogger } from '../../agent/log/logger.js';
 import { etcd36BinDir, etcdTool, makeKubeadmEtcdPki, startEtcd, type EtcdMember, type EtcdTls } from '../testbed/etcd.js';
-import { startFidelityProxy, type FidelityProxy } from '../testbed/fidelity-proxy.js';
-import { startMoto, type Moto } from '../testbed/moto.js';
 import { freePort } from '../testbed/ports.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
-import { awsConfig, contextFor, makeBucket, testClients, useTestCredentials, writeFakePki } from '../support/terminate-env.js';
+import { installEtcdClientCert, startS3, useEtcd36Tools } from '../support/etcd36-env.js';
+import { awsConfig, contextFor, writeFakePki } from '../support/terminate-env.js';
 
 /**
  * The backup and restore paths against etcd 3.6.5, the release kubeadm 1.34 deploys (built
@@ -34,9 +33,8 @@ const INSTANCE = 'i-0360000000000001';
 const BUMP = 1_000_000_000;
 const PATH_BEFORE = process.env.PATH ?? '';
 
-let moto: Moto;
-let proxy: FidelityProxy;
-let s3: S3Client;
+let aws: Awaited<ReturnType<typeof startS3>>;
+let restorePath: () => void;
 let dir: string;
 let pki: EtcdTls;
 let etcd: EtcdMember;
@@ -53,26 +51,20 @@ async function controllerRoot(): Promise<TempRoot> {
   const root = await makeTempRoot();
   roots.push(root);
   writeFakePki(root.dir);
-  for (const f of ['ca.crt', 'healthcheck-client.crt', 'healthcheck-client.key']) fs.copyFileSync(path.join(pki.caDir, f), root.at(`/etc/kubernetes/pki/etcd/${f}`));
+  installEtcdClientCert(root.dir, pki);
   return root;
 }
 
 function config(clientUrl: string): ConfigInput {
-  return { cluster: { name: 'v36' }, node: { role: 'controller', controllerIndex: '00' }, etcd: { clientUrl, backup: { bucket: BUCKET } }, aws: awsConfig(proxy.endpoint) };
+  return { cluster: { name: 'v36' }, node: { role: 'controller', controllerIndex: '00' }, etcd: { clientUrl, backup: { bucket: BUCKET } }, aws: awsConfig(aws.proxy.endpoint) };
 }
 
 /** The header revision etcd answers with. */
 const revisionOf = (endpoint: string) => Number((JSON.parse(etcdctl(endpoint, 'get', 'nothing', '-w', 'json')) as { header: { revision: number } }).header.revision);
 
 beforeAll(async () => {
-  if (!fs.existsSync(etcdTool('3.6', 'etcdutl'))) throw new Error(`etcd 3.6 is missing in ${etcd36BinDir()}: run test/testbed/etcd36/build.sh`);
-  // The agent runs etcdctl and etcdutl from PATH: 3.6's come first, as on a 1.34 controller.
-  process.env.PATH = `${etcd36BinDir()}${path.delimiter}${PATH_BEFORE}`;
-  useTestCredentials();
-  moto = await startMoto();
-  proxy = await startFidelityProxy({ target: moto.endpoint });
-  ({ s3 } = testClients(proxy.endpoint));
-  await makeBucket(s3, BUCKET);
+  restorePath = useEtcd36Tools();
+  aws = await startS3(BUCKET);
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-etcd36-'));
   pki = await makeKubeadmEtcdPki(path.join(dir, 'pki'));
   etcd = await startEtcd({ version: '3.6', dir: path.join(dir, 'data'), name: 'etcd00', tls: pki });
@@ -81,10 +73,9 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  process.env.PATH = PATH_BEFORE;
+  restorePath?.();
   await etcd?.stop();
-  await proxy?.stop();
-  await moto?.stop();
+  await aws?.stop();
   for (const r of roots) await r.cleanup();
   if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
@@ -142,7 +133,7 @@ describe('backup and restore with etcd 3.6 over TLS', () => {
 
     const fresh = path.join(root.dir, 'fresh.db');
     etcdctl(etcd.clientUrl, 'snapshot', 'save', fresh);
-    const got = await s3.send(new GetObjectCommand({ Bucket: BUCKET, Key: key }));
+    const got = await aws.s3.send(new GetObjectCommand({ Bucket: BUCKET, Key: key }));
     const bytes = Buffer.from(await got.Body!.transformToByteArray());
     let snapshot: Buffer | undefined;
     for await (const e of readTar((async function* () {

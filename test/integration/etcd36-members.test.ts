@@ -8,9 +8,10 @@ import { AgentError } from '../../agent/errors.js';
 import { leaveEtcd } from '../../agent/etcd/leave.js';
 import { makeExec } from '../../agent/host/exec.js';
 import { createLogger } from '../../agent/log/logger.js';
-import { etcd36BinDir, etcdTool, makeKubeadmEtcdPki, startEtcd, startEtcdCluster, type EtcdCluster, type EtcdMember, type EtcdTls } from '../testbed/etcd.js';
+import { etcdTool, makeKubeadmEtcdPki, startEtcd, startEtcdCluster, type EtcdCluster, type EtcdMember, type EtcdTls } from '../testbed/etcd.js';
 import { freePort } from '../testbed/ports.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
+import { installEtcdClientCert, useEtcd36Tools } from '../support/etcd36-env.js';
 import { contextFor } from '../support/terminate-env.js';
 
 /**
@@ -21,17 +22,15 @@ import { contextFor } from '../support/terminate-env.js';
  * join of this slot is removed and the slot joins afresh (docs/boot.md).
  */
 
-const PATH_BEFORE = process.env.PATH ?? '';
 const log = createLogger({ console: process.env.ZDT_TEST_LOG ? process.stderr : null, level: 'debug' });
 const exec = makeExec(log);
 let dir: string;
 let pki: EtcdTls;
+let restorePath: () => void;
 const cleanups: Array<() => Promise<void>> = [];
 
 beforeAll(async () => {
-  if (!fs.existsSync(etcdTool('3.6', 'etcd'))) throw new Error(`etcd 3.6 is missing in ${etcd36BinDir()}: run test/testbed/etcd36/build.sh`);
-  // The agent's etcdctl is 3.6's, as on a 1.34 controller.
-  process.env.PATH = `${etcd36BinDir()}${path.delimiter}${PATH_BEFORE}`;
+  restorePath = useEtcd36Tools();
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-etcd36-members-'));
   pki = await makeKubeadmEtcdPki(path.join(dir, 'pki'));
 });
@@ -41,7 +40,7 @@ afterEach(async () => {
 });
 
 afterAll(() => {
-  process.env.PATH = PATH_BEFORE;
+  restorePath?.();
   if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
 
@@ -169,8 +168,7 @@ describe('the HA leave with a learner in the cluster (etcd 3.6)', () => {
   async function rootFor(clientUrl: string): Promise<{ root: TempRoot; ctx: Awaited<ReturnType<typeof contextFor>> }> {
     const root = await makeTempRoot();
     cleanups.push(() => root.cleanup());
-    fs.mkdirSync(root.at('/etc/kubernetes/pki/etcd'), { recursive: true });
-    for (const f of ['ca.crt', 'healthcheck-client.crt', 'healthcheck-client.key']) fs.copyFileSync(path.join(pki.caDir, f), root.at(`/etc/kubernetes/pki/etcd/${f}`));
+    installEtcdClientCert(root.dir, pki);
     const ctx = await contextFor(root.dir, { cluster: { name: 'ha36' }, node: { role: 'controller', controllerIndex: '00' }, etcd: { clientUrl } });
     return { root, ctx };
   }

@@ -15,63 +15,28 @@ cache_dir="${ZDT_CACHE_DIR:-${HOME:?HOME or ZDT_CACHE_DIR must be set}/.cache/zd
 bin_dir="${cache_dir}/bin"
 stamp="${bin_dir}/.k8s-version"
 binaries=(kube-apiserver kubeadm)
-
-log() { printf '[testbed/k8s %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+label=testbed/k8s
+what="kube-apiserver and kubeadm"
+# shellcheck source=SCRIPTDIR/../go-build.sh
+source "${here}/../go-build.sh"
 
 command -v go >/dev/null 2>&1 || die "go is not on PATH (install Go, see README.md)"
 
 # The pinned release: the single source of truth is the require line in go.mod.
-k8s_version="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v1\./ { print $2; exit }' "${here}/go.mod")"
-[[ "${k8s_version}" =~ ^v1\.([0-9]+)\.[0-9]+$ ]] || die "cannot read the k8s.io/kubernetes version from ${here}/go.mod"
+version="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v1\./ { print $2; exit }' "${here}/go.mod")"
+[[ "${version}" =~ ^v1\.([0-9]+)\.[0-9]+$ ]] || die "cannot read the k8s.io/kubernetes version from ${here}/go.mod"
 k8s_major=1
 k8s_minor="${BASH_REMATCH[1]}"
 
-is_current() {
-  [[ -f "${stamp}" && "$(cat "${stamp}")" == "${k8s_version}" ]] || return 1
-  local b
-  for b in "${binaries[@]}"; do [[ -x "${bin_dir}/${b}" ]] || return 1; done
-}
-
-if [[ -z "${ZDT_REBUILD:-}" ]] && is_current; then
-  log "kube-apiserver and kubeadm ${k8s_version} are up to date in ${bin_dir}"
-  echo "${bin_dir}"
-  exit 0
-fi
-
-mkdir -p "${bin_dir}"
-
-# Serialize concurrent callers (parallel test workers): the second waits, then finds the
-# binaries current.
-if command -v flock >/dev/null 2>&1; then
-  exec 9>"${bin_dir}/.k8s-build.lock"
-  if ! flock -n 9; then
-    log "another build holds ${bin_dir}/.k8s-build.lock; waiting"
-    flock 9
-  fi
-  if [[ -z "${ZDT_REBUILD:-}" ]] && is_current; then
-    log "kube-apiserver and kubeadm ${k8s_version} were built meanwhile in ${bin_dir}"
-    echo "${bin_dir}"
-    exit 0
-  fi
-fi
-
-# Go environment: resolve modules from go.mod/go.sum (no vendor dir), keep the module and
-# build caches at Go's defaults unless the caller set them, never stamp VCS info (the module
-# lives inside the project's git work tree).
-export GOFLAGS="-mod=mod -buildvcs=false"
-export GOMODCACHE="${GOMODCACHE:-$(go env GOMODCACHE)}"
-[[ -n "${GOMODCACHE}" ]] || export GOMODCACHE="${cache_dir}/gomod"
-export GOCACHE="${GOCACHE:-$(go env GOCACHE)}"
-[[ -n "${GOCACHE}" && "${GOCACHE}" != off ]] || export GOCACHE="${cache_dir}/gobuild"
-export CGO_ENABLED="${CGO_ENABLED:-0}"
+gobuild_skip_if_current
+gobuild_env
 
 # Version stamping as in upstream hack/lib/version.sh: component-base/version is what
 # `kubeadm version`, the apiserver's /version and kubeadm's version checks read;
 # client-go/pkg/version is set too, as upstream does.
 ldflags="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  ldflags+=" -X ${pkg}.gitVersion=${k8s_version}"
+  ldflags+=" -X ${pkg}.gitVersion=${version}"
   ldflags+=" -X ${pkg}.gitMajor=${k8s_major}"
   ldflags+=" -X ${pkg}.gitMinor=${k8s_minor}"
   ldflags+=" -X ${pkg}.gitTreeState=clean"
@@ -79,7 +44,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 
 log "$(go version)"
-log "building kube-apiserver and kubeadm ${k8s_version} into ${bin_dir}"
+log "building kube-apiserver and kubeadm ${version} into ${bin_dir}"
 log "GOMODCACHE=${GOMODCACHE} GOCACHE=${GOCACHE}"
 log "first build: about 6-8 minutes on 2 cores; later builds reuse GOCACHE (seconds)"
 
@@ -97,12 +62,7 @@ for b in "${binaries[@]}"; do
   log "compiled ${b} ($(( SECONDS - start ))s so far)"
 done
 
-# Replace atomically, then write the stamp last: an interrupted build leaves no stamp.
-rm -f "${stamp}"
-for b in "${binaries[@]}"; do
-  mv -f "${tmp_dir}/${b}" "${bin_dir}/${b}"
-done
-printf '%s\n' "${k8s_version}" > "${stamp}"
+gobuild_install "${tmp_dir}"
 
 "${bin_dir}/kubeadm" version -o short >&2 || die "built kubeadm does not run"
 log "done in $(( SECONDS - start ))s: ${bin_dir}/{$(IFS=,; echo "${binaries[*]}")}"
