@@ -54,7 +54,7 @@ export function parseMemberList(text: string): EtcdMember[] {
 }
 
 export async function listMembers(exec: Exec, a: EtcdAccess): Promise<EtcdMember[]> {
-  const r = await exec('etcdctl', [...base(a), 'member', 'list', '-w', 'simple'], { timeoutMs: 30_000, env, hint: 'check that the etcd members answer on their client URLs' });
+  const r = await exec('etcdctl', [...base(a), 'member', 'list', '-w', 'simple'], { timeoutMs: 30_000, env, hint: 'check that the etcd members answer on their client URLs and have a quorum (etcd 3.6 lists members by a linearizable read)' });
   return parseMemberList(r.stdout);
 }
 
