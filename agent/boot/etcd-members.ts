@@ -39,7 +39,6 @@ function base(a: EtcdAccess): string[] {
   return args;
 }
 
-const env = { ETCDCTL_API: '3' };
 
 /** Parses `etcdctl member list -w simple`: `id, started|unstarted, name, peers, clients[, learner]`. */
 export function parseMemberList(text: string): EtcdMember[] {
@@ -54,7 +53,7 @@ export function parseMemberList(text: string): EtcdMember[] {
 }
 
 export async function listMembers(exec: Exec, a: EtcdAccess): Promise<EtcdMember[]> {
-  const r = await exec('etcdctl', [...base(a), 'member', 'list', '-w', 'simple'], { timeoutMs: 30_000, env, hint: 'check that the etcd members answer on their client URLs and have a quorum (etcd 3.6 lists members by a linearizable read)' });
+  const r = await exec('etcdctl', [...base(a), 'member', 'list', '-w', 'simple'], { timeoutMs: 30_000, hint: 'check that the etcd members answer on their client URLs and have a quorum (etcd 3.6 lists members by a linearizable read)' });
   return parseMemberList(r.stdout);
 }
 
@@ -63,7 +62,7 @@ export async function healthyEndpoints(exec: Exec, a: EtcdAccess, endpoints: rea
   if (endpoints.length === 0) return [];
   // A member without quorum blocks the health read until the command timeout: keep it short.
   const args = [...base({ ...a, endpoints }).map((x) => (x.startsWith('--command-timeout=') ? '--command-timeout=5s' : x)), 'endpoint', 'health', '-w', 'json'];
-  const r = await exec('etcdctl', args, { timeoutMs: 30_000, env, okExitCodes: [1] });
+  const r = await exec('etcdctl', args, { timeoutMs: 30_000, okExitCodes: [1] });
   try {
     const list = JSON.parse(r.stdout) as Array<{ endpoint: string; health: boolean }>;
     return list.filter((e) => e.health).map((e) => e.endpoint);
@@ -147,7 +146,7 @@ async function reconfigure(o: { exec: Exec; access: EtcdAccess; log: Logger }, a
     retryable: (err) => new RegExp(`unhealthy cluster|too many learner|not enough started members${adding ? '|member not found' : ''}`, 'i').test((err as Error).message),
     check: async (attempt) => {
       try {
-        await o.exec('etcdctl', [...base(o.access), ...args], { timeoutMs: 30_000, env });
+        await o.exec('etcdctl', [...base(o.access), ...args], { timeoutMs: 30_000 });
       } catch (err) {
         if (attempt > 1 && inPlace.test((err as Error).message)) return true;
         throw err;

@@ -11,14 +11,18 @@ import type { EtcdContext } from './restore.js';
  *
  * Learners (kubeadm adds joining members as learners until it promotes them) neither vote nor
  * lead: the guard counts voting members only, asks only them for their health, and leadership
- * only ever moves to one of them (etcd refuses a learner as the target). A learner leaving is
- * removed without the guard: it never counted for quorum.
+ * only ever moves to one of them (etcd refuses a learner as the target). A member that is
+ * itself a learner (its join never finished) cannot leave through its own endpoint: etcd
+ * answers a learner's member list and member remove with "rpc not supported for learner". It
+ * never counted for quorum; the outcome says so (a new member of the slot removes it at boot
+ * with stable names, agent/boot/etcd-members.ts).
  */
 
 export type LeaveOutcome =
   | { result: 'removed'; memberId: string; name: string; remaining: number }
   | { result: 'single-member'; memberId: string }
   | { result: 'not-a-member' }
+  | { result: 'learner'; memberId: string }
   | { result: 'refused'; reason: string };
 
 interface Member {
@@ -57,7 +61,6 @@ export class Etcdctl {
       [`--endpoints=${endpoints.join(',')}`, ...this.tlsFlags(endpoints[0] ?? ''), `--command-timeout=${this.commandTimeoutS}s`, '--dial-timeout=2s', ...args],
       {
         timeoutMs: opts.timeoutMs ?? (this.commandTimeoutS + 5) * 1000,
-        env: { ETCDCTL_API: '3' },
         okExitCodes: opts.okExitCodes,
         hint: 'check that etcdctl is installed and the etcd client settings (etcd.clientUrl, certificates)',
       },
@@ -65,11 +68,11 @@ export class Etcdctl {
     return r.stdout;
   }
 
-  async selfId(local: string): Promise<{ memberId: string; leaderId: string }> {
-    const s = parseEtcdJson<Array<{ Status: { header: { member_id: string }; leader: string } }>>(await this.run([local], ['endpoint', 'status', '-w', 'json']));
+  async selfId(local: string): Promise<{ memberId: string; leaderId: string; isLearner: boolean }> {
+    const s = parseEtcdJson<Array<{ Status: { header: { member_id: string }; leader: string; isLearner?: boolean } }>>(await this.run([local], ['endpoint', 'status', '-w', 'json']));
     const st = s[0]?.Status;
     if (!st) throw new AgentError('EtcdUnavailable', `etcdctl endpoint status of ${local} printed nothing`, { hint: 'check the local etcd' });
-    return { memberId: st.header.member_id, leaderId: st.leader };
+    return { memberId: st.header.member_id, leaderId: st.leader, isLearner: st.isLearner ?? false };
   }
 
   async members(local: string): Promise<Member[]> {
@@ -91,11 +94,16 @@ export async function leaveEtcd(ctx: EtcdContext, o: { commandTimeoutS?: number;
   const log = ctx.log;
   const local = ctx.config.etcd?.clientUrl ?? 'https://127.0.0.1:2379';
   const etcdctl = new Etcdctl(ctx, o.commandTimeoutS);
-  const [{ memberId, leaderId }, members] = await Promise.all([etcdctl.selfId(local), etcdctl.members(local)]);
+  const { memberId, leaderId, isLearner } = await etcdctl.selfId(local);
+  if (isLearner) {
+    log.warn('this etcd member is a learner (its join did not finish): it cannot leave through itself and never counted for quorum', { id: hex(memberId) });
+    return { result: 'learner', memberId: hex(memberId) };
+  }
+  const members = await etcdctl.members(local);
   const self = members.find((m) => m.id === memberId);
   if (!self) return { result: 'not-a-member' };
   const voters = members.filter((m) => !m.isLearner);
-  if (voters.length <= 1 && !self.isLearner) return { result: 'single-member', memberId };
+  if (voters.length <= 1) return { result: 'single-member', memberId };
 
   const others = voters.filter((m) => m.id !== memberId);
   const staying = others.length;
@@ -103,7 +111,7 @@ export async function leaveEtcd(ctx: EtcdContext, o: { commandTimeoutS?: number;
   const up = await etcdctl.healthy(others.flatMap((m) => m.clientUrls.slice(0, 1)));
   const healthyOthers = others.filter((m) => m.clientUrls.some((u) => up.has(u)));
   log.info('etcd quorum guard', { members: voters.length, staying, quorum, healthyStaying: healthyOthers.length });
-  if (!self.isLearner && healthyOthers.length < quorum) {
+  if (healthyOthers.length < quorum) {
     const down = others.filter((m) => !healthyOthers.includes(m)).map((m) => m.name || hex(m.id));
     return {
       result: 'refused',

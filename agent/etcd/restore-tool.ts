@@ -61,7 +61,7 @@ export function onPath(name: string, pathVar = process.env.PATH ?? ''): boolean 
 }
 
 async function reportedVersion(exec: Exec, file: RestoreTool['file']): Promise<string> {
-  const r = await exec(file, ['version'], { timeoutMs: 10_000, env: { ETCDCTL_API: '3' }, hint: `check the ${file} installation` });
+  const r = await exec(file, ['version'], { timeoutMs: 10_000, hint: `check the ${file} installation` });
   const version = parseToolVersion(r.stdout);
   if (!version) throw new AgentError('EtcdToolVersionUnknown', `${file} version printed no version: ${r.stdout.slice(0, 200)}`, { hint: `check the ${file} installation` });
   return version;

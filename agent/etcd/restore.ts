@@ -253,7 +253,7 @@ async function restoreSnapshot(o: RestoreOptions, manifest: Manifest, snapshotFi
       clusterToken: o.clusterToken ?? manifest.cluster,
       revisionBump,
     }),
-    { timeoutMs: o.timeoutMs ?? 600_000, env: { ETCDCTL_API: '3' }, hint: `check ${tool.file} ${tool.version} and that the data dir has room` },
+    { timeoutMs: o.timeoutMs ?? 600_000, hint: `check ${tool.file} ${tool.version} and that the data dir has room` },
   );
   const target = path.join(ctx.paths.at(o.dataDir), 'member');
   fs.renameSync(path.join(out, 'member'), target);

@@ -267,6 +267,8 @@ export async function runTerminate(o: { ctx: CommandContext; budget: Budget; fla
           return { result: 'skipped', detail: 'etcd has a single member: nothing to leave' };
         case 'not-a-member':
           return { result: 'skipped', detail: 'this node is no etcd member (any more)' };
+        case 'learner':
+          return { result: 'skipped', detail: `member ${out.memberId} is a learner (its join did not finish) and cannot leave through itself; it never counted for quorum (from a voting member: etcdctl member remove ${out.memberId})` };
         case 'refused':
           return { result: 'failed', error: `quorum guard: ${out.reason}` };
       }

@@ -198,13 +198,18 @@ describe('the HA leave with a learner in the cluster (etcd 3.6)', () => {
     expect(members).toHaveLength(3);
   });
 
-  it('is refused when the voting members that stay would lose quorum; the running learner is not counted', async () => {
+  it('is refused when the voting members that stay would lose quorum, the running learner not counted; a learner cannot leave through itself and says so', async () => {
     const c = await cluster3();
-    await startLearner(c, 'etcd-3');
+    const learner = await startLearner(c, 'etcd-3');
     await c.members[1]!.stop();
     const { ctx } = await rootFor(c.clientUrls[0]!);
     const out = await leaveEtcd(ctx);
     expect(out).toMatchObject({ result: 'refused', reason: expect.stringMatching(/would leave 2 voting members with 1 healthy, below quorum 2 \(down: etcd-1\)/) });
     expect(etcdctl([c.clientUrls[0]!], 'member', 'list')).toContain('etcd-0');
+
+    const { ctx: learnerCtx } = await rootFor(learner.clientUrl);
+    const learnerId = (await listMembers(exec, access([c.clientUrls[0]!]))).find((m) => m.isLearner)!.id;
+    expect(await leaveEtcd(learnerCtx)).toEqual({ result: 'learner', memberId: learnerId });
+    expect((await listMembers(exec, access([c.clientUrls[0]!]))).map((m) => m.name).sort()).toEqual(['etcd-0', 'etcd-1', 'etcd-2', 'etcd-3']);
   });
 });
