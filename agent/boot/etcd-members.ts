@@ -39,7 +39,6 @@ function base(a: EtcdAccess): string[] {
   return args;
 }
 
-
 /** Parses `etcdctl member list -w simple`: `id, started|unstarted, name, peers, clients[, learner]`. */
 export function parseMemberList(text: string): EtcdMember[] {
   return text
@@ -110,12 +109,12 @@ export async function addThisMember(o: { exec: Exec; access: EtcdAccess; name: s
   if (learners.length) o.log.info('etcd learners of other slots (not counted for quorum; left alone)', { learners: learners.map((m) => m.name || m.peerUrls.join(' ')).join(', ') });
   o.log.info('adding this etcd member', { name: o.name, peerUrl: o.peerUrl });
   await reconfigure(o, ['member', 'add', o.name, `--peer-urls=${o.peerUrl}`]);
-  const initialCluster = initialClusterOf([...members, { id: '', name: o.name, started: false, peerUrls: [o.peerUrl], clientUrls: [], isLearner: false }], o);
+  const initialCluster = `${initialClusterOf(members, o)},${o.name}=${o.peerUrl}`;
   return { initialCluster, removedStale };
 }
 
 /**
- * --initial-cluster for this slot's member joining `members` (which include it): every member,
+ * --initial-cluster entries of `members` for this slot's member joining them: every member,
  * learners and unstarted ones included, since etcd refuses to join when the list does not
  * match the cluster's ("member count is unequal"); a member without a name yet (never
  * started) gets a placeholder, this slot's its own name.

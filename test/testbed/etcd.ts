@@ -57,14 +57,14 @@ export interface EtcdTls {
  * and clientAuth, for localhost and 127.0.0.1), `healthcheck-client`, and the API server's
  * `apiserver-etcd-client`. Peer URLs run over TLS with it, as kubeadm's etcd does.
  */
-export async function makeKubeadmEtcdPki(dir: string): Promise<EtcdTls & { apiserverClient: Credentials }> {
+export async function makeKubeadmEtcdPki(dir: string): Promise<EtcdTls> {
   const ca = await makeTestCa(dir, 'etcd-ca');
   const names = ['DNS:localhost', 'IP:127.0.0.1', 'IP:0:0:0:0:0:0:0:1'];
   await ca.server('server', '/CN=etcd00', names, { alsoClient: true });
   await ca.server('peer', '/CN=etcd00', names, { alsoClient: true });
   const client = await ca.client('healthcheck-client', '/CN=kube-etcd-healthcheck-client');
-  const apiserverClient = await ca.client('apiserver-etcd-client', '/CN=kube-apiserver-etcd-client');
-  return { caDir: dir, server: 'server', peer: 'peer', client, apiserverClient };
+  await ca.client('apiserver-etcd-client', '/CN=kube-apiserver-etcd-client');
+  return { caDir: dir, server: 'server', peer: 'peer', client };
 }
 
 export interface EtcdStart {
