@@ -3,7 +3,8 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startEtcd, startEtcdCluster } from '../testbed/etcd.js';
+import { etcdTool, startEtcd, startEtcdCluster } from '../testbed/etcd.js';
+import { kubeBinDir } from '../testbed/kube.js';
 import { createLoopDevice, mountpoints } from '../testbed/loop.js';
 import { makeTempRoot } from '../testbed/root.js';
 import { readRecords, standinEnv } from '../testbed/standins.js';
@@ -96,6 +97,18 @@ describe('etcd runs as real servers on loopback ports', () => {
 
     expect(value).toBe('controller-a');
     expect(members.trim().split('\n')).toHaveLength(3);
+  });
+});
+
+describe('etcd 3.6 as kubeadm 1.34 deploys it (etcd36/build.sh)', () => {
+  it('etcd, etcdctl and etcdutl report the release pinned in etcd36/go.mod, the etcd the real kubeadm deploys', async () => {
+    const pinned = /go\.etcd\.io\/etcd\/server\/v3 v(3\.6\.\d+)/.exec(await fs.readFile(new URL('../testbed/etcd36/go.mod', import.meta.url), 'utf8'))![1]!;
+    const kubernetes = /^\tk8s\.io\/kubernetes (v1\.\d+\.\d+)$/m.exec(await fs.readFile(new URL('../testbed/k8s/go.mod', import.meta.url), 'utf8'))![1]!;
+    const images = await execa(path.join(kubeBinDir(), 'kubeadm'), ['config', 'images', 'list', '--kubernetes-version', kubernetes]);
+    expect(images.stdout).toContain(`registry.k8s.io/etcd:${pinned}-0`);
+    expect((await execa(etcdTool('3.6', 'etcd'), ['--version'])).stdout).toContain(`etcd Version: ${pinned}`);
+    expect((await execa(etcdTool('3.6', 'etcdctl'), ['version'])).stdout).toContain(`etcdctl version: ${pinned}`);
+    expect((await execa(etcdTool('3.6', 'etcdutl'), ['version'])).stdout).toContain(`etcdutl version: ${pinned}`);
   });
 });
 
