@@ -274,9 +274,10 @@ async function joinControlPlane(ctx: BootContext, volume: MountedVolume, version
     };
     const peerUrl = `https://${stable}:2380`;
     let initialCluster: string;
+    const members = holdsEtcdData(volume.dataDir) ? await listMembers(ctx.exec, access) : [];
+    if (members.find((m) => m.peerUrls.includes(peerUrl))?.isLearner) moveLearnerDataAside(volume, stable, log);
     if (holdsEtcdData(volume.dataDir)) {
       // The predecessor's volume: the same member with its data; etcd rejoins as itself.
-      const members = await listMembers(ctx.exec, access);
       if (!members.some((m) => m.peerUrls.includes(peerUrl))) {
         throw new AgentError('EtcdMemberMissing', `the volume holds etcd data of ${stable}, but the cluster has no member with ${peerUrl}`, {
           hint: 'the member was removed while its volume was kept; move the old data aside (it is stale) and boot again to join as a new member',
@@ -305,6 +306,18 @@ async function joinControlPlane(ctx: BootContext, volume: MountedVolume, version
     }),
   );
   await kubeadm(ctx, ['join', '--config', joinYaml, ...(skip.length ? [`--skip-phases=${skip.join(',')}`] : [])], 'kubeadm join --control-plane');
+}
+
+/**
+ * The volume holds the data of this slot's learner: a join that died before the promotion.
+ * A learner's data is a copy of the leader's, possibly partial, and nothing promotes it: it
+ * goes aside on the volume (kept, not deleted), and the slot joins afresh, which removes the
+ * learner (addThisMember).
+ */
+function moveLearnerDataAside(volume: MountedVolume, member: string, log: BootContext['log']): void {
+  const aside = path.join(volume.mountPoint, `etcd-learner-${new Date().toISOString().replace(/[-:]|\.\d+/g, '')}`);
+  fs.renameSync(path.join(volume.dataDir, 'member'), aside);
+  log.warn("this slot's etcd member is a learner left by an unfinished join: its data moved aside, joining afresh", { member, movedTo: aside });
 }
 
 /** The version the cluster on this volume runs: what a replacement controller 00 starts with when the API is down. */

@@ -13,7 +13,7 @@ import { DeadlineError } from '../../agent/errors.js';
 import type { KubeObject } from '../../agent/host/kube.js';
 import { deleteOwnNode } from '../../agent/terminate/drain.js';
 import { NODE_SELF_DELETE, NODE_SELF_DELETE_RBAC } from '../../agent/terminate/rbac.js';
-import { startEtcdCluster } from '../testbed/etcd.js';
+import { startEtcdCluster, type EtcdCluster } from '../testbed/etcd.js';
 import { startImds } from '../testbed/imds.js';
 import { kubeApiserverAvailable, startKube, type Kube } from '../testbed/kube.js';
 import { createLoopDevice } from '../testbed/loop.js';
@@ -175,6 +175,35 @@ async function controller(o: { index: string; cluster?: Partial<NonNullable<Conf
 }
 
 const calls = async () => (await readRecords(records)).map((r) => `${r.tool} ${r.argv.join(' ')}`);
+
+/** A volume with etcd data (`db` as its database) and the identity file of its cluster, as a predecessor left it. */
+const holdingEtcdData = (db: string) => (mnt: string, cluster: string) => {
+  fs.mkdirSync(path.join(mnt, 'data/member/snap'), { recursive: true, mode: 0o700 });
+  fs.writeFileSync(path.join(mnt, 'data/member/snap/db'), db);
+  fs.writeFileSync(path.join(mnt, VOLUME_IDENTITY_FILE), JSON.stringify({ schema: 1, cluster, volumeId: 'vol-0', createdAt: 't', createdBy: 'i-0', kubernetesVersion: '1.34.12' }));
+};
+
+/**
+ * A three-member etcd the stable names of the agent's etcdctl point at, with a member of slot
+ * 02 that never starts (`learner`: added as one, as kubeadm's join does), as a predecessor
+ * left it; the add is retried while etcd refuses changes (~5 s after its start).
+ */
+async function etcdWithSlot02Member(o: { learner: boolean }): Promise<{ etcd: EtcdCluster; stable: string; peerUrl: string }> {
+  const etcd = await startEtcdCluster(3);
+  cleanups.push(() => etcd.stop());
+  process.env.ZDT_TEST_ETCD_ENDPOINTS = etcd.clientUrls.join(',');
+  const stable = 'etcd02.prod.internal';
+  const peerUrl = `https://${stable}:2380`;
+  for (let i = 0; ; i++) {
+    try {
+      execFileSync('etcdctl', [`--endpoints=${etcd.clientUrls.join(',')}`, 'member', 'add', stable, ...(o.learner ? ['--learner'] : []), `--peer-urls=${peerUrl}`], { stdio: 'pipe' });
+      return { etcd, stable, peerUrl };
+    } catch (err) {
+      if (i > 40) throw err;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+}
 const closedEndpoint = '127.0.0.1:1';
 const RBAC = '/apis/rbac.authorization.k8s.io/v1';
 const rbacObject = async (plural: 'clusterroles' | 'clusterrolebindings') => (await kube.admin.call<KubeObject>('GET', `${RBAC}/${plural}/${NODE_SELF_DELETE}`)).body;
@@ -229,11 +258,7 @@ describe.skipIf(!!pending)(`controller boot${pending ? ` (${pending})` : ''}`, (
       index: '00',
       // Exact: an upgrade would wait for the API, which the recording kubeadm does not start.
       cluster: { apiEndpoint: closedEndpoint, kubernetesVersion: '1.34.12' },
-      prepareVolume: (mnt, cluster) => {
-        fs.mkdirSync(path.join(mnt, 'data/member/snap'), { recursive: true, mode: 0o700 });
-        fs.writeFileSync(path.join(mnt, 'data/member/snap/db'), 'the cluster');
-        fs.writeFileSync(path.join(mnt, VOLUME_IDENTITY_FILE), JSON.stringify({ schema: 1, cluster, volumeId: 'vol-0', createdAt: 't', createdBy: 'i-0', kubernetesVersion: '1.34.12' }));
-      },
+      prepareVolume: holdingEtcdData('the cluster'),
     });
     await putPki(n.prefix);
     await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: `${n.prefix}/token`, Body: TOKEN }));
@@ -372,20 +397,7 @@ describe.skipIf(!!pending)(`controller boot${pending ? ` (${pending})` : ''}`, (
   });
 
   it('a controller with a stable name replaces its slot\'s stale etcd member, then joins without kubeadm\'s own etcd join', async () => {
-    const etcd = await startEtcdCluster(3);
-    cleanups.push(() => etcd.stop());
-    process.env.ZDT_TEST_ETCD_ENDPOINTS = etcd.clientUrls.join(',');
-    const stable = 'etcd02.prod.internal';
-    const peerUrl = `https://${stable}:2380`;
-    for (let i = 0; ; i++) {
-      try {
-        execFileSync('etcdctl', [`--endpoints=${etcd.clientUrls.join(',')}`, 'member', 'add', stable, `--peer-urls=${peerUrl}`], { env: { ...process.env, ETCDCTL_API: '3' }, stdio: 'pipe' });
-        break;
-      } catch (err) {
-        if (i > 40) throw err;
-        await new Promise((r) => setTimeout(r, 250)); // etcd refuses changes for ~5 s after its start
-      }
-    }
+    const { etcd, stable, peerUrl } = await etcdWithSlot02Member({ learner: false });
     const n = await controller({ index: '02', cluster: { apiEndpoint: new URL(kube.server).host, domain: 'prod.internal' } });
     await putPki(n.prefix);
     await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: `${n.prefix}/token`, Body: TOKEN }));
@@ -414,6 +426,26 @@ describe.skipIf(!!pending)(`controller boot${pending ? ` (${pending})` : ''}`, (
       expect(kubeadmValidate(clusterFile)).toBe('');
       expect(kubeadmValidate(joinFile)).toBe('');
     }
+  }, 120_000);
+
+  it("a controller whose volume holds the data of its slot's learner (a join that died before the promotion) moves that data aside, removes the learner and joins as a voting member", async () => {
+    const { etcd, peerUrl } = await etcdWithSlot02Member({ learner: true });
+    const n = await controller({
+      index: '02',
+      cluster: { apiEndpoint: new URL(kube.server).host, domain: 'prod.internal' },
+      prepareVolume: holdingEtcdData('a partial copy of the leader'),
+    });
+    await putPki(n.prefix);
+    await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: `${n.prefix}/token`, Body: TOKEN }));
+    const result = await runBoot(await bootDepsFor(n.root.dir, n.config));
+    expect(result.error?.oneLine()).toBeUndefined();
+    const ours = execFileSync('etcdctl', [`--endpoints=${etcd.clientUrls.join(',')}`, 'member', 'list'], { encoding: 'utf8' }).split('\n').filter((l) => l.includes(peerUrl));
+    expect(ours).toHaveLength(1);
+    expect(ours[0]).toMatch(/, unstarted, , https:\/\/etcd02\.prod\.internal:2380, , false$/);
+    expect(fs.existsSync(n.root.at('/var/lib/etcd/data/member'))).toBe(false);
+    const aside = fs.readdirSync(n.root.at('/var/lib/etcd')).filter((f) => f.startsWith('etcd-learner-'));
+    expect(aside).toHaveLength(1);
+    expect(fs.readFileSync(n.root.at(`/var/lib/etcd/${aside[0]}/snap/db`), 'utf8')).toBe('a partial copy of the leader');
   }, 120_000);
 
   it('controller 00 upgrades the running cluster to the newest 1.34 patch: kubeadm first, kubelet after', async () => {
