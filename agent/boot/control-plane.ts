@@ -6,7 +6,7 @@ import { KubeApiError } from '../host/kube.js';
 import { renderEtcdPatch, renderInitConfig, renderJoinConfig } from '../host/kubeadm.js';
 import { waitFor } from '../host/retry.js';
 import { ensureServiceRunning } from '../host/services.js';
-import { addSecret } from '../log/redact.js';
+import { registerSecret } from '../log/redact.js';
 import { isFirstController } from '../node.js';
 import { applyNodeSelfDeleteRbac, NODE_SELF_DELETE } from '../terminate/rbac.js';
 import {
@@ -148,7 +148,7 @@ async function initControlPlane(ctx: BootContext, volume: MountedVolume, version
   let token = await readJoinToken(ctx);
   const generated = !token;
   token ??= newBootstrapToken();
-  addSecret(token);
+  registerSecret(token, 'bootstrap-token');
   const ignore = restore ? [dirAvailableCheck(dataDir)] : [];
   const initYaml = renderInitConfig({
     node: nodeRegistrationFor(config, identity, ignore),

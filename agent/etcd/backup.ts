@@ -65,7 +65,7 @@ function kubernetesVersionOf(ctx: EtcdContext, kubeadmFiles: FilePart[]): string
   for (const f of kubeadmFiles.filter((k) => /\.ya?ml$/.test(k.name))) {
     try {
       for (const doc of f.data.toString('utf8').split(/^---$/m)) {
-        const v = (parseYaml(doc) as { kubernetesVersion?: unknown } | null)?.kubernetesVersion;
+        const v = (parseYaml(doc, { logLevel: 'silent' }) as { kubernetesVersion?: unknown } | null)?.kubernetesVersion;
         if (typeof v === 'string') return v;
       }
     } catch {

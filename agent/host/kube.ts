@@ -39,7 +39,7 @@ interface KubeconfigDoc {
 export function loadKubeconfig(file: string, mapPath: (p: string) => string = (p) => p): KubeCredentials {
   let doc: KubeconfigDoc;
   try {
-    doc = parseYaml(fs.readFileSync(file, 'utf8')) as KubeconfigDoc;
+    doc = parseYaml(fs.readFileSync(file, 'utf8'), { logLevel: 'silent' }) as KubeconfigDoc;
   } catch (err) {
     throw new AgentError('KubeconfigUnreadable', `cannot read ${file}: ${(err as Error).message}`, {
       hint: 'check that kubeadm wrote it (the node joined) and that the agent runs as root',
