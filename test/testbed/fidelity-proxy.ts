@@ -18,6 +18,8 @@ import { freePort } from './ports.js';
  * - CompleteLifecycleAction, RecordLifecycleActionHeartbeat and SignalResource (HTTP 500 in
  *   moto) are recorded and answered with the success response the SDK expects. A call
  *   answered by an injected fault is not recorded.
+ * - ListMultipartUploads shows when each upload was initiated (moto answers the same fixed
+ *   2010 date for all), from the time the proxy forwarded its CreateMultipartUpload.
  *
  * Not covered: DescribeVolumes filters on `status` / `attachment.status` see moto's settled
  * state, and DescribeInstances block device mappings are not rewritten.
@@ -106,6 +108,26 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
   let faults: (Fault & { times: number })[] = [];
   const recorded = new Map<string, RecordedCall[]>();
   const transitions = new Map<string, Transition>();
+  /** UploadId -> when its CreateMultipartUpload was answered. */
+  const initiated = new Map<string, Date>();
+
+  /** S3 calls forwarded; multipart upload times kept and shown as AWS does. */
+  async function s3(call: Call): Promise<Reply> {
+    const reply = await forward(call);
+    if (reply.status !== 200) return reply;
+    const xml = reply.body.toString();
+    if (call.action === 's3:CreateMultipartUpload') {
+      const id = tag(xml, 'UploadId');
+      if (id) initiated.set(id, new Date());
+    } else if (call.action === 's3:ListMultipartUploads') {
+      const body = xml.replace(/<Upload>([\s\S]*?)<\/Upload>/g, (upload, inner: string) => {
+        const at = initiated.get(tag(inner, 'UploadId') ?? '');
+        return at ? upload.replace(/<Initiated>[^<]*<\/Initiated>/, `<Initiated>${at.toISOString()}</Initiated>`) : upload;
+      });
+      return { ...reply, body };
+    }
+    return reply;
+  }
 
   const upstream = (method: string, path: string, headers: http.IncomingHttpHeaders, body: Buffer): Promise<Reply> =>
     new Promise((resolve, reject) => {
@@ -235,7 +257,7 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
       const [status, code] = FAULT_ERRORS[fault.kind][call.protocol];
       return send(res, awsError(call, status, code, `injected ${fault.kind} by the fidelity proxy`), req.method);
     }
-    const reply = call.action in RECORDED ? record(call) : call.protocol === 'ec2' ? await ec2(call) : await forward(call);
+    const reply = call.action in RECORDED ? record(call) : call.protocol === 'ec2' ? await ec2(call) : call.protocol === 's3' ? await s3(call) : await forward(call);
     send(res, reply, req.method);
   }
 
@@ -291,7 +313,7 @@ function s3Operation(req: http.IncomingMessage, url: URL): string {
   const verb = VERB[req.method ?? 'GET'] ?? req.method ?? 'Get';
   const sub = [...q.keys()].find((k) => S3_SUBRESOURCES.includes(k));
   if (!bucket) return 'ListBuckets';
-  if (q.has('uploads')) return 'CreateMultipartUpload';
+  if (q.has('uploads')) return req.method === 'GET' ? 'ListMultipartUploads' : 'CreateMultipartUpload';
   if (q.has('uploadId')) return { PUT: 'UploadPart', POST: 'CompleteMultipartUpload', DELETE: 'AbortMultipartUpload' }[req.method ?? ''] ?? 'ListParts';
   if (req.method === 'POST' && q.has('delete')) return 'DeleteObjects';
   if (sub) return `${verb}${onObject ? 'Object' : 'Bucket'}${sub.split('-').map((w) => w[0]!.toUpperCase() + w.slice(1)).join('')}`;
