@@ -4,7 +4,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { AgentError, DeadlineError } from '../../agent/errors.js';
 import { makeExec } from '../../agent/host/exec.js';
-import { createLogger } from '../../agent/log/logger.js';
+import { captureProcessWarnings, createLogger } from '../../agent/log/logger.js';
 import { registerSecret, redact, redactDeep, registerSecretsPrintedIn, MIN_SECRET_LENGTH } from '../../agent/log/redact.js';
 
 const TOKEN = 'abcdef.0123456789abcdef';
@@ -90,6 +90,22 @@ describe('redaction by value', () => {
   it('redacts keys of nested values too', () => {
     registerSecret('nested-secret-key-value', 'other');
     expect(redactDeep({ 'nested-secret-key-value': 1 })).toEqual({ '[REDACTED]': 1 });
+  });
+});
+
+describe('Node warnings', () => {
+  it('go to the log at debug, redacted, and Node no longer prints them on stderr', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-warn-'));
+    const logFile = path.join(dir, 'agent.log');
+    captureProcessWarnings();
+    expect(process.listeners('warning')).toHaveLength(1); // Node's printer is gone, ours is left
+    createLogger({ file: logFile, console: null, level: 'debug' });
+    registerSecret('warned-secret-value-123', 'other');
+    process.emitWarning('the source line quoted warned-secret-value-123', 'YAMLWarning');
+    await new Promise((r) => setImmediate(r)); // warnings are emitted on the next tick
+    const text = fs.readFileSync(logFile, 'utf8');
+    expect(text).toMatch(/DEBUG node warning warning="YAMLWarning: the source line quoted \[REDACTED\]"/);
+    fs.rmSync(dir, { recursive: true });
   });
 });
 
