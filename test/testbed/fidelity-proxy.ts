@@ -55,6 +55,8 @@ export type RecordedAction = 'CompleteLifecycleAction' | 'RecordLifecycleActionH
 export interface FidelityProxy {
   endpoint: string;
   recorded(action: RecordedAction): RecordedCall[];
+  /** How many calls of `action` (named as for `inject`) reached the proxy, faults included. */
+  calls(action: string): number;
   inject(fault: Fault): void;
   clearFaults(): void;
   setAttachDelayMs(ms: number): void;
@@ -107,6 +109,7 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
   let attachDelayMs = o.attachDelayMs ?? 0;
   let faults: (Fault & { times: number })[] = [];
   const recorded = new Map<string, RecordedCall[]>();
+  const counted = new Map<string, number>();
   const transitions = new Map<string, Transition>();
   /** UploadId -> when its CreateMultipartUpload was answered. */
   const initiated = new Map<string, Date>();
@@ -248,6 +251,7 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
     const chunks: Buffer[] = [];
     for await (const c of req) chunks.push(c as Buffer);
     const call = identify(req, Buffer.concat(chunks));
+    counted.set(call.action, (counted.get(call.action) ?? 0) + 1);
     const fault = takeFault(call.action);
     if (fault?.kind === 'reset') return void req.socket.resetAndDestroy();
     if (fault?.kind === 'hang') return; // never answered; the client times out, or stop() closes it
@@ -275,9 +279,14 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
   return {
     endpoint: `http://127.0.0.1:${port}`,
     recorded: (action) => [...(recorded.get(action) ?? [])],
+    calls: (action) => counted.get(action) ?? 0,
     inject: (fault) => void faults.push({ ...fault, times: fault.times ?? Infinity }),
     clearFaults: () => void (faults = []),
-    setAttachDelayMs: (ms) => void (attachDelayMs = ms),
+    setAttachDelayMs: (ms) => {
+      attachDelayMs = ms;
+      // Transitions under way end no later than the new delay allows.
+      for (const t of transitions.values()) t.until = Math.min(t.until, Date.now() + ms);
+    },
     stop: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());
