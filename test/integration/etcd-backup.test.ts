@@ -181,6 +181,22 @@ describe('emergency backup of a single-member etcd', () => {
     }
   });
 
+  it('a restore onto a disk too small names the file it could not write', async () => {
+    const target = await newRoot();
+    const dataDir = target.at('/var/lib/etcd');
+    fs.mkdirSync(dataDir, { recursive: true });
+    // 1 MiB: the 8 MiB snapshot does not fit. Unmounted by its mount point below.
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'zdt-test-full', dataDir]);
+    try {
+      const ctx = await contextFor(target.dir, controllerConfig(etcd.clientUrl));
+      const err = (await restoreBackup({ ctx, from: key, dataDir: '/var/lib/etcd' }).catch((e: unknown) => e)) as AgentError;
+      expect(err).toBeInstanceOf(AgentError);
+      expect(err.oneLine()).toMatch(new RegExp(`^FileWriteFailed: cannot write ${dataDir}/\\.zdt-restore-\\d+/files/\\S+: ENOSPC: .*; the filesystem holding ${dataDir}/\\.zdt-restore-\\d+/files\\S* is full`));
+    } finally {
+      execFileSync('umount', [dataDir]);
+    }
+  });
+
   it('refuses to restore over existing etcd data', async () => {
     const target = await newRoot();
     fs.mkdirSync(target.at('/var/lib/etcd/member'), { recursive: true });
