@@ -1,3 +1,6 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { DecryptCommand, type KMSClient } from '@aws-sdk/client-kms';
 import { HeadObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,6 +10,9 @@ import { Imds } from '../../agent/host/imds.js';
 import { makePaths } from '../../agent/host/paths.js';
 import { createLogger } from '../../agent/log/logger.js';
 import { redact } from '../../agent/log/redact.js';
+import { emptyState, writeState } from '../../agent/log/state.js';
+import { buildEvent } from '../../agent/notify/events.js';
+import { AgentError } from '../../agent/errors.js';
 import { assumeSshRole } from '../../agent/ssh/credentials.js';
 import { startFidelityProxy, type FidelityProxy } from '../testbed/fidelity-proxy.js';
 import { startHttpTap } from '../testbed/http-tap.js';
@@ -19,10 +25,45 @@ import { resolveConfig } from '../../agent/config/load.js';
  * Every secret the agent receives or derives is registered with the redactor where it enters
  * the process, through the real entry points: STS AssumeRole and KMS GenerateDataKey on moto,
  * the IMDSv2 session token and the instance role's credentials from amazon-ec2-metadata-mock.
- * Each is then replaced in any text, also in the encodings it may travel in.
+ * Each is then replaced in any text, also in the encodings it may travel in, and reaches no
+ * sink: the log at debug, the state file, an SNS event, an error's one line.
  */
 
 const log = createLogger({ console: null });
+
+/**
+ * Writes each secret bare, at debug, into every sink the agent has (a log file, the state
+ * file, an SNS event, an error's one line) and returns what the sinks hold.
+ */
+function throughEverySink(secrets: string[]): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-sinks-'));
+  try {
+    const sink = createLogger({ file: path.join(dir, 'agent.log'), console: null, level: 'debug' });
+    const state = emptyState('x');
+    secrets.forEach((v, i) => {
+      sink.debug(`saw ${v}`, { value: v, json: JSON.stringify({ v }) });
+      state.facts[`f${i}`] = v;
+    });
+    writeState(path.join(dir, 'state.json'), state);
+    const error = new AgentError('Planted', `failed with ${secrets.join(' ')}`);
+    const event = buildEvent({
+      event: 'boot.failed',
+      config: resolveConfig([{ source: 'file', origin: 'test', data: { cluster: { name: 'prod' }, node: { role: 'worker' } } }]),
+      identity: { instanceId: 'i-0', region: REGION, availabilityZone: `${REGION}a`, instanceType: 'm5.large', privateIp: '10.0.0.1', lifecycle: 'on-demand', tags: {} } as never,
+      phases: { identity: { result: 'failed', startedAt: '', durationMs: 0, error: error.oneLine() } },
+      failure: { phase: 'identity', error: error.oneLine() },
+      log: sink,
+    });
+    return [fs.readFileSync(path.join(dir, 'agent.log'), 'utf8'), fs.readFileSync(path.join(dir, 'state.json'), 'utf8'), JSON.stringify(event), error.oneLine()].join('\n');
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function expectInNoSink(secrets: string[]): void {
+  const sinks = throughEverySink(secrets);
+  for (const v of secrets) expect(sinks.includes(v), `a sink carries ${v.slice(0, 8)}…`).toBe(false);
+}
 let moto: Moto;
 let proxy: FidelityProxy;
 let kms: KMSClient;
@@ -59,6 +100,7 @@ describe('secrets registered where they enter', () => {
     expect(creds.secretAccessKey.length).toBeGreaterThan(8);
     expect(redact(`bare ${creds.secretAccessKey} and ${creds.sessionToken}`)).toBe('bare [REDACTED] and [REDACTED]');
     expect(redact(encodeURIComponent(creds.sessionToken!))).toBe('[REDACTED]');
+    expectInNoSink([creds.secretAccessKey, creds.sessionToken!]);
   });
 
   it('a KMS data key (GenerateDataKey on moto), in base64 and hex', async () => {
@@ -74,6 +116,7 @@ describe('secrets registered where they enter', () => {
     for (const form of [key.toString('base64'), key.toString('hex'), key.toString('hex').toUpperCase(), key.toString('base64url')]) {
       expect(redact(`key ${form} end`)).toBe('key [REDACTED] end');
     }
+    expectInNoSink([key.toString('base64'), key.toString('hex')]);
   });
 
   it('the IMDSv2 session token (amazon-ec2-metadata-mock)', async () => {
@@ -89,6 +132,7 @@ describe('secrets registered where they enter', () => {
     }
     expect(tokens.length).toBeGreaterThan(0);
     expect(redact(`token ${tokens[0]} end`)).toBe('token [REDACTED] end');
+    expectInNoSink([tokens[0]!]);
   });
 
   it("the instance role's credentials the SDK reads from IMDS", async () => {
@@ -110,5 +154,6 @@ describe('secrets registered where they enter', () => {
     }
     expect(served.SecretAccessKey.length).toBeGreaterThanOrEqual(8);
     expect(redact(`${served.SecretAccessKey} ${served.Token}`)).toBe('[REDACTED] [REDACTED]');
+    expectInNoSink([served.SecretAccessKey, served.Token]);
   });
 });
