@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { DescribeVolumesCommand, EC2Client } from '@aws-sdk/client-ec2';
-import { GetObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { CreateTopicCommand, SNSClient } from '@aws-sdk/client-sns';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
@@ -186,7 +186,7 @@ beforeAll(async () => {
   if (!(await kubeApiserverAvailable())) throw new Error('kube-apiserver is missing: run test/testbed/k8s/build.sh');
   w = await startAwsWorld();
   kube = await startKube();
-  s3 = new (await import('@aws-sdk/client-s3')).S3Client({ region: REGION, endpoint: w.proxy.endpoint, credentials, forcePathStyle: true });
+  s3 = new S3Client({ region: REGION, endpoint: w.proxy.endpoint, credentials, forcePathStyle: true });
   await makeBucket(s3, BUCKET);
   topicArn = (await new SNSClient({ region: REGION, endpoint: w.proxy.endpoint, credentials }).send(new CreateTopicCommand({ Name: 'zdt-crash' }))).TopicArn!;
   gateDir = writeGates();
