@@ -43,7 +43,7 @@ type Service = keyof Config['aws']['endpoints'];
 
 /** What registerResolvedCredentials needs of a client: every SDK v3 client has both. */
 interface SdkClient {
-  config: { credentials: (o?: Record<string, unknown>) => Promise<AwsCredentialIdentity> };
+  config: { credentials?: (o?: Record<string, unknown>) => Promise<AwsCredentialIdentity> };
   middlewareStack: { add(mw: (next: (args: unknown) => Promise<unknown>) => (args: unknown) => Promise<unknown>, o: { step: 'build'; name: string }): void };
 }
 
@@ -58,7 +58,7 @@ function registerResolvedCredentials<T>(client: T): T {
   const c = client as unknown as SdkClient;
   c.middlewareStack.add(
     (next) => async (args) => {
-      registerAwsCredentials(await c.config.credentials().catch(() => undefined));
+      if (typeof c.config.credentials === 'function') registerAwsCredentials(await c.config.credentials().catch(() => undefined));
       return next(args);
     },
     { step: 'build', name: 'zdtRegisterCredentials' },
