@@ -1,6 +1,7 @@
 import yargs, { type Argv } from 'yargs';
 import { AgentError, ExitCode, asAgentError } from './errors.js';
 import { LOG_FORMATS, LOG_LEVELS } from './log/logger.js';
+import { redact } from './log/redact.js';
 
 /**
  * The command-line interface. Each handler is small: it loads its command module lazily
@@ -122,7 +123,7 @@ export async function runCli(argv: string[]): Promise<number> {
     .version(false)
     .fail((msg, err) => {
       // yargs may report several problems of one command line; the first is the one to fix.
-      usageError ??= err ? (err instanceof AgentError ? err.oneLine() : err.message) : msg;
+      usageError ??= redact(err ? (err instanceof AgentError ? err.oneLine() : err.message) : msg);
     });
 
   try {

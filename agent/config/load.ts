@@ -1,7 +1,8 @@
 import fs from 'node:fs';
-import { parse as parseYaml, YAMLParseError } from 'yaml';
+import { parseDocument, YAMLError, YAMLWarning } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
+import { redact } from '../log/redact.js';
 import { combinationProblems, configSchema, type CombinationFacts, type Config } from './schema.js';
 import { hintFor } from './hints.js';
 
@@ -39,13 +40,17 @@ export const TAG_KEYS: Readonly<Record<string, readonly string[]>> = {
 };
 
 export function parseYamlLayer(source: SourceName, origin: string, text: string): Layer {
+  // logLevel 'silent': the yaml library would otherwise print its warnings (an unknown tag
+  // such as `!vault`) as a Node warning on stderr, quoting the source line and its value.
+  // Errors and warnings alike become the config error instead, by their first line only.
   let data: unknown;
   try {
-    data = parseYaml(text, { prettyErrors: true, uniqueKeys: true });
+    const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true, logLevel: 'silent' });
+    const problem = doc.errors[0] ?? doc.warnings[0];
+    if (problem) throw problem;
+    data = doc.toJS();
   } catch (err) {
-    const where = err instanceof YAMLParseError && err.linePos ? ` line ${err.linePos[0].line}` : '';
-    const first = (err as Error).message.split('\n')[0];
-    throw new ConfigError('ConfigSyntax', `${origin}${where}: ${first}`, { hint: 'fix the YAML syntax (indentation, quotes, tabs)' });
+    throw yamlProblem(origin, err as Error);
   }
   if (data === null || data === undefined) data = {};
   if (typeof data !== 'object' || Array.isArray(data)) {
@@ -54,6 +59,13 @@ export function parseYamlLayer(source: SourceName, origin: string, text: string)
     });
   }
   return { source, origin, data: data as Record<string, unknown> };
+}
+
+function yamlProblem(origin: string, err: Error): ConfigError {
+  const where = err instanceof YAMLError && err.linePos ? ` line ${err.linePos[0].line}` : '';
+  const first = err.message.split('\n')[0] ?? '';
+  const hint = err instanceof YAMLWarning ? 'the agent resolves no YAML tags: write the value itself' : 'fix the YAML syntax (indentation, quotes, tabs)';
+  return new ConfigError('ConfigSyntax', redact(`${origin}${where}: ${first}`), { hint });
 }
 
 export function readFileLayer(source: SourceName, file: string, required: boolean): Layer | undefined {
