@@ -1,4 +1,5 @@
 import yargs, { type Argv } from 'yargs';
+import type { GlobalOptions } from './context.js';
 import { AgentError, ExitCode, asAgentError } from './errors.js';
 import { LOG_FORMATS, LOG_LEVELS } from './log/logger.js';
 
@@ -7,12 +8,6 @@ import { LOG_FORMATS, LOG_LEVELS } from './log/logger.js';
  * (so `ssh-keys` never parses EC2 or S3 code) and returns an exit code.
  */
 
-export interface GlobalOptions {
-  config?: string | undefined;
-  root?: string | undefined;
-  logFormat?: 'human' | 'json' | undefined;
-  logLevel?: 'debug' | 'info' | 'warn' | 'error' | undefined;
-}
 
 type Handler = (args: Record<string, unknown> & GlobalOptions) => Promise<number>;
 

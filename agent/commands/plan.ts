@@ -1,6 +1,5 @@
-import type { GlobalOptions } from '../cli.js';
 import { planBoot, type PhaseDecision } from '../boot/plan.js';
-import { buildContext } from '../context.js';
+import { buildContext, type GlobalOptions } from '../context.js';
 import { readIdentity } from '../host/identity.js';
 import { checkSshdInstall, formatInstallChecks } from '../ssh/install-check.js';
 import { planTerminate, type ShutdownEvent } from '../terminate/plan.js';

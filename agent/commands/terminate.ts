@@ -1,5 +1,4 @@
-import type { GlobalOptions } from '../cli.js';
-import { buildContext } from '../context.js';
+import { buildContext, type GlobalOptions } from '../context.js';
 import { Budget } from '../terminate/budget.js';
 import type { ShutdownEvent } from '../terminate/plan.js';
 import { runTerminate } from '../terminate/run.js';
