@@ -1,6 +1,7 @@
-import { planBoot, type PhaseDecision } from '../boot/plan.js';
+import { planBoot } from '../boot/plan.js';
 import { buildContext, type GlobalOptions } from '../context.js';
 import { readIdentity } from '../host/identity.js';
+import type { PhaseDecision } from '../node.js';
 import { checkSshdInstall, formatInstallChecks } from '../ssh/install-check.js';
 import { planTerminate, type ShutdownEvent } from '../terminate/plan.js';
 

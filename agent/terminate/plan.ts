@@ -1,5 +1,4 @@
-import { isController, type NodeFacts } from '../node.js';
-import type { PhaseDecision } from '../boot/plan.js';
+import { isController, type NodeFacts, type PhaseDecision } from '../node.js';
 
 export type ShutdownEvent = 'reboot' | 'stop' | 'terminate' | 'unknown';
 

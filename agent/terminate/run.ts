@@ -1,10 +1,10 @@
 import fs from 'node:fs';
-import type { PhaseDecision } from '../boot/plan.js';
 import type { CommandContext } from '../context.js';
 import { ExitCode, asAgentError } from '../errors.js';
 import { readIdentity, type Identity } from '../host/identity.js';
 import { Imds } from '../host/imds.js';
 import { KubeClient, loadKubeconfig } from '../host/kube.js';
+import type { PhaseDecision } from '../node.js';
 import { readState, writeState, type AgentState, type PhaseRecord, type PhaseResult, type RunRecord } from '../log/state.js';
 import { buildEvent, publishEvent } from '../notify/events.js';
 import { takeBackup } from '../etcd/backup.js';
