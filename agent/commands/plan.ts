@@ -1,9 +1,9 @@
 import { planBoot } from '../boot/plan.js';
 import { buildContext, type GlobalOptions } from '../context.js';
 import { readIdentity } from '../host/identity.js';
-import type { PhaseDecision } from '../node.js';
+import type { PhaseDecision, ShutdownEvent } from '../node.js';
 import { checkSshdInstall, formatInstallChecks } from '../ssh/install-check.js';
-import { planTerminate, type ShutdownEvent } from '../terminate/plan.js';
+import { planTerminate } from '../terminate/plan.js';
 
 function table(title: string, rows: PhaseDecision[]): string {
   const lines = [title];

@@ -4,7 +4,7 @@ import { ExitCode, asAgentError } from '../errors.js';
 import { readIdentity, type Identity } from '../host/identity.js';
 import { Imds } from '../host/imds.js';
 import { KubeClient, loadKubeconfig } from '../host/kube.js';
-import type { PhaseDecision } from '../node.js';
+import type { PhaseDecision, ShutdownEvent } from '../node.js';
 import { readState, writeState, type AgentState, type PhaseRecord, type PhaseResult, type RunRecord } from '../log/state.js';
 import { buildEvent, publishEvent } from '../notify/events.js';
 import { takeBackup } from '../etcd/backup.js';
@@ -16,7 +16,7 @@ import { classifyEvent, type Classification } from './classify.js';
 import { deleteOwnNode, drainNode, emptyDrainReport, nodeNameOf, type DrainReport } from './drain.js';
 import { hookFiles, runHooks } from './hooks.js';
 import { completeContinue, findTerminatingHook, startHeartbeats, type LifecycleTarget } from './lifecycle.js';
-import { planTerminate, type ShutdownEvent } from './plan.js';
+import { planTerminate } from './plan.js';
 
 /**
  * `zdt-agent terminate`: classify, then the steps planTerminate decided, inside one budget:
