@@ -97,10 +97,10 @@ export async function watch(o: WatchOptions): Promise<{ polls: number }> {
       try {
         await run();
       } catch (err) {
-        // Recorded, and tried again after a pause while the notice stands (cordon, uncordon).
+        // Recorded, and tried again while the notice stands (cordon, uncordon), after at most 10 s.
         const e = state.events[id];
         if (e) e.detail = `${what} failed: ${(err as Error).message}`;
-        retryAt.set(id, Date.now() + RETRY_ACTION_MS);
+        retryAt.set(id, Date.now() + Math.min(RETRY_ACTION_MS, config.backoffMax * 1000));
         log.error(`watch: ${what} failed`, { event: id, err: (err as Error).message });
         save();
       } finally {
@@ -115,8 +115,9 @@ export async function watch(o: WatchOptions): Promise<{ polls: number }> {
       if (e.action === 'retire') {
         const event = (e.event ?? 'terminate') as ShutdownEvent;
         // A stop, reboot or rebalance leaves the Node cordoned by the drain: remember whether
-        // it was schedulable before, so that a canceled notice can undo it.
-        const before = event === 'terminate' ? undefined : await o.actions.schedulable();
+        // it was schedulable before, so that a canceled notice can undo it. An API server that
+        // does not answer must not hold the retire up: then nothing is undone later.
+        const before = event === 'terminate' ? undefined : await o.actions.schedulable().catch(() => undefined);
         log.info(`watch: retiring this node (${event}) for ${id}`, { notice: e.notice });
         const r = await o.actions.retire(event, { eventId: id, notice: e.notice });
         Object.assign(e, { status: 'done', result: r.result, detail: r.detail, finishedAt: now(), cordoned: before === true || e.cordoned });
