@@ -61,6 +61,8 @@ export interface WatchedEvent {
 export interface WatchState {
   startedAt: string;
   pid: number;
+  /** Set when it stopped (SIGTERM); a watcher that was killed leaves none. */
+  stoppedAt?: string | undefined;
   /** Written at most once a minute while nothing happens (the file is not rewritten every poll). */
   lastPollAt?: string | undefined;
   /** While IMDS does not answer: since when, and the last error. */
@@ -131,7 +133,7 @@ export function formatState(state: AgentState): string {
   const w = state.watch;
   if (!w) lines.push('watch: never ran');
   else {
-    lines.push(`watch: pid ${w.pid}, started ${w.startedAt}, last poll ${w.lastPollAt ?? 'none yet'}${w.imdsDownSince ? `; IMDS not answering since ${w.imdsDownSince}: ${w.imdsError ?? ''}` : ''}`);
+    lines.push(`watch: pid ${w.pid}, started ${w.startedAt}${w.stoppedAt ? `, stopped ${w.stoppedAt}` : ''}, last poll ${w.lastPollAt ?? 'none yet'}${w.imdsDownSince ? `; IMDS not answering since ${w.imdsDownSince}: ${w.imdsError ?? ''}` : ''}`);
     const last = w.lastEventId ? w.events[w.lastEventId] : undefined;
     if (!last) lines.push('  no notice seen');
     for (const [id, e] of Object.entries(w.events)) {

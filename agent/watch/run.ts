@@ -235,6 +235,7 @@ export async function watch(o: WatchOptions): Promise<{ polls: number }> {
   // shutdown's terminate (or the next watcher) continues it.
   if (!o.signal.aborted) await chain;
   state.lastPollAt = now();
+  state.stoppedAt = now();
   save();
   return { polls };
 }
