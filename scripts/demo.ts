@@ -275,7 +275,7 @@ async function main(): Promise<void> {
   if (watcherPid) process.kill(watcherPid, 'SIGTERM');
   await watcher.done;
   await run('terminate (as OpenRC runs it at shutdown): finds the retire done, drains nothing again', ['terminate', '--root', rootW.dir], envW);
-  note(`CompleteLifecycleAction calls in all: ${w.proxy.recorded('CompleteLifecycleAction').filter((c) => c.params.InstanceId === worker.instanceId).length}`);
+  note(`CompleteLifecycleAction on the terminating hook, in all: ${w.proxy.recorded('CompleteLifecycleAction').filter((c) => c.params.InstanceId === worker.instanceId && c.params.LifecycleHookName === 'drain').length} (the watcher's; the shutdown did not repeat it)`);
 
   // ---------------------------------------------------------------------------------------
   scene('5. the single controller is terminated: emergency etcd backup to S3, verified');
