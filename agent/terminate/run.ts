@@ -161,10 +161,10 @@ export async function runTerminate(o: {
       signal,
       systemdMarker: paths.at('/run/systemd/system'),
     });
+    if (o.trigger) classification = { ...classification, source: `watch: ${o.trigger.notice}` };
     return { result: 'ok', detail: `${classification.event} (${classification.source})` };
   });
-  if (o.trigger) classification = { ...classification, source: `watch: ${o.trigger.notice}` };
-  else if (earlier && classification.event === 'unknown' && isShutdownEvent(earlier.event)) {
+  if (earlier && classification.event === 'unknown' && isShutdownEvent(earlier.event)) {
     // The shutdown's own signals are gone (or IMDS is), but the watcher knew what it was.
     classification = { ...classification, event: earlier.event, source: `the watcher's retire for ${earlier.trigger?.eventId} (state file)` };
   }
