@@ -8,7 +8,6 @@ import { LOG_FORMATS, LOG_LEVELS } from './log/logger.js';
  * (so `ssh-keys` never parses EC2 or S3 code) and returns an exit code.
  */
 
-
 type Handler = (args: Record<string, unknown> & GlobalOptions) => Promise<number>;
 
 const EPILOG = `Exit codes: 0 ok, 1 failed, 2 usage or config error (nothing was changed), 3 a deadline was exceeded.
@@ -101,7 +100,7 @@ export async function runCli(argv: string[]): Promise<number> {
         .option('pki-only', { type: 'boolean', describe: 'restore: PKI and kubeadm config only, no snapshot' }),
       wrap(async (a) => (await import('./commands/etcd.js')).runEtcd(a)),
     )
-    .command('status', 'Show what the last boot and terminate did, phase by phase, and the watcher\'s state', {}, wrap(async (a) => (await import('./commands/status.js')).runStatus(a)))
+    .command('status', "Show what the last boot and terminate did, phase by phase, and the watcher's state", {}, wrap(async (a) => (await import('./commands/status.js')).runStatus(a)))
     .command(
       'plan',
       'Dry run: the phases boot and the steps terminate would run on this node, and why',
