@@ -64,8 +64,11 @@ const RETRY_ACTION_MS = 10_000;
 const KEEP_EVENTS = 100;
 const SOURCES = Object.keys(NOTICE_PATHS) as NoticeSource[];
 
-/** `ms` ± 20 %, so that a fleet does not poll (or retry) in step. */
-export const jittered = (ms: number): number => ms * (0.8 + Math.random() * 0.4);
+/**
+ * `ms` ± 20 %, so that a fleet does not poll in step. Not host/retry.ts's jitter (50-100 % of
+ * the wait): a poll interval must stay near its setting, for the detection time and the CPU.
+ */
+const jittered = (ms: number): number => ms * (0.8 + Math.random() * 0.4);
 
 export async function watch(o: WatchOptions): Promise<{ polls: number }> {
   const { log, config } = o;
