@@ -180,7 +180,8 @@ export async function watch(o: WatchOptions): Promise<{ polls: number }> {
       return;
     }
     if (e.status === 'acting' && !queued.has(n.id) && (retryAt.get(n.id) ?? 0) <= Date.now()) act(n.id, e);
-    if ((n.state === 'canceled' || n.state === 'completed') && e.cordoned && !e.undoneAt && !queued.has(`undo:${n.id}`)) {
+    const undoId = `undo:${n.id}`;
+    if ((n.state === 'canceled' || n.state === 'completed') && e.cordoned && !e.undoneAt && !queued.has(undoId) && (retryAt.get(undoId) ?? 0) <= Date.now()) {
       if (e.status === 'acting') return; // undone once its action has finished
       undo(n.id, e, `the scheduled event is ${n.state}`);
     }
