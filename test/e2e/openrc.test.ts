@@ -149,6 +149,8 @@ describe.skipIf(!ready)('the OpenRC services under real OpenRC (private namespac
   it('zdt-agent-boot starts before the kubelet; the watcher starts after zdt-agent and polls', async () => {
     const r = await rc.sh('openrc default');
     expect(r.code, r.out).toBe(0);
+    // supervise-daemon starts the watcher on its own time: openrc may return first.
+    await until('the watcher to start', () => order().find((l) => l.startsWith('zdt-agent-watch: zdt-agent watch begins')));
     const o = order();
     expect(o.indexOf('zdt-agent-boot: zdt-agent boot begins (going down: NO)')).toBeGreaterThanOrEqual(0);
     expect(o.indexOf('zdt-agent-boot: zdt-agent boot begins (going down: NO)')).toBeLessThan(o.indexOf('start kubelet'));
