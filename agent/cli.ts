@@ -1,4 +1,5 @@
 import yargs, { type Argv } from 'yargs';
+import type { GlobalOptions } from './context.js';
 import { AgentError, ExitCode, asAgentError } from './errors.js';
 import { LOG_FORMATS, LOG_LEVELS } from './log/logger.js';
 import { redact } from './log/redact.js';
@@ -7,13 +8,6 @@ import { redact } from './log/redact.js';
  * The command-line interface. Each handler is small: it loads its command module lazily
  * (so `ssh-keys` never parses EC2 or S3 code) and returns an exit code.
  */
-
-export interface GlobalOptions {
-  config?: string | undefined;
-  root?: string | undefined;
-  logFormat?: 'human' | 'json' | undefined;
-  logLevel?: 'debug' | 'info' | 'warn' | 'error' | undefined;
-}
 
 type Handler = (args: Record<string, unknown> & GlobalOptions) => Promise<number>;
 
@@ -77,6 +71,12 @@ export async function runCli(argv: string[]): Promise<number> {
       wrap(async (a) => (await import('./commands/terminate.js')).runTerminateCommand(a)),
     )
     .command(
+      'watch',
+      'Act on interruption notices before the shutdown: poll IMDS, retire or cordon once per notice (a supervised daemon)',
+      (y: Argv) => y.option('max-polls', { type: 'number', hidden: true, describe: 'Stop after this many polls (tests, benchmarks)' }),
+      wrap(async (a) => (await import('./commands/watch.js')).runWatch(a)),
+    )
+    .command(
       'ssh-keys <user> [fingerprint]',
       "Print the IAM SSH keys USER may log in with (sshd's AuthorizedKeysCommand)",
       (y: Argv) =>
@@ -101,7 +101,7 @@ export async function runCli(argv: string[]): Promise<number> {
         .option('pki-only', { type: 'boolean', describe: 'restore: PKI and kubeadm config only, no snapshot' }),
       wrap(async (a) => (await import('./commands/etcd.js')).runEtcd(a)),
     )
-    .command('status', 'Show what the last boot and terminate did, phase by phase', {}, wrap(async (a) => (await import('./commands/status.js')).runStatus(a)))
+    .command('status', "Show what the last boot and terminate did, phase by phase, and the watcher's state", {}, wrap(async (a) => (await import('./commands/status.js')).runStatus(a)))
     .command(
       'plan',
       'Dry run: the phases boot and the steps terminate would run on this node, and why',

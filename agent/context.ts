@@ -1,4 +1,3 @@
-import type { GlobalOptions } from './cli.js';
 import { fetchInstanceSources, instanceLayers, readCachedInstanceSources, saveInstanceSources, type InstanceSources } from './config/instance.js';
 import { mergeLayers, readFileLayer, resolveConfig, type Layer } from './config/load.js';
 import type { Config } from './config/schema.js';
@@ -7,6 +6,14 @@ import { makeExec, type Exec } from './host/exec.js';
 import { Imds } from './host/imds.js';
 import { instanceCacheFile, makePaths, type Paths } from './host/paths.js';
 import { createLogger, type Logger } from './log/logger.js';
+
+/** The options every command takes (cli.ts parses them; boot/fast-path.ts for a plain boot). */
+export interface GlobalOptions {
+  config?: string | undefined;
+  root?: string | undefined;
+  logFormat?: 'human' | 'json' | undefined;
+  logLevel?: 'debug' | 'info' | 'warn' | 'error' | undefined;
+}
 
 /**
  * Everything a command needs, built in one place: paths (root prefix), config (all sources,

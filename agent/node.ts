@@ -7,6 +7,19 @@ export interface NodeFacts {
   identity: Identity;
 }
 
+/** What a shutdown (or a notice of one) is: terminate decides its steps from it, the watcher names it. */
+export type ShutdownEvent = 'reboot' | 'stop' | 'terminate' | 'unknown';
+
+/**
+ * Whether one step of a flow (a boot phase, a terminate step) applies to this node, and why.
+ * The runners act on these decisions and `zdt-agent plan` prints them, so the two cannot drift.
+ */
+export interface PhaseDecision {
+  name: string;
+  applies: boolean;
+  why: string;
+}
+
 const NEURON_FAMILIES = new Set(['inf1', 'inf2', 'trn1', 'trn1n', 'trn2', 'trn2u']);
 
 /** inf1.xlarge -> inf1; trn1n.32xlarge -> trn1n. */

@@ -10,7 +10,9 @@
  *   2. its replacement takes over the etcd volume of the terminated predecessor: never
  *      formatted, the data is still there;
  *   3. a worker launched with the cluster waits for a control plane that starts late, joins;
- *   4. the worker is scaled in: drained, its Node deleted, the lifecycle hook completed;
+ *   4. the worker is scaled in through its lifecycle hook: `zdt-agent watch` sees the notice in
+ *      IMDS and drains, deletes the Node and completes the hook before any shutdown; the
+ *      shutdown's terminate then finds the work done;
  *   5. the single controller is terminated: emergency etcd backup in S3, verified, restored;
  *   6. a bastion: a real sshd asks `zdt-agent ssh-keys`; an IAM group member logs in, others do not.
  */
@@ -232,7 +234,7 @@ async function main(): Promise<void> {
   note(`CloudFormation signals: ${w.proxy.recorded('SignalResource').map((c) => `${c.params.LogicalResourceId}=${c.params.Status}`).join(', ') || 'none'}; lifecycle: ${w.proxy.recorded('CompleteLifecycleAction').map((c) => c.params.LifecycleActionResult).join(', ') || 'none'}`);
 
   // ---------------------------------------------------------------------------------------
-  scene('4. the worker is scaled in: its Auto Scaling group terminates it');
+  scene('4. the worker is scaled in: the watcher retires it through the lifecycle hook, before any shutdown');
   const rbac = (await kube.admin.raw('GET', '/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/zdt-agent:node-self-delete')).status === 200;
   note(`controller 00 granted nodes the deletion of their own Node object at bootstrap: ${rbac ? 'ClusterRoleBinding zdt-agent:node-self-delete exists' : 'MISSING'}`);
   const nodeName = `ip-${worker.privateIp.replaceAll('.', '-')}.${REGION}.compute.internal`;
@@ -247,13 +249,33 @@ async function main(): Promise<void> {
   await as.send(new CreateLaunchConfigurationCommand({ LaunchConfigurationName: 'demo-workers', ImageId: w.imageId, InstanceType: 'm6i.large' }));
   await as.send(new CreateAutoScalingGroupCommand({ AutoScalingGroupName: 'demo-workers', LaunchConfigurationName: 'demo-workers', MinSize: 0, MaxSize: 3, AvailabilityZones: [AZ] }));
   await as.send(new PutLifecycleHookCommand({ AutoScalingGroupName: 'demo-workers', LifecycleHookName: 'drain', LifecycleTransition: 'autoscaling:EC2_INSTANCE_TERMINATING', HeartbeatTimeout: 300 }));
-  // IMDS now says what AWS says to an instance in a terminating lifecycle hook.
-  const imdsW2 = await newImds({ instanceId: worker.instanceId, region: REGION, availabilityZone: AZ, instanceType: 'm6i.large', privateIp: worker.privateIp, tags: workerTags, targetLifecycleState: 'Terminated' });
+  // IMDS says InService, then, 5 s on, what AWS says to an instance in a terminating lifecycle
+  // hook (Terminating:Wait): the instance keeps running, no OS shutdown comes.
+  const imdsW2 = await newImds({ instanceId: worker.instanceId, region: REGION, availabilityZone: AZ, instanceType: 'm6i.large', privateIp: worker.privateIp, tags: workerTags, targetLifecycleState: { terminatedAfterS: 5 } });
   const workerConfig = fs.readFileSync(rootW.at('/etc/zdt-agent/config.yaml'), 'utf8').replace(imdsW, imdsW2);
   fs.writeFileSync(rootW.at('/etc/zdt-agent/config.yaml'), workerConfig);
-  await run('terminate (as OpenRC runs it at shutdown): classify, drain, delete the Node, complete the lifecycle hook', ['terminate', '--root', rootW.dir], envW);
+  await run('what each kind of notice would trigger on this worker', ['plan', '--root', rootW.dir], envW);
+  const watcher = agent('the watcher (supervise-daemon runs it on workers and controllers)', ['watch', '--root', rootW.dir], envW);
+  note('zdt-agent watch polls IMDS every second; the Auto Scaling group scales in: target-lifecycle-state turns Terminated');
+  const retired = Date.now() + 120_000;
+  const stateW = rootW.at('/var/lib/zdt-agent/state.json');
+  const watchDone = () => {
+    try {
+      return Object.values((JSON.parse(fs.readFileSync(stateW, 'utf8')) as { watch?: { events?: Record<string, { status: string }> } }).watch?.events ?? {}).some((e) => e.status === 'done');
+    } catch {
+      return false;
+    }
+  };
+  while (!watchDone() && Date.now() < retired) await sleep(200);
   const gone = (await kube.admin.raw('GET', `/api/v1/nodes/${nodeName}`)).status === 404;
-  note(`Node ${nodeName} ${gone ? 'is deleted' : 'STILL EXISTS'}; lifecycle: ${w.proxy.recorded('CompleteLifecycleAction').map((c) => `${c.params.LifecycleHookName ?? ''}=${c.params.LifecycleActionResult}`).join(', ')}; heartbeats: ${w.proxy.recorded('RecordLifecycleActionHeartbeat').length}`);
+  note(`before any shutdown: Node ${nodeName} ${gone ? 'is deleted' : 'STILL EXISTS'}; lifecycle: ${w.proxy.recorded('CompleteLifecycleAction').map((c) => `${c.params.LifecycleHookName ?? ''}=${c.params.LifecycleActionResult}`).join(', ')} (the hook's timeout is 300 s); heartbeats: ${w.proxy.recorded('RecordLifecycleActionHeartbeat').length}`);
+  await run("the watcher's state", ['status', '--root', rootW.dir], envW);
+  note('the instance shuts down: OpenRC stops the watcher first, then zdt-agent runs terminate');
+  const watcherPid = watcher.pid();
+  if (watcherPid) process.kill(watcherPid, 'SIGTERM');
+  await watcher.done;
+  await run('terminate (as OpenRC runs it at shutdown): finds the retire done, drains nothing again', ['terminate', '--root', rootW.dir], envW);
+  note(`CompleteLifecycleAction on the terminating hook, in all: ${w.proxy.recorded('CompleteLifecycleAction').filter((c) => c.params.InstanceId === worker.instanceId && c.params.LifecycleHookName === 'drain').length} (the watcher's; the shutdown did not repeat it)`);
 
   // ---------------------------------------------------------------------------------------
   scene('5. the single controller is terminated: emergency etcd backup to S3, verified');

@@ -9,7 +9,7 @@ import { writeFileAtomic } from '../host/atomic.js';
 import { ensureServiceRunning, ensureServiceStopped } from '../host/services.js';
 import { registerSecret } from '../log/redact.js';
 import { isFirstController } from '../node.js';
-import { applyNodeSelfDeleteRbac, NODE_SELF_DELETE } from '../terminate/rbac.js';
+import { applyNodeSelfDeleteRbac, NODE_SELF_DELETE } from '../node-rbac.js';
 import {
   caCertHash,
   clusterCaCert,
@@ -234,7 +234,7 @@ async function withAdminKube<T>(ctx: BootContext, fn: (admin: AdminKube | undefi
 }
 
 /**
- * Grants every node the deletion of its own Node object (terminate/rbac.ts), so that retired
+ * Grants every node the deletion of its own Node object (node-rbac.ts), so that retired
  * workers leave no Node behind; with kubeadm's admin.conf, as soon as the new control plane
  * takes it, within boot.controlPlaneWait. Without the grant the cluster cannot retire workers
  * cleanly, so a grant that cannot be applied fails the phase (the next boot tries again).

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { instanceCacheFile, makePaths, type Paths } from '../host/paths.js';
+import { instanceCacheFile, makePaths, readBootId, type Paths } from '../host/paths.js';
 import { LOG_FORMATS, LOG_LEVELS, createLogger, type Level, type LogFormat } from '../log/logger.js';
 import type { AgentState } from '../log/state.js';
 import { agentVersion } from '../version.js';
@@ -59,15 +59,6 @@ export function parseBootArgv(argv: readonly string[]): BootArgs | undefined {
   const format = opts['log-format'];
   if ((level !== undefined && !LEVELS.includes(level)) || (format !== undefined && !FORMATS.includes(format))) return undefined;
   return { root: opts.root, config: opts.config, logLevel: level as Level | undefined, logFormat: format as LogFormat | undefined };
-}
-
-/** The kernel's id of this boot (a new one at every boot); undefined where there is none. */
-export function readBootId(paths: Paths): string | undefined {
-  try {
-    return fs.readFileSync(paths.at('/proc/sys/kernel/random/boot_id'), 'utf8').trim() || undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 /** The local config files as bytes, read before the full boot loads them. */

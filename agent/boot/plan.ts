@@ -1,14 +1,9 @@
-import { hasNeuron, isController, isFirstController, isKubernetesNode, type NodeFacts } from '../node.js';
+import { hasNeuron, isController, isFirstController, isKubernetesNode, type NodeFacts, type PhaseDecision } from '../node.js';
 
 /**
  * The boot phases in order, and for each whether it applies to this node and why. The boot
  * runner and `zdt-agent plan` share these decisions, so the plan cannot drift from the run.
  */
-export interface PhaseDecision {
-  name: string;
-  applies: boolean;
-  why: string;
-}
 
 type Decide = (f: NodeFacts) => Omit<PhaseDecision, 'name'>;
 

@@ -1,7 +1,6 @@
-import type { GlobalOptions } from '../cli.js';
 import { bootCompletion, readLocalSources } from '../boot/fast-path.js';
 import { runBoot as runBootPhases } from '../boot/run.js';
-import { buildContext } from '../context.js';
+import { buildContext, type GlobalOptions } from '../context.js';
 import { ExitCode } from '../errors.js';
 import { makePaths } from '../host/paths.js';
 

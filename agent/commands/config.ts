@@ -1,6 +1,5 @@
-import type { GlobalOptions } from '../cli.js';
 import { ConfigInvalid, formatProblems, resolveConfig } from '../config/load.js';
-import { loadLayers } from '../context.js';
+import { loadLayers, type GlobalOptions } from '../context.js';
 import { makePaths } from '../host/paths.js';
 import { createLogger } from '../log/logger.js';
 import { redact } from '../log/redact.js';

@@ -1,5 +1,4 @@
-import type { GlobalOptions } from '../cli.js';
-import { buildContext } from '../context.js';
+import { buildContext, type GlobalOptions } from '../context.js';
 import { ConfigError, DeadlineError, ExitCode } from '../errors.js';
 import { isController } from '../node.js';
 import { describeRestore, restoreBackup } from '../etcd/restore.js';

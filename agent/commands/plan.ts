@@ -1,13 +1,14 @@
-import type { GlobalOptions } from '../cli.js';
-import { planBoot, type PhaseDecision } from '../boot/plan.js';
-import { buildContext } from '../context.js';
+import { planBoot } from '../boot/plan.js';
+import { buildContext, type GlobalOptions } from '../context.js';
 import { readIdentity } from '../host/identity.js';
+import type { PhaseDecision, ShutdownEvent } from '../node.js';
 import { checkSshdInstall, formatInstallChecks } from '../ssh/install-check.js';
-import { planTerminate, type ShutdownEvent } from '../terminate/plan.js';
+import { planTerminate } from '../terminate/plan.js';
+import { planWatch } from '../watch/notices.js';
 
 function table(title: string, rows: PhaseDecision[]): string {
   const lines = [title];
-  for (const r of rows) lines.push(`  ${r.applies ? 'run ' : 'skip'}  ${r.name.padEnd(14)} ${r.why}`);
+  for (const r of rows) lines.push(`  ${r.applies ? 'run ' : 'skip'}  ${r.name.padEnd(20)} ${r.why}`);
   return lines.join('\n');
 }
 
@@ -26,7 +27,12 @@ export async function runPlan(args: GlobalOptions & { event?: ShutdownEvent }): 
     `role:      ${c.node.role}${c.node.controllerIndex !== undefined ? ` ${c.node.controllerIndex}` : ''}${c.cluster ? ` of cluster ${c.cluster.name}` : ''}`,
     `sources:   ${ctx.layers.map((l) => l.origin).join(', ') || 'defaults only'}`,
   ];
-  const sections = [head.join('\n'), table('boot would:', planBoot(facts)), table(`terminate (event ${event}) would:`, planTerminate(facts, event))];
+  const sections = [
+    head.join('\n'),
+    table('boot would:', planBoot(facts)),
+    table(`terminate (event ${event}) would:`, planTerminate(facts, event)),
+    table(`the watcher (every ${c.watch.interval}s), per notice, would:`, planWatch(c)),
+  ];
   // A bastion is only useful if sshd really asks ssh-keys, and agrees to run it.
   if (c.node.role === 'bastion') sections.push(formatInstallChecks(checkSshdInstall(ctx.paths)));
   process.stdout.write(`${sections.join('\n\n')}\n`);

@@ -1,4 +1,4 @@
-import type { GlobalOptions } from '../cli.js';
+import type { GlobalOptions } from '../context.js';
 import { runSshKeysLookup } from '../ssh/lookup.js';
 
 /**

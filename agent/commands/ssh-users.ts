@@ -1,6 +1,5 @@
 import path from 'node:path';
-import type { GlobalOptions } from '../cli.js';
-import { buildContext } from '../context.js';
+import { buildContext, type GlobalOptions } from '../context.js';
 import { ExitCode } from '../errors.js';
 import { syncSsh } from '../ssh/sync.js';
 

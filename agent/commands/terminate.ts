@@ -1,7 +1,6 @@
-import type { GlobalOptions } from '../cli.js';
-import { buildContext } from '../context.js';
+import { buildContext, type GlobalOptions } from '../context.js';
 import { Budget } from '../terminate/budget.js';
-import type { ShutdownEvent } from '../terminate/plan.js';
+import type { ShutdownEvent } from '../node.js';
 import { runTerminate } from '../terminate/run.js';
 
 /**

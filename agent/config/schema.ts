@@ -167,6 +167,31 @@ export const terminateSchema = z
   })
   .strict();
 
+/** What the watcher does on a notice: retire (terminate's flow for the event the notice implies), cordon, log, or ignore. */
+export const WATCH_ACTIONS = ['retire', 'cordon', 'log', 'ignore'] as const;
+const watchAction = (dflt: (typeof WATCH_ACTIONS)[number], what: string) => z.enum(WATCH_ACTIONS).default(dflt).describe(what);
+
+export const watchSchema = z
+  .object({
+    interval: z.number().min(0.01).max(60).default(1).describe('Seconds between two IMDS polls (jittered by up to 20 %); fractions allowed'),
+    backoffMax: z.number().min(0.1).max(600).default(30).describe('Longest wait between polls while IMDS does not answer (seconds)'),
+    on: z
+      .object({
+        asgTerminate: watchAction('retire', 'autoscaling/target-lifecycle-state Terminated (scale-in, instance refresh): retire as terminate'),
+        asgWarmed: watchAction('retire', 'autoscaling/target-lifecycle-state Warmed:* (into the warm pool): retire as stop'),
+        spotTerminate: watchAction('retire', 'spot/instance-action terminate: retire as terminate'),
+        spotStop: watchAction('retire', 'spot/instance-action stop or hibernate: retire as stop'),
+        scheduledStop: watchAction('retire', 'scheduled instance-stop or instance-retirement: retire as stop'),
+        scheduledReboot: watchAction('cordon', 'scheduled system-reboot or instance-reboot: cordon, uncordon after the reboot (retire: as reboot)'),
+        scheduledMaintenance: watchAction('log', 'scheduled system-maintenance (no reboot): log (retire: as stop)'),
+        rebalance: watchAction('log', 'events/recommendations/rebalance: log (cordon to stop new pods; retire: as stop)'),
+      })
+      .strict()
+      .prefault({})
+      .describe('Action per kind of notice'),
+  })
+  .strict();
+
 /** authorized_keys options: `name` or `name="value"`, comma-separated (e.g. `restrict,port-forwarding,from="10.0.0.0/8"`). */
 const keyOptionsPattern = /^([A-Za-z0-9-]+(="([^"\\\x00-\x1f\x7f]|\\")*")?(,[A-Za-z0-9-]+(="([^"\\\x00-\x1f\x7f]|\\")*")?)*)?$/;
 
@@ -265,6 +290,7 @@ export const configSchema = z
     aws: awsSchema.prefault({}),
     boot: bootSchema.prefault({}),
     log: logSchema.prefault({}),
+    watch: watchSchema.prefault({}),
   })
   .strict()
   .superRefine((c, ctx) => {

@@ -41,6 +41,7 @@ const isOk = (status: number) => status >= 200 && status < 300;
 
 export class Imds {
   private token: { value: string; expires: number } | undefined;
+  private tokenRequest: Promise<string> | undefined;
   private readonly endpoint: string;
   private readonly log: Logger;
   private readonly requiredTimeoutMs: number;
@@ -54,9 +55,17 @@ export class Imds {
     this.requestTimeoutMs = o.requestTimeoutMs ?? 2_000;
   }
 
+  /** The token, fetched once for requests made side by side (the watcher polls four paths at once). */
   private async fetchToken(): Promise<string> {
+    if (this.token && this.token.expires - TOKEN_REFRESH_MARGIN_MS > Date.now()) return this.token.value;
+    this.tokenRequest ??= this.requestToken().finally(() => {
+      this.tokenRequest = undefined;
+    });
+    return this.tokenRequest;
+  }
+
+  private async requestToken(): Promise<string> {
     const now = Date.now();
-    if (this.token && this.token.expires - TOKEN_REFRESH_MARGIN_MS > now) return this.token.value;
     const res = await this.request('PUT', 'latest/api/token', { 'X-aws-ec2-metadata-token-ttl-seconds': String(TOKEN_TTL_S) });
     if (!isOk(res.status)) throw new ImdsError(`IMDS token request answered HTTP ${res.status}`);
     const value = res.body.toString('utf8').trim();
@@ -137,10 +146,23 @@ export class Imds {
   /** An optional property: one quick attempt; `undefined` when absent or IMDS does not answer. */
   async optional(path: string): Promise<string | undefined> {
     try {
+      return await this.poll(path);
+    } catch (err) {
+      this.log.debug('optional IMDS property unavailable', { path, err: (err as Error).message });
+      return undefined;
+    }
+  }
+
+  /**
+   * One bounded attempt (the watcher's poll): `undefined` when the property is absent (404),
+   * an ImdsError when IMDS does not answer, so that the caller can tell the two apart.
+   */
+  async poll(path: string): Promise<string | undefined> {
+    try {
       return await this.getOnce(path);
     } catch (err) {
-      if (!(err instanceof NotFound)) this.log.debug('optional IMDS property unavailable', { path, err: (err as Error).message });
-      return undefined;
+      if (err instanceof NotFound) return undefined;
+      throw err instanceof AgentError ? err : new ImdsError(`IMDS GET ${path}: ${(err as Error).message}`);
     }
   }
 

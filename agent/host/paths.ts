@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import path from 'node:path';
 
 /**
@@ -33,4 +34,13 @@ export function makePaths(root = process.env.ZDT_ROOT ?? '/'): Paths {
 /** The instance's config sources (user-data part, tags) as the last command that read IMDS saw them (0600). */
 export function instanceCacheFile(paths: Paths): string {
   return paths.at('/var/lib/zdt-agent/instance-config.json');
+}
+
+/** The kernel's id of this boot (a new one at every boot); undefined where there is none. */
+export function readBootId(paths: Paths): string | undefined {
+  try {
+    return fs.readFileSync(paths.at('/proc/sys/kernel/random/boot_id'), 'utf8').trim() || undefined;
+  } catch {
+    return undefined;
+  }
 }

@@ -19,6 +19,10 @@ export interface RunRecord {
   result?: 'ok' | 'failed' | 'deadline' | undefined;
   /** Set by terminate: reboot | stop | terminate | unknown. */
   event?: string | undefined;
+  /** Who started the run when not the shutdown: the watcher, with the notice's identity. */
+  trigger?: { by: 'watch'; eventId: string; notice: string } | undefined;
+  /** The kernel boot the run happened in: a later shutdown of the same boot continues it. */
+  bootId?: string | undefined;
   phases: Record<string, PhaseRecord>;
 }
 
@@ -27,8 +31,45 @@ export interface AgentState {
   agentVersion: string;
   boot?: RunRecord | undefined;
   terminate?: RunRecord | undefined;
+  watch?: WatchState | undefined;
   /** Facts later phases and commands rely on (volume id, device, neuron devices, …). */
   facts: Record<string, string | number | boolean>;
+}
+
+/** One notice the watcher saw, by its stable identity; what it did, once. */
+export interface WatchedEvent {
+  kind: string;
+  /** One line: what IMDS said (code, action, notice time). */
+  notice: string;
+  firstSeenAt: string;
+  action: 'retire' | 'cordon' | 'log' | 'ignore';
+  /** For retire: the shutdown event it ran terminate's flow for. */
+  event?: string | undefined;
+  /** acting: started and not finished (a restarted watcher resumes it); done: never again. */
+  status: 'acting' | 'done';
+  startedAt?: string | undefined;
+  finishedAt?: string | undefined;
+  result?: 'ok' | 'failed' | 'deadline' | undefined;
+  detail?: string | undefined;
+  /** The watcher cordoned a schedulable Node for it (only such a cordon is undone). */
+  cordoned?: boolean | undefined;
+  /** The kernel boot it was acted on in (a reboot event's cordon is undone in a later one). */
+  bootId?: string | undefined;
+  undoneAt?: string | undefined;
+}
+
+export interface WatchState {
+  startedAt: string;
+  pid: number;
+  /** Set when it stopped (SIGTERM); a watcher that was killed leaves none. */
+  stoppedAt?: string | undefined;
+  /** Written at most once a minute while nothing happens (the file is not rewritten every poll). */
+  lastPollAt?: string | undefined;
+  /** While IMDS does not answer: since when, and the last error. */
+  imdsDownSince?: string | undefined;
+  imdsError?: string | undefined;
+  lastEventId?: string | undefined;
+  events: Record<string, WatchedEvent>;
 }
 
 export function emptyState(agentVersion: string): AgentState {
@@ -57,6 +98,18 @@ export function writeState(file: string, state: AgentState): void {
   writeFileAtomic(file, `${JSON.stringify(redactDeep(state), null, 2)}\n`, 0o600);
 }
 
+/**
+ * Read, change, write, with nothing awaited in between: the watcher and the terminate run it
+ * starts each update their own part (state.watch, state.terminate) of one file without
+ * putting back the other's older copy.
+ */
+export function updateState(file: string, agentVersion: string, change: (s: AgentState) => void): AgentState {
+  const state = readState(file, agentVersion);
+  change(state);
+  writeState(file, state);
+  return state;
+}
+
 export function formatState(state: AgentState): string {
   const lines: string[] = [`zdt-agent ${state.agentVersion}`];
   const run = (label: string, r: RunRecord | undefined) => {
@@ -76,6 +129,19 @@ export function formatState(state: AgentState): string {
   };
   run('boot', state.boot);
   run('terminate', state.terminate);
+  if (state.terminate?.trigger) lines.push(`  started by the watcher for ${state.terminate.trigger.eventId}: ${state.terminate.trigger.notice}`);
+  const w = state.watch;
+  if (!w) lines.push('watch: never ran');
+  else {
+    lines.push(`watch: pid ${w.pid}, started ${w.startedAt}${w.stoppedAt ? `, stopped ${w.stoppedAt}` : ''}, last poll ${w.lastPollAt ?? 'none yet'}${w.imdsDownSince ? `; IMDS not answering since ${w.imdsDownSince}: ${w.imdsError ?? ''}` : ''}`);
+    const last = w.lastEventId ? w.events[w.lastEventId] : undefined;
+    if (!last) lines.push('  no notice seen');
+    for (const [id, e] of Object.entries(w.events)) {
+      lines.push(
+        `  ${id}: ${e.notice}; ${e.action}${e.event ? ` as ${e.event}` : ''} ${e.status}${e.result ? ` ${e.result}` : ''}${e.finishedAt ? ` at ${e.finishedAt}` : ''}${e.detail ? `  ${e.detail}` : ''}${e.undoneAt ? `; uncordoned ${e.undoneAt}` : ''}`,
+      );
+    }
+  }
   const facts = Object.entries(state.facts);
   if (facts.length) {
     lines.push('facts:');

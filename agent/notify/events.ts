@@ -7,12 +7,12 @@ import { redact, redactDeep } from '../log/redact.js';
 import { agentVersion } from '../version.js';
 
 /**
- * SNS event messages, one schema for boot and terminate (docs/events.md). Everything in a
+ * SNS event messages, one schema for boot, terminate and the watcher (docs/events.md). Everything in a
  * message is redacted; sending never fails the caller.
  */
 
 export const EVENT_SCHEMA = 'zdt-agent/event/v1';
-export type EventName = 'boot.succeeded' | 'boot.failed' | 'terminate.started' | 'terminate.finished';
+export type EventName = 'boot.succeeded' | 'boot.failed' | 'terminate.started' | 'terminate.finished' | 'interruption.noticed';
 
 export interface AgentEvent {
   schema: typeof EVENT_SCHEMA;

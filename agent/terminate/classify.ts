@@ -3,7 +3,7 @@ import { sdk, type Aws } from '../host/aws.js';
 import type { Exec } from '../host/exec.js';
 import type { Imds } from '../host/imds.js';
 import type { Logger } from '../log/logger.js';
-import type { ShutdownEvent } from './plan.js';
+import type { ShutdownEvent } from '../node.js';
 
 /**
  * What kind of shutdown this is, from every signal there is, turned into one value (as

@@ -92,18 +92,38 @@ async function mustSucceed<T>(p: Promise<T>, nodeName: string, what: string): Pr
 }
 
 /** Cordon: spec.unschedulable=true. Returns false when the Node object is already gone. */
-export async function cordon(kube: KubeClient, nodeName: string, signal: AbortSignal): Promise<boolean> {
+export function cordon(kube: KubeClient, nodeName: string, signal: AbortSignal): Promise<boolean> {
+  return setUnschedulable(kube, nodeName, true, signal);
+}
+
+/** Uncordon (the watcher undoing its own cordon). Returns false when the Node object is gone. */
+export function uncordon(kube: KubeClient, nodeName: string, signal: AbortSignal): Promise<boolean> {
+  return setUnschedulable(kube, nodeName, false, signal);
+}
+
+async function setUnschedulable(kube: KubeClient, nodeName: string, unschedulable: boolean, signal: AbortSignal): Promise<boolean> {
   const res = await mustSucceed(
     kube.call('PATCH', `/api/v1/nodes/${encodeURIComponent(nodeName)}`, {
-      body: { spec: { unschedulable: true } },
+      // null removes the field, as kubectl uncordon leaves it.
+      body: { spec: { unschedulable: unschedulable ? true : null } },
       contentType: 'application/merge-patch+json',
       okStatus: [404],
       signal,
     }),
     nodeName,
-    'patch its Node (cordon)',
+    `patch its Node (${unschedulable ? 'cordon' : 'uncordon'})`,
   );
   return res.status !== 404;
+}
+
+/** Whether the Node takes new pods: true, false (cordoned), undefined when it is gone. */
+export async function isSchedulable(kube: KubeClient, nodeName: string, signal: AbortSignal): Promise<boolean | undefined> {
+  const res = await mustSucceed(
+    kube.call<{ spec?: { unschedulable?: boolean } }>('GET', `/api/v1/nodes/${encodeURIComponent(nodeName)}`, { okStatus: [404], signal }),
+    nodeName,
+    'get its Node',
+  );
+  return res.status === 404 ? undefined : res.body.spec?.unschedulable !== true;
 }
 
 /** Delete the own Node object. 'not-found' counts as done. */

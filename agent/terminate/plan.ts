@@ -1,7 +1,4 @@
-import { isController, type NodeFacts } from '../node.js';
-import type { PhaseDecision } from '../boot/plan.js';
-
-export type ShutdownEvent = 'reboot' | 'stop' | 'terminate' | 'unknown';
+import { isController, type NodeFacts, type PhaseDecision, type ShutdownEvent } from '../node.js';
 
 /**
  * The terminate steps in order, and for an event whether each applies and why. Shared by

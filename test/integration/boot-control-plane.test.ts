@@ -12,7 +12,7 @@ import type { ConfigInput } from '../../agent/config/schema.js';
 import { DeadlineError } from '../../agent/errors.js';
 import type { KubeObject } from '../../agent/host/kube.js';
 import { deleteOwnNode } from '../../agent/terminate/drain.js';
-import { NODE_SELF_DELETE, NODE_SELF_DELETE_RBAC } from '../../agent/terminate/rbac.js';
+import { NODE_SELF_DELETE, NODE_SELF_DELETE_RBAC } from '../../agent/node-rbac.js';
 import { startEtcdCluster, type EtcdCluster } from '../testbed/etcd.js';
 import { startImds } from '../testbed/imds.js';
 import { kubeApiserverAvailable, startKube, type Kube } from '../testbed/kube.js';

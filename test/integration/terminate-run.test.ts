@@ -1,10 +1,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { AutoScalingClient, CreateAutoScalingGroupCommand, CreateLaunchConfigurationCommand, PutLifecycleHookCommand } from '@aws-sdk/client-auto-scaling';
 import { HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { CreateTopicCommand, SNSClient, SubscribeCommand } from '@aws-sdk/client-sns';
-import { CreateQueueCommand, GetQueueAttributesCommand, ReceiveMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ConfigInput } from '../../agent/config/schema.js';
 import { readState } from '../../agent/log/state.js';
@@ -27,7 +24,7 @@ import {
 import { startMoto, type Moto } from '../testbed/moto.js';
 import { silentListener } from '../testbed/ports.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
-import { REGION, awsConfig, contextFor, makeBucket, makeKmsKey, testClients, useTestCredentials, writeFakePki } from '../support/terminate-env.js';
+import { REGION, awsConfig, contextFor, createAsgWithHook, makeBucket, makeKmsKey, startEventQueue, testClients, useTestCredentials, writeFakePki } from '../support/terminate-env.js';
 
 /**
  * `zdt-agent terminate` end to end in-process: real kube-apiserver, etcd, moto behind the
@@ -43,17 +40,14 @@ const HOOK = 'drain-before-terminate';
 let moto: Moto;
 let proxy: FidelityProxy;
 let s3: S3Client;
-let sqs: SQSClient;
 let topicArn: string;
-let queueUrl: string;
+let drainQueue: () => Promise<AgentEvent[]>;
 let kmsKeyId: string;
 let kube: Kube;
 const kubelets: FakeKubelet[] = [];
 const roots: TempRoot[] = [];
 const imdses: Imds[] = [];
 const stopped: number[] = [];
-
-const common = (endpoint: string) => ({ region: REGION, endpoint, credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' } });
 
 async function newRoot(): Promise<TempRoot> {
   const r = await makeTempRoot();
@@ -84,17 +78,6 @@ async function workerNode(nodeName: string, instanceId: string, o: { lifecycle?:
   return { imds, root };
 }
 
-/** Every SNS message that reached the queue since the last call. */
-async function drainQueue(): Promise<AgentEvent[]> {
-  const out: AgentEvent[] = [];
-  for (let i = 0; i < 5; i++) {
-    const r = await sqs.send(new ReceiveMessageCommand({ QueueUrl: queueUrl, MaxNumberOfMessages: 10, WaitTimeSeconds: 0 }));
-    for (const m of r.Messages ?? []) out.push(JSON.parse((JSON.parse(m.Body!) as { Message: string }).Message) as AgentEvent);
-    if (!r.Messages?.length) break;
-  }
-  return out;
-}
-
 function sigstop(pid: number): void {
   process.kill(pid, 'SIGSTOP');
   stopped.push(pid);
@@ -113,16 +96,8 @@ beforeAll(async () => {
   ({ s3, kms } = testClients(proxy.endpoint));
   await makeBucket(s3, BUCKET);
   kmsKeyId = await makeKmsKey(kms);
-  const sns = new SNSClient(common(proxy.endpoint));
-  sqs = new SQSClient(common(proxy.endpoint));
-  topicArn = (await sns.send(new CreateTopicCommand({ Name: 'zdt-events' }))).TopicArn!;
-  queueUrl = (await sqs.send(new CreateQueueCommand({ QueueName: 'zdt-events' }))).QueueUrl!;
-  const queueArn = (await sqs.send(new GetQueueAttributesCommand({ QueueUrl: queueUrl, AttributeNames: ['QueueArn'] }))).Attributes!.QueueArn!;
-  await sns.send(new SubscribeCommand({ TopicArn: topicArn, Protocol: 'sqs', Endpoint: queueArn }));
-  const as = new AutoScalingClient(common(proxy.endpoint));
-  await as.send(new CreateLaunchConfigurationCommand({ LaunchConfigurationName: 'lc', ImageId: 'ami-12c6146b', InstanceType: 'm7i.large' }));
-  await as.send(new CreateAutoScalingGroupCommand({ AutoScalingGroupName: ASG, LaunchConfigurationName: 'lc', MinSize: 0, MaxSize: 2, DesiredCapacity: 0, AvailabilityZones: [`${REGION}a`] }));
-  await as.send(new PutLifecycleHookCommand({ AutoScalingGroupName: ASG, LifecycleHookName: HOOK, LifecycleTransition: 'autoscaling:EC2_INSTANCE_TERMINATING', HeartbeatTimeout: 300 }));
+  ({ topicArn, drain: drainQueue } = await startEventQueue(proxy.endpoint, 'zdt-events'));
+  await createAsgWithHook(proxy.endpoint, ASG, HOOK);
   if (available) {
     kube = await startKube();
     await ensureNamespace(kube.admin, 'app');

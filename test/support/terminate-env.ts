@@ -4,11 +4,15 @@ import path from 'node:path';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { CreateKeyCommand, KMSClient } from '@aws-sdk/client-kms';
 import { stringify } from 'yaml';
+import { AutoScalingClient, CreateAutoScalingGroupCommand, CreateLaunchConfigurationCommand, PutLifecycleHookCommand } from '@aws-sdk/client-auto-scaling';
+import { CreateTopicCommand, SNSClient, SubscribeCommand } from '@aws-sdk/client-sns';
+import { CreateQueueCommand, GetQueueAttributesCommand, ReceiveMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
+import type { AgentEvent } from '../../agent/notify/events.js';
 import { buildContext, type CommandContext } from '../../agent/context.js';
 import type { ConfigInput } from '../../agent/config/schema.js';
 
 /**
- * Shared by the etcd backup and terminate tests: a node root with a kubeadm-like
+ * Shared by the etcd backup, terminate and watch tests: a node root with a kubeadm-like
  * /etc/kubernetes, a config file for it, and the agent's context built from that file.
  */
 
@@ -63,4 +67,39 @@ export async function contextFor(root: string, config: ConfigInput): Promise<Com
 
 export function awsConfig(endpoint: string): NonNullable<ConfigInput['aws']> {
   return { region: REGION, endpoint, s3ForcePathStyle: true, maxAttempts: 2, requestTimeoutMs: 5000, connectTimeoutMs: 2000 };
+}
+
+const clientConfig = (endpoint: string) => ({ region: REGION, endpoint, credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' } });
+
+/** An SNS topic with an SQS queue subscribed, to read the agent's messages back. */
+export async function startEventQueue(endpoint: string, name: string): Promise<{ topicArn: string; drain(): Promise<AgentEvent[]> }> {
+  const sns = new SNSClient(clientConfig(endpoint));
+  const sqs = new SQSClient(clientConfig(endpoint));
+  const topicArn = (await sns.send(new CreateTopicCommand({ Name: name }))).TopicArn!;
+  const queueUrl = (await sqs.send(new CreateQueueCommand({ QueueName: name }))).QueueUrl!;
+  const queueArn = (await sqs.send(new GetQueueAttributesCommand({ QueueUrl: queueUrl, AttributeNames: ['QueueArn'] }))).Attributes!.QueueArn!;
+  await sns.send(new SubscribeCommand({ TopicArn: topicArn, Protocol: 'sqs', Endpoint: queueArn }));
+  return {
+    topicArn,
+    /** Every message that reached the queue since the last call. */
+    drain: async () => {
+      const out: AgentEvent[] = [];
+      for (let i = 0; i < 10; i++) {
+        const r = await sqs.send(new ReceiveMessageCommand({ QueueUrl: queueUrl, MaxNumberOfMessages: 10, WaitTimeSeconds: 0 }));
+        for (const m of r.Messages ?? []) out.push(JSON.parse((JSON.parse(m.Body!) as { Message: string }).Message) as AgentEvent);
+        if (!r.Messages?.length) break;
+      }
+      return out;
+    },
+  };
+}
+
+/** An empty Auto Scaling group with a terminating lifecycle hook. */
+export async function createAsgWithHook(endpoint: string, asg: string, hook: string): Promise<void> {
+  const as = new AutoScalingClient(clientConfig(endpoint));
+  await as.send(new CreateLaunchConfigurationCommand({ LaunchConfigurationName: `${asg}-lc`, ImageId: 'ami-12c6146b', InstanceType: 'm7i.large' }));
+  await as.send(
+    new CreateAutoScalingGroupCommand({ AutoScalingGroupName: asg, LaunchConfigurationName: `${asg}-lc`, MinSize: 0, MaxSize: 2, DesiredCapacity: 0, AvailabilityZones: [`${REGION}a`] }),
+  );
+  await as.send(new PutLifecycleHookCommand({ AutoScalingGroupName: asg, LifecycleHookName: hook, LifecycleTransition: 'autoscaling:EC2_INSTANCE_TERMINATING', HeartbeatTimeout: 300 }));
 }

@@ -17,6 +17,8 @@ import type { InstanceIdentityDocument } from '../../agent/host/imds.js';
  *   borrowed paths then answer 404, as they do on most Nitro instances anyway.
  * - The directory listings (`/latest/meta-data/tags/instance`, …) are answered without a
  *   token even with --imdsv2 (AEMM's catch-all handler does not check tokens).
+ * - Scheduled events: one event, with AEMM's fixed EventId (instance-event-1234567890abcdef0);
+ *   a test changes its state by restarting the mock on the same port.
  * - autoscaling/target-lifecycle-state only goes InService -> Terminated after a delay
  *   (no Warmed:* states). AEMM counts delays in whole seconds from its start (Unix seconds
  *   truncated), so a 1 s delay may pass at once: give tests a margin of seconds.
@@ -32,6 +34,10 @@ export interface ImdsConfig extends InstanceIdentityDocument {
   targetLifecycleState?: 'InService' | 'Terminated' | { terminatedAfterS: number };
   /** spot/instance-action (and spot/termination-time); absent -> 404. */
   spotInstanceAction?: { action: 'terminate' | 'stop' | 'hibernate'; time?: string; afterS?: number };
+  /** events/maintenance/scheduled: one event (AEMM's `events -o CODE -t STATE`; its EventId is fixed); absent -> 404. */
+  scheduledEvent?: { code: 'instance-reboot' | 'system-reboot' | 'system-maintenance' | 'instance-retirement' | 'instance-stop'; state: 'active' | 'canceled' | 'completed'; notBefore?: string };
+  /** events/recommendations/rebalance (AEMM's --rebalance-delay-sec); absent -> 404. */
+  rebalance?: { afterS?: number; noticeTime?: string };
   /** Accept token-less (IMDSv1) requests too. Default false: IMDSv2 only. */
   allowImdsv1?: boolean;
   /** Listen on this port (e.g. to restart on the same endpoint); a free one by default. */
@@ -90,7 +96,10 @@ function aemmConfig(c: ImdsConfig, port: number): object {
   for (const [key] of tags) if (/[/{}]/.test(key)) throw new Error(`startImds: tag key ${key} cannot be an AEMM path`);
 
   // An empty path unregisters a route (404); unused tag slots are emptied that way.
-  const paths: Record<string, string> = { events: '', 'rebalance-rec-time': '' };
+  const paths: Record<string, string> = {
+    ...(c.scheduledEvent ? {} : { events: '' }),
+    ...(c.rebalance ? {} : { 'rebalance-rec-time': '' }),
+  };
   const values: Record<string, string> = {
     'instance-id': c.instanceId,
     'instance-type': c.instanceType,
@@ -121,6 +130,10 @@ function aemmConfig(c: ImdsConfig, port: number): object {
     'mock-ip-count': -1, // every client sees spot and lifecycle notices, not only the first two IPs
     'mock-delay-sec': c.spotInstanceAction?.afterS ?? 0,
     'asg-termination-delay-sec': terminatedAfterS,
+    'rebalance-delay-sec': c.rebalance?.afterS ?? 0,
+    ...(c.scheduledEvent
+      ? { events: { code: c.scheduledEvent.code, state: c.scheduledEvent.state, ...(c.scheduledEvent.notBefore ? { 'not-before': c.scheduledEvent.notBefore } : {}) } }
+      : {}),
     metadata: { paths, values },
     dynamic: {
       values: {
@@ -140,8 +153,13 @@ function aemmConfig(c: ImdsConfig, port: number): object {
       c.userData === undefined
         ? { paths: { userdata: '' } }
         : { values: { userdata: Buffer.from(c.userData).toString('base64') } },
-    ...(c.spotInstanceAction
-      ? { spot: { action: c.spotInstanceAction.action, ...(c.spotInstanceAction.time ? { time: c.spotInstanceAction.time } : {}) } }
+    ...(c.spotInstanceAction || c.rebalance?.noticeTime
+      ? {
+          spot: {
+            ...(c.spotInstanceAction ? { action: c.spotInstanceAction.action, ...(c.spotInstanceAction.time ? { time: c.spotInstanceAction.time } : {}) } : {}),
+            ...(c.rebalance?.noticeTime ? { 'rebalance-rec-time': c.rebalance.noticeTime } : {}),
+          },
+        }
       : {}),
   };
 }

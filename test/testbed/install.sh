@@ -32,8 +32,11 @@ apt_install() {
 }
 
 # --- Debian packages ----------------------------------------------------------------------
+# openrc: openrc-run, rc-service and supervise-daemon for the service tests (test/e2e/openrc.test.ts),
+# run in a private mount namespace; its postinst only lists the machine's services in
+# /etc/runlevels and starts or stops none of them (PID 1 stays as it is).
 packages=(etcd-server etcd-client openssh-server openssh-client qemu-user-static shellcheck
-  e2fsprogs xfsprogs util-linux kmod time)
+  e2fsprogs xfsprogs util-linux kmod time openrc)
 missing=()
 for p in "${packages[@]}"; do
   [[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null) == installed ]] || missing+=("$p")

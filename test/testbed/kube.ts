@@ -306,7 +306,7 @@ export async function createPod(
  * The grant that lets nodes delete their own Node object: the agent's own definitions and
  * create-or-replace (controller 00 applies them at bootstrap; docs/terminate.md).
  */
-export { applyNodeSelfDeleteRbac, NODE_SELF_DELETE_RBAC } from '../../agent/terminate/rbac.js';
+export { applyNodeSelfDeleteRbac, NODE_SELF_DELETE_RBAC } from '../../agent/node-rbac.js';
 
 /** A mirror pod, as the kubelet creates one for a static pod: with the node's credentials, owned by its Node. */
 export async function createMirrorPod(kube: Kube, o: { namespace: string; name: string; node: string }): Promise<void> {

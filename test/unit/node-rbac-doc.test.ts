@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
-import { NODE_SELF_DELETE_RBAC } from '../../agent/terminate/rbac.js';
+import { NODE_SELF_DELETE_RBAC } from '../../agent/node-rbac.js';
 
 /** The grant docs/terminate.md gives for clusters not bootstrapped by zdt-agent is the one controller 00 applies. */
 

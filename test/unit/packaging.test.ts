@@ -79,6 +79,32 @@ describe('OpenRC', () => {
   });
 });
 
+describe('the watcher service (workers and controllers)', () => {
+  it('OpenRC: zdt-agent watch under supervise-daemon, respawned for ever, with the network, stopped before zdt-agent', () => {
+    const deps = openrcDepends('openrc/zdt-agent-watch');
+    expect(deps.need).toContain('net');
+    // after: starts after, STOPS BEFORE zdt-agent (whose stop runs terminate) and so before the kubelet.
+    expect(deps.after).toEqual(expect.arrayContaining(['zdt-agent', 'zdt-agent-boot']));
+    for (const kind of ['need', 'use', 'want', 'before']) expect(deps[kind] ?? [], kind).not.toEqual(expect.arrayContaining(['kubelet']));
+    const script = read('openrc/zdt-agent-watch');
+    expect(script).toMatch(/^supervisor=supervise-daemon$/m);
+    expect(script).toMatch(/^command="\$zdt_agent"$/m);
+    expect(script).toMatch(/^command_args="watch \$zdt_agent_opts"$/m);
+    expect(script).toMatch(/^respawn_max=0$/m);
+    expect(shellFunction('openrc/zdt-agent-watch', 'start')).toBeUndefined();
+    expect(shellFunction('openrc/zdt-agent-watch', 'stop')).toBeUndefined();
+  });
+
+  it('systemd: Restart=always without a start limit, stopped before zdt-agent.service', () => {
+    const u = unit('units/zdt-agent-watch.service');
+    expect(u['Service.ExecStart']).toEqual(['/usr/bin/zdt-agent watch']);
+    expect(u['Service.Restart']).toEqual(['always']);
+    expect(u['Unit.StartLimitIntervalSec']).toEqual(['0']);
+    expect(words(u['Unit.After'])).toEqual(expect.arrayContaining(['zdt-agent.service', 'network-online.target']));
+    expect(u['Service.ExecStop']).toBeUndefined();
+  });
+});
+
 describe('the ssh sync service (bastions)', () => {
   const cacheTtl = sshSchema.parse({ iamGroup: 'g' }).cacheTtl;
 
@@ -227,6 +253,7 @@ describe('alpine/APKBUILD', () => {
         '/usr/bin/zdt-agent',
         '/etc/init.d/zdt-agent-boot',
         '/etc/init.d/zdt-agent',
+        '/etc/init.d/zdt-agent-watch',
         '/etc/init.d/zdt-agent-ssh-sync',
         '/usr/libexec/zdt-agent/ssh-sync-loop',
         '/etc/ssh/sshd_config.d/01-zdt-agent.conf',

@@ -2,7 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { configSchema, type ConfigInput } from '../../agent/config/schema.js';
 import type { Identity } from '../../agent/host/identity.js';
 import { Budget, withinWindow } from '../../agent/terminate/budget.js';
-import { planTerminate, type ShutdownEvent } from '../../agent/terminate/plan.js';
+import type { ShutdownEvent } from '../../agent/node.js';
+import { planTerminate } from '../../agent/terminate/plan.js';
 
 const identity = (asgName?: string): Identity => ({
   instanceId: 'i-1',

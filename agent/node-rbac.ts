@@ -1,4 +1,4 @@
-import type { KubeClient, KubeObject } from '../host/kube.js';
+import type { KubeClient, KubeObject } from './host/kube.js';
 
 /**
  * The one grant the worker's self-delete needs (docs/terminate.md, "Permissions"). The Node
@@ -6,7 +6,8 @@ import type { KubeClient, KubeObject } from '../host/kube.js';
  * own Node", so the ClusterRole allows `delete nodes` to the group of all nodes, and the
  * NodeRestriction admission plugin (on in kubeadm clusters) keeps each node to itself.
  *
- * Controller 00 applies these objects after `kubeadm init` (boot/control-plane.ts); clusters
+ * Shared by boot and terminate (neither imports the other): controller 00 applies these
+ * objects after `kubeadm init` (boot/control-plane.ts), terminate's self-delete uses them; clusters
  * not bootstrapped by zdt-agent apply the same objects from the YAML in docs/terminate.md
  * (test/unit/node-rbac-doc.test.ts keeps the two equal).
  */
