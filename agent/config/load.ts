@@ -4,6 +4,7 @@ import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import { combinationProblems, configSchema, type CombinationFacts, type Config } from './schema.js';
 import { hintFor } from './hints.js';
+import { trustProblems } from './trust.js';
 
 /**
  * Config sources, merged in this order (a later source wins, key by key; lists are replaced
@@ -147,13 +148,19 @@ export function describeIssues(issues: readonly z.core.$ZodIssue[], provenance: 
 
 export class ConfigInvalid extends ConfigError {
   readonly problems: ConfigProblem[];
-  constructor(problems: ConfigProblem[]) {
+  /** `untrusted`: the first problem is a key from a source that may not set it (trust.ts). */
+  constructor(problems: ConfigProblem[], untrusted?: ConfigProblem) {
     const first = problems[0];
-    super(
-      'ConfigInvalid',
-      `${problems.length} problem${problems.length === 1 ? '' : 's'} in the configuration; first: ${first?.path}: ${first?.message}`,
-      { hint: "run 'zdt-agent config validate' for the full list" },
-    );
+    const more = problems.length > 1 ? ` (${problems.length - 1} more: run 'zdt-agent config validate')` : '';
+    if (untrusted) {
+      super('ConfigUntrusted', `${untrusted.path}: ${untrusted.message}${more}`, { hint: untrusted.hint });
+    } else {
+      super(
+        'ConfigInvalid',
+        `${problems.length} problem${problems.length === 1 ? '' : 's'} in the configuration; first: ${first?.path}: ${first?.message}`,
+        { hint: "run 'zdt-agent config validate' for the full list" },
+      );
+    }
     this.problems = problems;
   }
 }
@@ -164,12 +171,21 @@ export function formatProblems(problems: readonly ConfigProblem[]): string {
     .join('\n');
 }
 
-/** Merge and validate. Throws ConfigInvalid with every problem; nothing half-applies. */
-export function resolveConfig(layers: readonly Layer[]): Config {
+/** The AMI's config file on a node; messages name the one a command read (--root). */
+export const LOCAL_CONFIG_FILE = '/etc/zdt-agent/config.yaml';
+
+const TAG_OF: Readonly<Record<string, string>> = Object.fromEntries(Object.entries(TAG_KEYS).map(([tag, path]) => [path.join('.'), tag]));
+
+/**
+ * Merge and validate. Throws ConfigInvalid with every problem; nothing half-applies. A key
+ * from a source that may not set it (trust.ts) comes first, as ConfigUntrusted.
+ */
+export function resolveConfig(layers: readonly Layer[], o: { localFile?: string } = {}): Config {
+  const untrusted = trustProblems(layers, { localFile: o.localFile ?? LOCAL_CONFIG_FILE, tagOf: TAG_OF });
   const { merged, provenance } = mergeLayers(layers);
   const r = configSchema.safeParse(merged);
-  if (r.success) return r.data;
-  const problems = describeIssues(r.error.issues, provenance);
+  if (r.success && untrusted.length === 0) return r.data;
+  const problems = [...untrusted, ...(r.success ? [] : describeIssues(r.error.issues, provenance))];
   // A type error stops zod before the combination rules; run them on the raw input too.
   for (const c of combinationProblems(merged as CombinationFacts)) {
     const path = c.path.join('.');
@@ -177,5 +193,5 @@ export function resolveConfig(layers: readonly Layer[]): Config {
       problems.push({ path, message: c.message, hint: hintFor(path, 'custom'), origin: originOf(path, provenance) });
     }
   }
-  throw new ConfigInvalid(problems);
+  throw new ConfigInvalid(problems, untrusted[0]);
 }

@@ -248,6 +248,16 @@ export const logSchema = z
   })
   .strict();
 
+export const trustSchema = z
+  .object({
+    userData: z
+      .array(z.string())
+      .default([])
+      .describe('Keys (or sections) the user-data part may set beyond the open ones; only read from the local files (docs/config.md, Trust)'),
+    tags: z.array(z.string()).default([]).describe('Keys the zdt:* instance tags may set beyond the open ones; only read from the local files'),
+  })
+  .strict();
+
 export const configSchema = z
   .object({
     cluster: clusterSchema.optional(),
@@ -259,6 +269,7 @@ export const configSchema = z
     aws: awsSchema.prefault({}),
     boot: bootSchema.prefault({}),
     log: logSchema.prefault({}),
+    trust: trustSchema.prefault({}),
   })
   .strict()
   .superRefine((c, ctx) => {

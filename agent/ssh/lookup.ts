@@ -139,7 +139,7 @@ async function settingsFromSources(args: SshKeysArgs, paths: Paths): Promise<Ssh
     }
   }
   const { layers } = await loadLayers(args, paths, 'cached', silentLogger);
-  return settingsFromConfig(resolveConfig(layers));
+  return settingsFromConfig(resolveConfig(layers, { localFile: paths.configFile }));
 }
 
 /** The group from IAM; root reads every member's keys and refreshes the cache with them. */
