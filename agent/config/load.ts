@@ -1,7 +1,7 @@
-import fs from 'node:fs';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
+import { BoundedFileError, CONFIG_FILE_MAX_BYTES, describeFileProblem, readBoundedFile } from '../host/bounded-file.js';
 import { combinationProblems, configSchema, type CombinationFacts, type Config } from './schema.js';
 import { hintFor } from './hints.js';
 import { trustProblems } from './trust.js';
@@ -60,13 +60,20 @@ export function parseYamlLayer(source: SourceName, origin: string, text: string)
 export function readFileLayer(source: SourceName, file: string, required: boolean): Layer | undefined {
   let text: string;
   try {
-    text = fs.readFileSync(file, 'utf8');
+    text = readBoundedFile(file, CONFIG_FILE_MAX_BYTES).toString('utf8');
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' && !required) return undefined;
-    throw new ConfigError('ConfigUnreadable', `cannot read ${file}: ${code ?? (err as Error).message}`, {
-      hint: required ? 'check the path given to --config' : 'check the file permissions',
-    });
+    const p = err instanceof BoundedFileError ? err.problem : { kind: 'errno' as const, code: (err as Error).message };
+    if (p.kind === 'errno' && p.code === 'ENOENT' && !required) return undefined;
+    const what = p.kind === 'errno' ? `cannot read ${file}: ${p.code}` : `${file} ${describeFileProblem(p)}`;
+    const hint =
+      p.kind === 'too-large'
+        ? 'check the path: a config file is a few KiB of YAML'
+        : p.kind === 'not-regular'
+          ? 'name a regular YAML file'
+          : required
+            ? 'check the path given to --config'
+            : 'check the file permissions';
+    throw new ConfigError('ConfigUnreadable', what, { hint });
   }
   return parseYamlLayer(source, file, text);
 }

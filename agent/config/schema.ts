@@ -213,7 +213,7 @@ const endpointsSchema = z
 
 export const awsSchema = z
   .object({
-    region: z.string().regex(/^[a-z]{2}(-[a-z]+)+-\d$/, 'use a region such as eu-central-1').optional().describe('Defaults to the region from IMDS'),
+    region: z.string().regex(/^[a-z]{2}(-[a-z]+)+-\d$/, 'use a region such as eu-central-1').optional().describe('Else AWS_REGION, AWS_DEFAULT_REGION, then the region from IMDS'),
     endpoint: endpointUrl.optional().describe('One endpoint for every service (the testbed)'),
     endpoints: endpointsSchema.prefault({}).describe('Per-service endpoints (VPC endpoints)'),
     imdsEndpoint: endpointUrl.default('http://169.254.169.254').describe('IMDS base URL'),
