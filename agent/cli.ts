@@ -1,6 +1,7 @@
 import yargs, { type Argv } from 'yargs';
 import { AgentError, ConfigError, ExitCode, asAgentError } from './errors.js';
 import type { SshKeysArgs } from './ssh/warm.js';
+import { makePaths } from './host/paths.js';
 import { LOG_FORMATS, LOG_LEVELS } from './log/logger.js';
 
 /**
@@ -25,7 +26,7 @@ async function runHandler(h: Handler, args: Record<string, unknown> & GlobalOpti
   try {
     return await h(args);
   } catch (err) {
-    const e = asAgentError(err);
+    const e = asAgentError(err, makePaths(args.root).logFile);
     process.stderr.write(`zdt-agent: ${e.oneLine()}\n`);
     return e.exitCode;
   }

@@ -115,7 +115,7 @@ export async function runSshKeysLookup(args: SshKeysArgs, out: Output = writeStd
     });
     return fail(e, 'deadline', ExitCode.deadline);
   } catch (err) {
-    const e = asAgentError(err);
+    const e = asAgentError(err, paths.logFile);
     const deadline = e instanceof DeadlineError || hard.signal.aborted;
     return fail(e, deadline ? 'deadline' : 'error', deadline ? ExitCode.deadline : e.exitCode);
   } finally {
@@ -139,7 +139,7 @@ async function settingsFromSources(args: SshKeysArgs, paths: Paths): Promise<Ssh
     }
   }
   const { layers } = await loadLayers(args, paths, 'cached', silentLogger);
-  return settingsFromConfig(resolveConfig(layers, { localFile: paths.configFile }));
+  return settingsFromConfig(resolveConfig(layers, { localFile: paths.configFile }), {}, paths.configFile);
 }
 
 /** The group from IAM; root reads every member's keys and refreshes the cache with them. */
