@@ -54,7 +54,25 @@ export function parseYamlLayer(source: SourceName, origin: string, text: string)
       hint: 'see docs/config.md for the layout',
     });
   }
+  const proto = protoKeyPath(data);
+  if (proto !== undefined) {
+    // The YAML parser makes it an own key; merged like any other it would change the
+    // prototype of every object in the process.
+    throw new ConfigError('ConfigSyntax', `${origin}: the key ${proto} is not allowed`, { hint: 'remove it; the keys are listed in docs/config.md' });
+  }
   return { source, origin, data: data as Record<string, unknown> };
+}
+
+/** The path of the first `__proto__` key in parsed YAML, or undefined. */
+function protoKeyPath(v: unknown, prefix = ''): string | undefined {
+  if (!v || typeof v !== 'object') return undefined;
+  for (const [k, child] of Object.entries(v)) {
+    const p = prefix ? `${prefix}.${k}` : k;
+    if (k === '__proto__') return p;
+    const deeper = protoKeyPath(child, p);
+    if (deeper !== undefined) return deeper;
+  }
+  return undefined;
 }
 
 export function readFileLayer(source: SourceName, file: string, required: boolean): Layer | undefined {

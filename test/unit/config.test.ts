@@ -55,6 +55,20 @@ node: { labels: { zone: y } }
   });
 });
 
+describe('a __proto__ key', () => {
+  it.each(['__proto__: { polluted: yes }\n', 'node: { role: worker, labels: { __proto__: { polluted: yes } } }\n'])('is refused, and pollutes nothing: %j', (text) => {
+    let err: unknown;
+    try {
+      resolveConfig([yaml('/etc/zdt-agent/config.yaml', 'cluster: { name: p }\n'), yaml('user-data', text, 'user-data')]);
+    } catch (e) {
+      err = e;
+    }
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as ConfigError).oneLine()).toMatch(/^ConfigSyntax: user-data: the key (node\.labels\.)?__proto__ is not allowed; /);
+  });
+});
+
 describe('config validation', () => {
   it('reports every problem with its path, its source and a hint', () => {
     const problems = problemsOf([
