@@ -53,6 +53,12 @@ export async function runSshKeysCommand(args: SshKeysArgs): Promise<number> {
 }
 
 export async function runCli(argv: string[]): Promise<number> {
+  // yargs takes what follows `--` as arguments of no command and then runs none, exit 0:
+  // no zdt-agent command takes free arguments, so `--` is always a mistake (or a trick).
+  if (argv.includes('--')) {
+    process.stderr.write("zdt-agent: '--' is not an option of zdt-agent\nRun 'zdt-agent --help' for usage.\n");
+    return ExitCode.usage;
+  }
   let code: number = ExitCode.ok;
   let usageError: string | undefined;
   const wrap =
