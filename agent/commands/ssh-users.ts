@@ -27,5 +27,9 @@ export async function runSshUsersSync(args: GlobalOptions, o: { lockWaitMs?: num
     for (const f of u.failed) lines.push(`failed: ${f.user}: ${f.error}`);
   }
   process.stdout.write(`${lines.join('\n')}\n`);
-  return r.users && r.users.failed.length > 0 ? ExitCode.failed : ExitCode.ok;
+  const failed = r.users?.failed ?? [];
+  if (failed.length === 0) return ExitCode.ok;
+  const first = failed[0] as { user: string; error: string };
+  process.stderr.write(`zdt-agent: SshUsersFailed: ${failed.length} account${failed.length === 1 ? '' : 's'} not synced; first: ${first.user}: ${first.error}\n`);
+  return ExitCode.failed;
 }

@@ -163,7 +163,7 @@ export async function runTerminate(o: { ctx: CommandContext; budget: Budget; fla
   // Hooks: each hookTimeout at most; when a drain follows, they may take half of what is left.
   const hooksDir = paths.at(`${t.hooksDir}/${event === 'unknown' ? 'terminate' : event}.d`);
   const hooks = hookFiles(hooksDir);
-  if (hooks.length === 0) skip('hooks', `no executables in ${t.hooksDir}/${event === 'unknown' ? 'terminate' : event}.d/`);
+  if (hooks.length === 0) skip('hooks', `no executables in ${paths.at(t.hooksDir)}/${event === 'unknown' ? 'terminate' : event}.d/`);
   else {
     const share = applies('drain') || applies('etcd-backup') ? 0.5 : 1;
     const w = budget.window(Math.min(t.hookTimeout * 1000 * hooks.length, (budget.remainingMs() - endReserveMs) * share), endReserveMs);
@@ -199,7 +199,7 @@ export async function runTerminate(o: { ctx: CommandContext; budget: Budget; fla
       log.error('cannot use the kubelet credentials', { err: asAgentError(err).oneLine() });
     }
   }
-  const noKube = `no usable ${t.kubeconfig} (the node never joined, or its credentials are unreadable)`;
+  const noKube = `no usable ${paths.at(t.kubeconfig)} (the node never joined, or its credentials are unreadable)`;
 
   let drainReport: DrainReport | undefined;
   let backupKey: string | undefined;

@@ -451,6 +451,22 @@ const rows: Row[] = [
     first: UNTRUSTED('aws.imdsEndpoint', UD),
   },
 
+  {
+    group: 'user-data',
+    input: 'terminate of an ASG worker, AWS unreachable',
+    argv: [...R(), 'terminate', '--event', 'terminate'],
+    logsToStderr: true,
+    prepare: () => {
+      localConfig();
+      fs.rmSync(root.at('/var/lib/zdt-agent/instance-config.json'), { force: true });
+      instance({ tags: { 'aws:autoscaling:groupName': 'prod-workers' } });
+    },
+    code: 1,
+    first: /^zdt-agent: TerminateFailed: lifecycle-hook failed: .*; see \S+\/var\/log\/zdt-agent\.log$/,
+    log: /hooks: skipped why="no executables in \/tmp\/\S+\/etc\/zdt-agent\/hooks\/terminate\.d\/"/,
+    stdout: /^terminate \(terminate, --event\): failed; /,
+  },
+
   // Instance tags (anyone with ec2:CreateTags).
   ...(
     [
