@@ -51,7 +51,7 @@ export function parseSshKeysArgv(argv: readonly string[]): SshKeysArgs | SshKeys
     const m = GLOBAL_OPTION.exec(argv[i] as string);
     if (!m) return undefined;
     const value = m[2] ?? argv[++i];
-    if (value === undefined || value === 'ssh-keys') return { usage: `--${m[1]} needs a value before ssh-keys` };
+    if (value === undefined) return undefined;
     opts[m[1] as string] = value;
   }
   if (i >= argv.length) return undefined;

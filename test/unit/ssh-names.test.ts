@@ -91,14 +91,17 @@ describe('ssh-keys argv (parsed without yargs, on the hot path and the cold one)
   });
 
   it('a wrong number of arguments after ssh-keys, or a bad option before it, is a usage error', () => {
-    for (const argv of [['ssh-keys'], ['ssh-keys', 'a', 'b', 'c'], ['ssh-keys', '--root', '/r', 'alice'], ['--log-level', 'loud', 'ssh-keys', 'a'], ['--root', 'ssh-keys', 'a']]) {
+    for (const argv of [['ssh-keys'], ['ssh-keys', 'a', 'b', 'c'], ['ssh-keys', '--root', '/r', 'alice'], ['--log-level', 'loud', 'ssh-keys', 'a']]) {
       expect(parseSshKeysArgv(argv), JSON.stringify(argv)).toHaveProperty('usage');
     }
   });
 
   it('leaves other command lines to the CLI', () => {
-    for (const argv of [[], ['--help'], ['boot', 'ssh-keys'], ['--bogus', 'ssh-keys', 'a'], ['-x', 'ssh-keys', 'a'], ['--', 'ssh-keys', 'a']]) {
+    for (const argv of [[], ['--help'], ['boot', 'ssh-keys'], ['--bogus', 'ssh-keys', 'a'], ['-x', 'ssh-keys', 'a'], ['--', 'ssh-keys', 'a'], ['--root', 'ssh-keys', 'a']]) {
       expect(parseSshKeysArgv(argv), JSON.stringify(argv)).toBeUndefined();
     }
+    // An option's value is a value, even when it reads ssh-keys.
+    expect(parseSshKeysArgv(['--config', 'ssh-keys', 'config', 'validate'])).toBeUndefined();
+    expect(parseSshKeysArgv(['--config', 'ssh-keys', 'ssh-keys', 'alice'])).toEqual({ user: 'alice', config: 'ssh-keys' });
   });
 });
