@@ -3,6 +3,7 @@ import { AgentError, ConfigError, ExitCode, asAgentError } from './errors.js';
 import type { SshKeysArgs } from './ssh/warm.js';
 import { makePaths } from './host/paths.js';
 import { LOG_FORMATS, LOG_LEVELS } from './log/logger.js';
+import { redact } from './log/redact.js';
 
 /**
  * The command-line interface. Each handler is small: it loads its command module lazily
@@ -145,7 +146,7 @@ export async function runCli(argv: string[]): Promise<number> {
     .version(false)
     .fail((msg, err) => {
       // yargs may report several problems of one command line; the first is the one to fix.
-      usageError ??= err ? (err instanceof AgentError ? err.oneLine() : err.message) : msg;
+      usageError ??= redact(err ? (err instanceof AgentError ? err.oneLine() : err.message) : msg);
     });
 
   try {

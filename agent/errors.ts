@@ -2,6 +2,7 @@
  * Errors are values with a code, what failed, and what to check next.
  * The top level prints one line (`code: message; hint`) and maps the exit code.
  */
+import { redact } from './log/redact.js';
 
 export const ExitCode = {
   ok: 0,
@@ -28,9 +29,9 @@ export class AgentError extends Error {
     this.exitCode = opts.exitCode ?? ExitCode.failed;
   }
 
-  /** The one line an operator reads. */
+  /** The one line an operator reads, redacted: it goes to stderr, the state file and SNS. */
   oneLine(): string {
-    return this.hint ? `${this.code}: ${this.message}; ${this.hint}` : `${this.code}: ${this.message}`;
+    return redact(this.hint ? `${this.code}: ${this.message}; ${this.hint}` : `${this.code}: ${this.message}`);
   }
 }
 

@@ -6,6 +6,13 @@
  * every command) is loaded lazily and only for the commands that need it.
  */
 import { ExitCode } from './errors.js';
+import { captureProcessWarnings } from './log/logger.js';
+import { redact, registerEnvironmentSecrets } from './log/redact.js';
+
+// Before anything can print or log: no Node warning reaches stderr raw, and credentials handed
+// in the environment are redacted wherever they show up.
+captureProcessWarnings();
+registerEnvironmentSecrets();
 
 async function main(argv: string[]): Promise<number> {
   if (argv.length === 1 && (argv[0] === 'version' || argv[0] === '--version')) {
@@ -49,7 +56,7 @@ main(process.argv.slice(2)).then(
   },
   (err: unknown) => {
     // The CLI maps every error to one line; reaching here is a bug, still one line.
-    process.stderr.write(`zdt-agent: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.stderr.write(`zdt-agent: ${redact(err instanceof Error ? err.message : String(err))}\n`);
     process.exitCode = ExitCode.failed;
   },
 );

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { AgentError, ConfigError } from '../errors.js';
 import { writeFileAtomic } from '../host/atomic.js';
-import { addSecret } from '../log/redact.js';
+import { registerSecret } from '../log/redact.js';
 import type { BootContext } from './context.js';
 import { sdk } from '../host/aws.js';
 
@@ -103,7 +103,7 @@ export async function readJoinToken(ctx: BootContext): Promise<string | undefine
       hint: "write a token made by 'kubeadm token generate'",
     });
   }
-  addSecret(token);
+  registerSecret(token, 'bootstrap-token');
   return token;
 }
 

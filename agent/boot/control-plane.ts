@@ -5,8 +5,9 @@ import { upsertStableName } from '../host/dns.js';
 import { KubeApiError } from '../host/kube.js';
 import { renderEtcdPatch, renderInitConfig, renderJoinConfig } from '../host/kubeadm.js';
 import { waitFor } from '../host/retry.js';
-import { ensureServiceRunning } from '../host/services.js';
-import { addSecret } from '../log/redact.js';
+import { writeFileAtomic } from '../host/atomic.js';
+import { ensureServiceRunning, ensureServiceStopped } from '../host/services.js';
+import { registerSecret } from '../log/redact.js';
 import { isFirstController } from '../node.js';
 import { applyNodeSelfDeleteRbac, NODE_SELF_DELETE } from '../terminate/rbac.js';
 import {
@@ -62,7 +63,9 @@ async function bringUpControlPlane(ctx: BootContext): Promise<PhaseOutcome> {
   const version = ctx.shared.versions?.install;
   if (!volume || !version) throw new AgentError('BootOrder', 'control-plane needs the etcd volume and the version decision', { hint: 'a bug: see the phase order' });
 
-  if (fs.existsSync(files.kubeletConf) && fs.existsSync(files.apiServerManifest)) {
+  const interrupted = interruptedKubeadm(ctx);
+  if (interrupted) await undoInterruptedKubeadm(ctx, interrupted);
+  else if (fs.existsSync(files.kubeletConf) && fs.existsSync(files.apiServerManifest)) {
     ctx.shared.joinMode = 'already-joined';
     const started = await ensureServiceRunning(ctx.exec, 'kubelet');
     recordVersionOnVolume(volume, version);
@@ -118,6 +121,50 @@ async function bringUpControlPlane(ctx: BootContext): Promise<PhaseOutcome> {
   return { detail: `${mode}: control plane ${version} on ${nodeNameOf(identity)}${stable ? ` (etcd ${stable})` : ''}${extra}`, changed: true };
 }
 
+/** Present while `kubeadm init` runs (agent/boot/control-plane.ts, docs/boot.md). */
+const INIT_MARKER = '/var/lib/zdt-agent/kubeadm-init.started';
+const initMarker = (ctx: BootContext) => ctx.paths.at(INIT_MARKER);
+/** The static pods `kubeadm init` and `join --control-plane` write, which their preflight refuses to find. */
+const STATIC_POD_MANIFESTS = ['kube-apiserver', 'kube-controller-manager', 'kube-scheduler', 'etcd'].map((n) => `/etc/kubernetes/manifests/${n}.yaml`);
+/**
+ * Given to `kubeadm reset phase cleanup-node --cert-dir`: a directory that never holds
+ * anything, so that the cleanup keeps the cluster's PKI (its default, /etc/kubernetes/pki,
+ * would delete the CA that the etcd data and the other nodes depend on).
+ */
+const RESET_CERT_DIR = '/etc/kubernetes/zdt-agent/reset-keeps-the-pki';
+
+/**
+ * Why the last `kubeadm init` or `join` on this node did not finish, if it did not: the
+ * marker of an init that was killed or failed (also one that got as far as kubelet.conf and
+ * the manifests), or static pod manifests without the kubelet.conf a finished run leaves.
+ */
+export function interruptedKubeadm(ctx: BootContext): string | undefined {
+  const marker = initMarker(ctx);
+  if (fs.existsSync(marker)) return `kubeadm init started at ${fs.readFileSync(marker, 'utf8').trim() || '?'} and did not finish`;
+  // init writes kubelet.conf before the manifests; a join writes the manifests first.
+  const manifests = STATIC_POD_MANIFESTS.filter((m) => fs.existsSync(ctx.paths.at(m)));
+  if (manifests.length && !fs.existsSync(kubeFiles(ctx).kubeletConf)) return `${manifests.join(', ')} exist without kubelet.conf`;
+  return undefined;
+}
+
+/**
+ * Undoes what an interrupted kubeadm left, so that the next init or join passes its
+ * preflight (existing manifests, ports held by kubelet and static pods): kubelet stopped,
+ * then `kubeadm reset phase cleanup-node`, which removes the kubelet's state and the
+ * containers it ran, the static pod manifests and the kubeconfigs. It keeps what init reuses
+ * or what holds data: the PKI (see RESET_CERT_DIR), the etcd data (only the
+ * remove-etcd-member phase, not run, would delete it; an init that got as far as starting
+ * etcd is then re-run on its data like a restore) and the agent's kubeadm configs.
+ */
+async function undoInterruptedKubeadm(ctx: BootContext, why: string): Promise<void> {
+  ctx.log.warn('the last kubeadm run on this node did not finish: undoing what it left before running it again', { why });
+  await ensureServiceStopped(ctx.exec, 'kubelet');
+  // --rootfs: under --root (tests, chroots) kubeadm cleans that root, not the host's.
+  const rootfs = ctx.paths.root === '/' ? [] : ['--rootfs', ctx.paths.root];
+  await kubeadm(ctx, ['reset', 'phase', 'cleanup-node', '--cert-dir', RESET_CERT_DIR, ...rootfs], 'cleaning up after an interrupted kubeadm run');
+  fs.rmSync(initMarker(ctx), { force: true });
+}
+
 /** Bootstrap and restore start a cluster of one: never while other controllers' etcd runs. */
 export async function refuseSecondCluster(ctx: BootContext): Promise<void> {
   const running = await otherEtcdMembersAnswering(ctx.config);
@@ -148,7 +195,7 @@ async function initControlPlane(ctx: BootContext, volume: MountedVolume, version
   let token = await readJoinToken(ctx);
   const generated = !token;
   token ??= newBootstrapToken();
-  addSecret(token);
+  registerSecret(token, 'bootstrap-token');
   const ignore = restore ? [dirAvailableCheck(dataDir)] : [];
   const initYaml = renderInitConfig({
     node: nodeRegistrationFor(config, identity, ignore),
@@ -162,7 +209,10 @@ async function initControlPlane(ctx: BootContext, volume: MountedVolume, version
     const peerUrl = `https://${stable}:2380`;
     writePatch(ctx, 'etcd+json.yaml', renderEtcdPatch({ name: stable, peerUrl, initialCluster: `${stable}=${peerUrl}`, initialClusterState: 'new' }));
   }
+  // Written before, removed after: a boot killed in between finds it and undoes the half.
+  writeFileAtomic(initMarker(ctx), `${new Date().toISOString()} ${restore ? 'restore' : 'bootstrap'}\n`, 0o600);
   await kubeadm(ctx, ['init', '--config', file, '--skip-token-print'], restore ? 'kubeadm init on the existing etcd data' : 'kubeadm init of a new cluster');
+  fs.rmSync(initMarker(ctx), { force: true });
 
   // Others join with what controller 00 used: publish what S3 does not have yet.
   if (config.cluster?.bootstrap.s3Uri) {

@@ -53,21 +53,31 @@ async function runPhases(deps: BootDeps, phases: Record<Exclude<BootPhaseName, '
   const state = readState(paths.stateFile, agentVersion);
   const run: RunRecord = { startedAt: new Date().toISOString(), phases: {} };
   state.boot = run;
+  // A boot that cannot record its state fails (docs/boot.md, "When the state cannot be
+  // written"): the first failed write becomes the run's failure, so no further work phase runs,
+  // signal and notify report it, and the command exits 1 with the file named.
+  let stateError: AgentError | undefined;
   const save = () => {
     try {
       writeState(paths.stateFile, state);
     } catch (err) {
-      log.warn('cannot write the state file', { file: paths.stateFile, err: (err as Error).message });
+      const e = asAgentError(err);
+      log.error('cannot write the state file', { file: paths.stateFile, err: e.message });
+      stateError ??= new AgentError('StateNotRecorded', `the boot cannot record its state: ${e.message}`, {
+        hint: `${e.hint ?? 'check the disk'}; the boot did no further work and reported this failure`,
+        cause: err,
+      });
     }
   };
   save();
   // Written as soon as a phase that ran ends (status shows how far an interrupted boot got);
   // skipped phases ride along with the next write.
+  let failure: { phase: BootPhaseName; error: AgentError } | undefined;
   const record = (name: BootPhaseName, rec: PhaseRecord, ran = true) => {
     run.phases[name] = rec;
     if (ran) save();
+    if (stateError && !failure) failure = { phase: name, error: stateError };
   };
-  let failure: { phase: BootPhaseName; error: AgentError } | undefined;
   let changed = false;
 
   // identity first: every other decision depends on the instance type, AZ and tags.
@@ -80,6 +90,8 @@ async function runPhases(deps: BootDeps, phases: Record<Exclude<BootPhaseName, '
   if (idOutcome.error || !identity) {
     return finish(false, 'identity', idOutcome.error);
   }
+  // (A state file that could not be written at the start fails the run here, after identity:
+  // signal and notify need the identity to report it.)
 
   const shared: BootShared = {};
   for (const { name, decide } of bootPhaseOrder) {
@@ -121,13 +133,15 @@ async function runPhases(deps: BootDeps, phases: Record<Exclude<BootPhaseName, '
       failure = { phase: name, error: outcome.error };
     }
   }
-  return finish(!failure, failure?.phase, failure?.error);
+  return finish(!failure && !stateError, failure?.phase, failure?.error);
 
   function finish(ok: boolean, failedPhase: BootPhaseName | undefined, error: AgentError | undefined): BootResult {
     run.finishedAt = new Date().toISOString();
     run.result = ok ? 'ok' : error instanceof DeadlineError ? 'deadline' : 'failed';
     recordCompletion(state, deps.completion, ok);
     save();
+    // The last write may be the first to fail (the disk filled during the boot).
+    if (ok && stateError) return { ok: false, error: stateError, failedPhase: 'notify', changed, phases: run.phases, state };
     return { ok, error, failedPhase, changed, phases: run.phases, state };
   }
 }

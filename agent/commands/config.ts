@@ -3,6 +3,7 @@ import { ConfigInvalid, formatProblems, resolveConfig } from '../config/load.js'
 import { loadLayers } from '../context.js';
 import { makePaths } from '../host/paths.js';
 import { createLogger } from '../log/logger.js';
+import { redact } from '../log/redact.js';
 import { ExitCode } from '../errors.js';
 
 /** Prints every problem with its path, source and a hint; exit 2 when there is one. */
@@ -17,7 +18,7 @@ export async function runConfigValidate(args: GlobalOptions & { instance?: boole
     return ExitCode.ok;
   } catch (err) {
     if (!(err instanceof ConfigInvalid)) throw err;
-    process.stdout.write(`${formatProblems(err.problems)}\n`);
+    process.stdout.write(`${redact(formatProblems(err.problems))}\n`);
     process.stderr.write(`zdt-agent: ${err.problems.length} problem${err.problems.length === 1 ? '' : 's'} in the configuration\n`);
     return ExitCode.usage;
   }

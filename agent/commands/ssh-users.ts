@@ -2,6 +2,7 @@ import path from 'node:path';
 import type { GlobalOptions } from '../cli.js';
 import { buildContext } from '../context.js';
 import { ExitCode } from '../errors.js';
+import { redact } from '../log/redact.js';
 import { syncSsh } from '../ssh/sync.js';
 
 /**
@@ -30,6 +31,6 @@ export async function runSshUsersSync(args: GlobalOptions, o: { lockWaitMs?: num
   const failed = r.users?.failed ?? [];
   if (failed.length === 0) return ExitCode.ok;
   const first = failed[0] as { user: string; error: string };
-  process.stderr.write(`zdt-agent: SshUsersFailed: ${failed.length} account${failed.length === 1 ? '' : 's'} not synced; first: ${first.user}: ${first.error}\n`);
+  process.stderr.write(`zdt-agent: ${redact(`SshUsersFailed: ${failed.length} account${failed.length === 1 ? '' : 's'} not synced; first: ${first.user}: ${first.error}`)}\n`);
   return ExitCode.failed;
 }

@@ -4,6 +4,7 @@ import { Budget } from '../terminate/budget.js';
 import type { ShutdownEvent } from '../terminate/plan.js';
 import { runTerminate, type TerminateOutcome } from '../terminate/run.js';
 import { ExitCode } from '../errors.js';
+import { redact } from '../log/redact.js';
 
 /**
  * `zdt-agent terminate`, run by OpenRC when the service stops at shutdown. The budget counts
@@ -21,7 +22,7 @@ export async function runTerminateCommand(args: GlobalOptions & { event?: Shutdo
     .join(' ');
   process.stdout.write(`terminate (${out.event}, ${out.classification.source}): ${out.record.result}; ${summary}\n`);
   const problem = terminateProblem(out, ctx.paths.logFile);
-  if (problem) process.stderr.write(`zdt-agent: ${problem}\n`);
+  if (problem) process.stderr.write(`zdt-agent: ${redact(problem)}\n`);
   // A request that ignored its abort (a half-open socket) must not hold the shutdown: leave
   // at once if the event loop does not empty by itself.
   setTimeout(() => process.exit(out.exitCode), 500).unref();

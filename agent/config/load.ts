@@ -1,7 +1,8 @@
-import { parse as parseYaml, YAMLParseError } from 'yaml';
+import { parseDocument, YAMLError, YAMLWarning } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import { BoundedFileError, CONFIG_FILE_MAX_BYTES, describeFileProblem, readBoundedFile } from '../host/bounded-file.js';
+import { redact } from '../log/redact.js';
 import { combinationProblems, configSchema, type CombinationFacts, type Config } from './schema.js';
 import { hintFor } from './hints.js';
 import { trustProblems } from './trust.js';
@@ -40,13 +41,17 @@ export const TAG_KEYS: Readonly<Record<string, readonly string[]>> = {
 };
 
 export function parseYamlLayer(source: SourceName, origin: string, text: string): Layer {
+  // logLevel 'silent': the yaml library would otherwise print its warnings (an unknown tag
+  // such as `!vault`) as a Node warning on stderr, quoting the source line and its value.
+  // Errors and warnings alike become the config error instead, by their first line only.
   let data: unknown;
   try {
-    data = parseYaml(text, { prettyErrors: true, uniqueKeys: true });
+    const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true, logLevel: 'silent' });
+    const problem = doc.errors[0] ?? doc.warnings[0];
+    if (problem) throw problem;
+    data = doc.toJS();
   } catch (err) {
-    const where = err instanceof YAMLParseError && err.linePos ? ` line ${err.linePos[0].line}` : '';
-    const first = (err as Error).message.split('\n')[0];
-    throw new ConfigError('ConfigSyntax', `${origin}${where}: ${first}`, { hint: 'fix the YAML syntax (indentation, quotes, tabs)' });
+    throw yamlProblem(origin, err as Error);
   }
   if (data === null || data === undefined) data = {};
   if (typeof data !== 'object' || Array.isArray(data)) {
@@ -61,6 +66,13 @@ export function parseYamlLayer(source: SourceName, origin: string, text: string)
     throw new ConfigError('ConfigSyntax', `${origin}: the key ${proto} is not allowed`, { hint: 'remove it; the keys are listed in docs/config.md' });
   }
   return { source, origin, data: data as Record<string, unknown> };
+}
+
+function yamlProblem(origin: string, err: Error): ConfigError {
+  const where = err instanceof YAMLError && err.linePos ? ` line ${err.linePos[0].line}` : '';
+  const first = err.message.split('\n')[0] ?? '';
+  const hint = err instanceof YAMLWarning ? 'the agent resolves no YAML tags: write the value itself' : 'fix the YAML syntax (indentation, quotes, tabs)';
+  return new ConfigError('ConfigSyntax', redact(`${origin}${where}: ${first}`), { hint });
 }
 
 /** The path of the first `__proto__` key in parsed YAML, or undefined. */

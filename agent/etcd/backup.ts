@@ -10,9 +10,9 @@ import { EtcdGateway, EtcdUnavailable, localEtcdEndpoint, type EtcdMember, type 
 import { openSnapshot } from './snapshot.js';
 import { BACKUP_FORMAT, KUBEADM_PREFIX, MANIFEST_NAME, PKI_PREFIX, SNAPSHOT_NAME, type BackupKind, type Manifest, type ManifestPart } from './manifest.js';
 import type { EtcdContext } from './restore.js';
-import { backupKey, backupLocation } from './store.js';
+import { backupKey, backupLocation, clusterPrefix } from './store.js';
 import { tarEnd, tarEntry, tarHeader, tarPadding } from './tar.js';
-import { uploadStream, verifyUpload, type ServerSideEncryption } from './upload.js';
+import { abortStaleUploads, uploadStream, verifyUpload, type ServerSideEncryption } from './upload.js';
 
 /**
  * One backup set, streamed: the local etcd's snapshot (gRPC stream), the PKI
@@ -65,7 +65,7 @@ function kubernetesVersionOf(ctx: EtcdContext, kubeadmFiles: FilePart[]): string
   for (const f of kubeadmFiles.filter((k) => /\.ya?ml$/.test(k.name))) {
     try {
       for (const doc of f.data.toString('utf8').split(/^---$/m)) {
-        const v = (parseYaml(doc) as { kubernetesVersion?: unknown } | null)?.kubernetesVersion;
+        const v = (parseYaml(doc, { logLevel: 'silent' }) as { kubernetesVersion?: unknown } | null)?.kubernetesVersion;
         if (typeof v === 'string') return v;
       }
     } catch {
@@ -105,6 +105,16 @@ export async function takeBackup(o: {
   const key = backupKey(loc, o.kind, now, o.instanceId);
   const log = ctx.log;
 
+  // Alongside the backup, not before it: the emergency backup's window is short. Older than
+  // the longest a backup may run, an unfinished upload belongs to a backup that was killed.
+  const staleCleanup = ctx.aws
+    .s3()
+    .then((s3) =>
+      abortStaleUploads({ s3, bucket: loc.bucket, prefix: clusterPrefix(loc), olderThanMs: Math.max(b.timeout, ctx.config.terminate.backupTimeout) * 1000, log, signal }),
+    )
+    .catch((err: Error) => {
+      log.warn('could not abort the unfinished uploads of interrupted backups', { err: err.message, hint: 'allow s3:ListBucketMultipartUploads and s3:AbortMultipartUpload; the bucket lifecycle rule removes them too' });
+    });
   const endpoint = localEtcdEndpoint(ctx);
   // The snapshot stream opens while the rest is gathered: etcd fills the stream's window
   // meanwhile (HTTP/2 flow control holds the rest until it is read).
@@ -203,5 +213,6 @@ export async function takeBackup(o: {
     // Ends the stream when the backup stopped before reading all of it (a no-op after), also
     // one still opening.
     snapshot.then((snap) => snap.close(), () => undefined);
+    await staleCleanup;
   }
 }

@@ -1,6 +1,7 @@
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { AgentError } from '../errors.js';
 import { sdk, type Aws } from '../host/aws.js';
+import { registerSecret } from '../log/redact.js';
 
 /**
  * Client-side envelope encryption of a backup (etcd.backup.clientSideEncryption): a fresh
@@ -37,6 +38,9 @@ export async function encryptStream(
   const context = encryptionContext(o.cluster);
   const out = await kms.send(new GenerateDataKeyCommand({ KeyId: o.kmsKeyId, KeySpec: 'AES_256', EncryptionContext: context }), { abortSignal: o.signal });
   if (!out.Plaintext || !out.CiphertextBlob) throw new AgentError('KmsNoDataKey', `KMS GenerateDataKey for ${o.kmsKeyId} returned no key`, { hint: 'check the KMS key' });
+  // The redactor keeps its text forms for the life of this short process: the price of never
+  // seeing the key in a log line or an SDK error, whatever form it is quoted in.
+  registerSecret(out.Plaintext, 'kms-data-key');
   const iv = randomBytes(12);
   const header: EnvelopeHeader = { alg: 'AES-256-GCM', kmsKeyId: out.KeyId ?? o.kmsKeyId, encryptedDataKey: Buffer.from(out.CiphertextBlob).toString('base64'), iv: iv.toString('base64'), context };
   const headerBytes = Buffer.from(JSON.stringify(header));
@@ -101,6 +105,7 @@ export async function* decryptStream(aws: Aws, cluster: string, source: AsyncIte
       { abortSignal: signal },
     );
     if (!out.Plaintext) throw new Error('no plaintext');
+    registerSecret(out.Plaintext, 'kms-data-key');
     key = out.Plaintext;
   } catch (err) {
     throw new AgentError('KmsDecryptFailed', `KMS could not decrypt the backup's data key: ${(err as Error).message}`, {

@@ -5,7 +5,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { CommandContext } from '../context.js';
 import { AgentError } from '../errors.js';
-import { writeFileAtomic } from '../host/atomic.js';
+import { fileError, writeFileAtomic } from '../host/atomic.js';
 import { decryptStream, isEnvelope } from './envelope.js';
 import { BACKUP_FORMAT, KUBEADM_PREFIX, MANIFEST_NAME, PKI_PREFIX, SNAPSHOT_NAME, ETCD_DIGEST_BYTES, type Manifest, type ManifestPart } from './manifest.js';
 import { backupLocation, listBackups, type BackupObject } from './store.js';
@@ -171,7 +171,12 @@ async function restoreOne(o: RestoreOptions, key: string): Promise<Omit<RestoreR
             yield c;
           }
         };
-        await pipeline(Readable.from(hashing()), fs.createWriteStream(file, { mode: 0o600 }), { signal });
+        try {
+          await pipeline(Readable.from(hashing()), fs.createWriteStream(file, { mode: 0o600 }), { signal });
+        } catch (err) {
+          // A write error (a full etcd volume) names the file; other errors are the stream's own.
+          throw (err as NodeJS.ErrnoException).syscall ? fileError(err, file, 'write') : err;
+        }
       } else {
         for await (const c of entry.body) h.update(c);
       }

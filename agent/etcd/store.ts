@@ -32,7 +32,9 @@ export function backupLocation(config: Config): BackupLocation {
   return { bucket, prefix: (config.etcd?.backup.prefix ?? 'etcd-backups').replace(/^\/+|\/+$/g, ''), cluster };
 }
 
-export const kindPrefix = (loc: BackupLocation, kind: BackupKind): string => `${loc.prefix ? `${loc.prefix}/` : ''}${loc.cluster}/${kind}/`;
+/** Every backup of this cluster is under this prefix. */
+export const clusterPrefix = (loc: BackupLocation): string => `${loc.prefix ? `${loc.prefix}/` : ''}${loc.cluster}/`;
+export const kindPrefix = (loc: BackupLocation, kind: BackupKind): string => `${clusterPrefix(loc)}${kind}/`;
 
 /** 2026-01-01T10:00:00.123Z -> 20260101T100000Z */
 export function stamp(d: Date): string {

@@ -164,14 +164,51 @@ export async function uploadStream(o: UploadOptions): Promise<UploadResult> {
       opts,
     );
   } catch (err) {
-    // Parts of an unfinished upload cost money until a lifecycle rule removes them.
-    o.s3.send(new s3sdk.AbortMultipartUploadCommand({ Bucket: o.bucket, Key: o.key, UploadId: uploadId }), { abortSignal: AbortSignal.timeout(5000) }).catch((e: Error) => {
-      o.log.warn('could not abort the multipart upload', { key: o.key, err: e.message });
-    });
+    // Parts of an unfinished upload cost money until a lifecycle rule removes them. Awaited
+    // (briefly): a command that exits right after the failure would otherwise drop the request.
+    await o.s3.send(new s3sdk.AbortMultipartUploadCommand({ Bucket: o.bucket, Key: o.key, UploadId: uploadId }), { abortSignal: AbortSignal.timeout(5000) }).then(
+      () => o.log.info('aborted the multipart upload of the failed backup', { key: o.key }),
+      (e: Error) => o.log.warn('could not abort the multipart upload', { key: o.key, err: e.message }),
+    );
     throw err;
   }
   const composite = `${sha256(Buffer.concat(done.map((d) => d.digest))).toString('base64')}-${done.length}`;
   return { bucket: o.bucket, key: o.key, size, parts: done.length, checksumSha256: composite };
+}
+
+/**
+ * Aborts the unfinished multipart uploads under `prefix` (this cluster's backups) that were
+ * started longer than `olderThanMs` ago: a backup killed mid-upload (SIGKILL, power loss)
+ * cannot abort its own, and its parts cost storage until a bucket lifecycle rule removes
+ * them (docs/etcd-backup.md). Younger ones may belong to a backup still running on another
+ * controller. Returns the keys of the uploads aborted.
+ */
+export async function abortStaleUploads(o: {
+  s3: S3Client;
+  bucket: string;
+  prefix: string;
+  olderThanMs: number;
+  log: Logger;
+  signal?: AbortSignal | undefined;
+  now?: number;
+}): Promise<string[]> {
+  const { ListMultipartUploadsCommand, AbortMultipartUploadCommand } = await sdk.s3();
+  const cutoff = (o.now ?? Date.now()) - o.olderThanMs;
+  const aborted: string[] = [];
+  let KeyMarker: string | undefined;
+  let UploadIdMarker: string | undefined;
+  for (;;) {
+    const page = await o.s3.send(new ListMultipartUploadsCommand({ Bucket: o.bucket, Prefix: o.prefix, KeyMarker, UploadIdMarker }), { abortSignal: o.signal });
+    for (const u of page.Uploads ?? []) {
+      if (!u.Key || !u.UploadId || !u.Initiated || u.Initiated.getTime() > cutoff) continue;
+      await o.s3.send(new AbortMultipartUploadCommand({ Bucket: o.bucket, Key: u.Key, UploadId: u.UploadId }), { abortSignal: o.signal });
+      o.log.info('aborted an unfinished upload of an interrupted backup', { key: u.Key, initiated: u.Initiated.toISOString() });
+      aborted.push(u.Key);
+    }
+    if (!page.IsTruncated) return aborted;
+    KeyMarker = page.NextKeyMarker;
+    UploadIdMarker = page.NextUploadIdMarker;
+  }
 }
 
 /** HeadObject must show the size, SHA-256 and encryption the upload sent. */

@@ -10,6 +10,7 @@ import type { STSClient } from '@aws-sdk/client-sts';
 import type { AwsCredentialIdentity, AwsCredentialIdentityProvider } from '@smithy/types';
 import type { Config } from '../config/schema.js';
 import { ConfigError } from '../errors.js';
+import { registerAwsCredentials } from '../log/redact.js';
 import { isAwsRegion } from './imds.js';
 
 /**
@@ -41,6 +42,31 @@ export const sdk = {
 };
 
 type Service = keyof Config['aws']['endpoints'];
+
+/** What registerResolvedCredentials needs of a client: every SDK v3 client has both. */
+interface SdkClient {
+  config: { credentials?: (o?: Record<string, unknown>) => Promise<AwsCredentialIdentity> };
+  middlewareStack: { add(mw: (next: (args: unknown) => Promise<unknown>) => (args: unknown) => Promise<unknown>, o: { step: 'build'; name: string }): void };
+}
+
+/**
+ * Registers with the redactor the credentials a client signs with, whichever provider of the
+ * chain found them (environment, IMDS role, an assumed role), before its first request: an
+ * SDK error or a debug dump quoting them is then redacted. The provider is memoized by the SDK,
+ * so asking it again costs nothing; a provider that fails is left to fail in the SDK's own
+ * resolution, with its own error.
+ */
+function registerResolvedCredentials<T>(client: T): T {
+  const c = client as unknown as SdkClient;
+  c.middlewareStack.add(
+    (next) => async (args) => {
+      if (typeof c.config.credentials === 'function') registerAwsCredentials(await c.config.credentials().catch(() => undefined));
+      return next(args);
+    },
+    { step: 'build', name: 'zdtRegisterCredentials' },
+  );
+  return client;
+}
 
 export interface AwsOptions {
   aws: Config['aws'];
@@ -107,7 +133,7 @@ export function makeAws(o: AwsOptions): Aws {
   const cached = <T>(key: string, make: () => Promise<T>): Promise<T> => {
     let p = cache.get(key) as Promise<T> | undefined;
     if (!p) {
-      p = make();
+      p = make().then(registerResolvedCredentials);
       cache.set(key, p);
       // A failed creation (e.g. region lookup) may be retried by the next caller.
       p.catch(() => cache.delete(key));
@@ -134,7 +160,7 @@ export function makeAws(o: AwsOptions): Aws {
         const c = await common('iam');
         return new (await sdk.iam()).IAMClient(credentials ? { ...c, credentials } : c);
       };
-      return credentials ? make() : cached('iam', make);
+      return credentials ? make().then(registerResolvedCredentials) : cached('iam', make);
     },
     sts: () => cached('sts', async () => new (await sdk.sts()).STSClient(await common('sts'))),
     kms: () => cached('kms', async () => new (await sdk.kms()).KMSClient(await common('kms'))),

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { AgentError, DeadlineError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
-import { redact } from '../log/redact.js';
+import { redact, registerSecretsPrintedIn } from '../log/redact.js';
 
 export interface RunOptions {
   /** Hard limit; the process gets SIGTERM, then SIGKILL after `killGraceMs`. */
@@ -26,6 +26,8 @@ export interface RunResult {
 export type Exec = (file: string, args: readonly string[], opts: RunOptions) => Promise<RunResult>;
 
 const OUTPUT_LOG_MAX = 4000;
+/** Lines of a failed command's output logged at warn (stdout, then stderr). */
+const FAILURE_LINES = 20;
 /** More output than this is a runaway command: it is killed and the run fails. */
 const OUTPUT_MAX = 64 * 1024 * 1024;
 /** After the SIGKILL, how long to wait for the output pipes before giving up on them. */
@@ -132,9 +134,18 @@ export function makeExec(log: Logger): Exec {
     const durationMs = Date.now() - started;
     const out = text(stdout);
     const err = text(stderr);
+    // Before any of it is logged or raised: a key the command generated and printed (kubeadm's
+    // certificate key) is then redacted by value, also where its label is on another line.
+    registerSecretsPrintedIn(`${out}\n${err}`);
     if (out) log.debug('exec stdout', { cmd: file, out: clip(out) });
     if (err) log.debug('exec stderr', { cmd: file, err: clip(err) });
+    // The output is logged at debug only; a failure's last lines belong in the default log,
+    // where the error's hint sends the operator.
+    const logOutputTail = () => {
+      for (const line of `${out}\n${err}`.split('\n').filter((l) => l.trim()).slice(-FAILURE_LINES)) log.warn(`${file} output: ${line}`);
+    };
     if (timedOut) {
+      logOutputTail();
       throw new DeadlineError('CommandTimedOut', `${cmdline} did not finish within ${opts.timeoutMs} ms`, {
         hint: opts.hint ?? `check why ${file} hangs`,
       });
@@ -149,6 +160,7 @@ export function makeExec(log: Logger): Exec {
       });
     }
     if (ended.exitCode === null) {
+      logOutputTail();
       throw new AgentError('CommandFailed', `${cmdline}: killed by ${ended.signal ?? 'a signal'}`, {
         hint: opts.hint ?? 'check what else on the node sends signals (OOM killer, an operator)',
       });
@@ -157,6 +169,7 @@ export function makeExec(log: Logger): Exec {
     const ok = exitCode === 0 || (opts.okExitCodes ?? []).includes(exitCode);
     log.info('ran', { cmd: file, exit: exitCode, ms: durationMs });
     if (!ok) {
+      logOutputTail();
       const lastErr = redact(err.trim().split('\n').slice(-3).join(' | ')) || '(no stderr)';
       throw new AgentError('CommandFailed', `${cmdline} exited ${exitCode}: ${lastErr}`, {
         hint: opts.hint ?? 'see the log for its full output',

@@ -1,6 +1,7 @@
 import http from 'node:http';
 import { AgentError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
+import { registerSecret } from '../log/redact.js';
 import { waitFor } from './retry.js';
 
 /**
@@ -77,6 +78,7 @@ export class Imds {
     if (!isOk(res.status)) throw new ImdsError(`IMDS token request answered HTTP ${res.status}`);
     const value = res.body.toString('utf8').trim();
     if (!value) throw new ImdsError('IMDS token request answered an empty token');
+    registerSecret(value, 'imds-token');
     this.token = { value, expires: now + TOKEN_TTL_S * 1000 };
     return value;
   }

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import { AgentError } from '../errors.js';
+import { AgentError, DeadlineError } from '../errors.js';
 
 /**
  * A small Kubernetes REST client: JSON over HTTPS with the credentials of a kubeconfig
@@ -39,7 +39,7 @@ interface KubeconfigDoc {
 export function loadKubeconfig(file: string, mapPath: (p: string) => string = (p) => p): KubeCredentials {
   let doc: KubeconfigDoc;
   try {
-    doc = parseYaml(fs.readFileSync(file, 'utf8')) as KubeconfigDoc;
+    doc = parseYaml(fs.readFileSync(file, 'utf8'), { logLevel: 'silent' }) as KubeconfigDoc;
   } catch (err) {
     throw new AgentError('KubeconfigUnreadable', `cannot read ${file}: ${(err as Error).message}`, {
       hint: 'check that kubeadm wrote it (the node joined) and that the agent runs as root',
@@ -132,7 +132,6 @@ export class KubeClient {
             ...(this.creds.token ? { authorization: `Bearer ${this.creds.token}` } : {}),
             ...(payload ? { 'content-type': opts.contentType ?? 'application/json', 'content-length': payload.length } : {}),
           },
-          timeout: opts.timeoutMs ?? 10_000,
           signal: opts.signal,
         },
         (res) => {
@@ -151,7 +150,18 @@ export class KubeClient {
           res.on('error', reject);
         },
       );
-      req.on('timeout', () => req.destroy(new Error(`${method} ${urlPath} timed out after ${opts.timeoutMs ?? 10_000} ms`)));
+      // A server that never answers is a deadline, not a refusal: callers record it as one.
+      // Timed here, connect to last byte: Node's own `timeout` is an idle timer that over TLS
+      // fired only after twice its value against an endpoint that accepts and stays silent.
+      const ms = opts.timeoutMs ?? 10_000;
+      const timer = setTimeout(() => {
+        req.destroy(
+          new DeadlineError('KubeApiTimeout', `${method} ${urlPath}: the API server did not answer within ${ms} ms`, {
+            hint: 'check that the API server is up and not overloaded (its endpoint accepts connections but does not answer)',
+          }),
+        );
+      }, ms);
+      req.on('close', () => clearTimeout(timer));
       req.on('error', reject);
       req.end(payload);
     });

@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AgentError } from '../errors.js';
+import { fileError } from './atomic.js';
 
 /**
  * Lock files for work that must not overlap: `boot` (cloud-init and an operator running it by
@@ -42,9 +43,13 @@ export function tryLock(file: string): LockAttempt {
         const fd = fs.openSync(abs, 'wx', 0o600);
         try {
           fs.writeSync(fd, content);
-        } finally {
+        } catch (err) {
+          // An empty lock file (a full /run) would name no holder: remove it, say which file.
           fs.closeSync(fd);
+          fs.rmSync(abs, { force: true });
+          throw fileError(err, abs, 'write the lock');
         }
+        fs.closeSync(fd);
         heldHere.add(abs);
         return { release: () => release(abs, content) };
       } catch (err) {

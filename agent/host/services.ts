@@ -20,3 +20,10 @@ export async function ensureServiceRunning(exec: Exec, name: string): Promise<bo
 export async function restartService(exec: Exec, name: string): Promise<void> {
   await exec('rc-service', [name, 'restart'], { timeoutMs: 120_000, hint: `check /var/log/${name}.log and 'rc-service ${name} status'` });
 }
+
+/** Stops the service if it runs; returns whether it had to be stopped. */
+export async function ensureServiceStopped(exec: Exec, name: string): Promise<boolean> {
+  if (!(await serviceRunning(exec, name))) return false;
+  await exec('rc-service', [name, 'stop'], { timeoutMs: 120_000, hint: `check 'rc-service ${name} status'` });
+  return true;
+}

@@ -96,7 +96,49 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
     child: (p) => make(phase ? `${phase}/${p}` : p),
     tail: (n) => ring.slice(-n),
   });
-  return make(undefined);
+  const logger = make(undefined);
+  if (out || fd !== undefined) {
+    warnings.target = logger;
+    flushEarlyWarnings(logger);
+  }
+  return logger;
+}
+
+interface WarningSink {
+  installed: boolean;
+  /** The command's logger, once made; the last one made with somewhere to write. */
+  target: Logger | undefined;
+  /** Warnings emitted before there was a logger (few: a bounded queue). */
+  early: string[];
+}
+
+/** On globalThis: the main script and the CLI chunk each bundle this module (see redact.ts). */
+const warnings: WarningSink = ((globalThis as Record<symbol, unknown>)[Symbol.for('zdt-agent.warnings')] ??= {
+  installed: false,
+  target: undefined,
+  early: [],
+}) as WarningSink;
+
+/**
+ * Node prints process warnings (a library's `process.emitWarning`, deprecations) raw on
+ * stderr, and the yaml library's quote the source line, value included: the console and
+ * cloud-init's output would carry it. Replaces Node's printer with the log, at debug,
+ * redacted like every line. Called first thing in main.ts.
+ */
+export function captureProcessWarnings(): void {
+  if (warnings.installed) return;
+  warnings.installed = true;
+  process.removeAllListeners('warning');
+  process.on('warning', (w: Error) => {
+    const text = `${w.name}: ${w.message}`;
+    if (warnings.target) warnings.target.debug('node warning', { warning: text });
+    else if (warnings.early.length < 20) warnings.early.push(text);
+  });
+}
+
+/** Warnings that came before the first logger, written to it at debug. */
+function flushEarlyWarnings(log: Logger): void {
+  for (const text of warnings.early.splice(0)) log.debug('node warning', { warning: text });
 }
 
 /** A logger that drops everything (for unit tests and library use). */

@@ -6,6 +6,7 @@ import { writeFileAtomic } from '../host/atomic.js';
 import type { Aws } from '../host/aws.js';
 import type { Paths } from '../host/paths.js';
 import type { Logger } from '../log/logger.js';
+import { registerAwsCredentials } from '../log/redact.js';
 
 /**
  * Credentials of ssh.roleArn (IAM in a central account), cached for their lifetime so that
@@ -49,6 +50,7 @@ export async function assumeSshRole(o: {
   if (isRoot()) {
     const cached = readCachedRole(file);
     if (cached && cached.roleArn === o.roleArn && cached.externalId === (o.externalId ?? null) && Date.parse(cached.expiration) - RENEW_MARGIN_MS > now()) {
+      registerAwsCredentials(cached);
       return { accessKeyId: cached.accessKeyId, secretAccessKey: cached.secretAccessKey, sessionToken: cached.sessionToken, expiration: new Date(cached.expiration) };
     }
   }
@@ -71,6 +73,7 @@ export async function assumeSshRole(o: {
     throw new AgentError('StsAssumeRoleFailed', `sts:AssumeRole ${o.roleArn} answered without credentials`, { hint: 'check the STS endpoint' });
   }
   const creds = { accessKeyId: c.AccessKeyId, secretAccessKey: c.SecretAccessKey, sessionToken: c.SessionToken, expiration: c.Expiration };
+  registerAwsCredentials(creds);
   if (isRoot()) {
     const record: CachedRole = { roleArn: o.roleArn, externalId: o.externalId ?? null, ...creds, expiration: c.Expiration.toISOString() };
     try {

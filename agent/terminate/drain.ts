@@ -52,6 +52,8 @@ export interface DrainReport {
   blocked: Array<{ pod: string; reason: string }>;
   /** Pods deleted by blockedPods: delete. */
   deleted: string[];
+  /** Whether the pods on the node were listed at all (else `remaining` knows nothing). */
+  podsListed: boolean;
   /** Pods (not skipped) still on the node at the end, e.g. still terminating. */
   remaining: string[];
   complete: boolean;
@@ -142,7 +144,16 @@ interface Tracked {
   deleted: boolean;
 }
 
-export const emptyDrainReport = (): DrainReport => ({ nodeGone: false, evicted: [], skipped: { daemonSet: [], mirror: [] }, blocked: [], deleted: [], remaining: [], complete: false });
+export const emptyDrainReport = (): DrainReport => ({
+  nodeGone: false,
+  evicted: [],
+  skipped: { daemonSet: [], mirror: [] },
+  blocked: [],
+  deleted: [],
+  podsListed: false,
+  remaining: [],
+  complete: false,
+});
 
 /**
  * Cordon, evict, wait for the pods to go. `report` is filled in as the drain goes, so a
@@ -229,6 +240,7 @@ export async function drainNode(o: DrainOptions, report: DrainReport = emptyDrai
   async function drainLoop(): Promise<void> {
     for (;;) {
       const pods = await podsOn(kube, nodeName, signal);
+      report.podsListed = true;
       const present = new Set<string>();
       for (const p of pods) {
         const owner = controllerOf(p);

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import type { PhaseDecision } from '../boot/plan.js';
 import type { CommandContext } from '../context.js';
-import { ExitCode, asAgentError } from '../errors.js';
+import { DeadlineError, ExitCode, asAgentError } from '../errors.js';
 import { readIdentity, type Identity } from '../host/identity.js';
 import { Imds } from '../host/imds.js';
 import { KubeClient, loadKubeconfig } from '../host/kube.js';
@@ -87,9 +87,12 @@ export async function runTerminate(o: { ctx: CommandContext; budget: Budget; fla
         slog[done.result === 'failed' ? 'error' : 'info'](`${name}: ${done.result}`, { ms: rec.durationMs, detail: done.detail, err: done.error });
       }
     } catch (err) {
+      // A bounded wait inside the step that ran out (a server that accepts and never answers)
+      // is a deadline like the step's own window: recorded as one, and listed as unfinished.
       const e = asAgentError(err);
-      rec = { result: 'failed', startedAt, durationMs: Date.now() - started, error: e.oneLine() };
-      slog.error(`${name}: failed`, { err: e.oneLine() });
+      const result = e instanceof DeadlineError ? 'deadline' : 'failed';
+      rec = { result, startedAt, durationMs: Date.now() - started, detail: result === 'deadline' ? partial?.() : undefined, error: e.oneLine() };
+      slog.error(`${name}: ${result}`, { err: e.oneLine() });
     }
     record.phases[name] = rec;
     save();
@@ -317,7 +320,8 @@ export async function runTerminate(o: { ctx: CommandContext; budget: Budget; fla
         budgetS: t.budget,
         elapsedMs: budget.elapsedMs(),
         ...(backupKey ? { backupKey } : {}),
-        ...(drainReport ? { podsEvicted: drainReport.evicted.length, podsLeft: drainReport.remaining.length } : {}),
+        // Pods never listed (the API server did not answer): how many are left is unknown, not 0.
+        ...(drainReport ? { podsEvicted: drainReport.evicted.length, podsLeft: drainReport.podsListed || drainReport.nodeGone ? drainReport.remaining.length : 'unknown' } : {}),
       },
     });
     await step('notify', budget.window(NOTIFY_MAX_MS, 200), async () => {
@@ -341,6 +345,7 @@ export async function runTerminate(o: { ctx: CommandContext; budget: Budget; fla
 
 function describeDrain(r: DrainReport): string {
   if (r.nodeGone) return 'Node object gone already';
+  if (!r.podsListed) return 'the pods on the node were never listed';
   const parts = [`evicted ${r.evicted.length}`, `skipped ${r.skipped.daemonSet.length} DaemonSet + ${r.skipped.mirror.length} mirror`];
   if (r.blocked.length) parts.push(`blocked ${r.blocked.map((b) => b.pod).join(',')}`);
   if (r.deleted.length) parts.push(`deleted ${r.deleted.join(',')}`);

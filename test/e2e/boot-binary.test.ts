@@ -82,6 +82,31 @@ describe('dist/zdt-agent boot', () => {
     expect((await sqs.send(new ReceiveMessageCommand({ QueueUrl: queueUrl, WaitTimeSeconds: 1 }))).Messages ?? []).toEqual([]);
   });
 
+  it('with a full state directory the boot exits 1 with one line naming the file, and boot.failed says why', async () => {
+    // A 64 KiB tmpfs over the state directory, filled to its last block.
+    const dir = root.at('/var/lib/zdt-agent');
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'zdt-test-full', dir]);
+    try {
+      try {
+        fs.writeFileSync(path.join(dir, 'filler'), Buffer.alloc(64 * 1024));
+      } catch {
+        // ENOSPC: full, as meant
+      }
+      await sqs.send(new ReceiveMessageCommand({ QueueUrl: queueUrl, WaitTimeSeconds: 0, MaxNumberOfMessages: 10 }));
+      const r = await runBinary(['boot', '--root', root.dir], { ...env, ZDT_RECORD_FILE: root.at('/none.jsonl') });
+      expect(r.code).toBe(1);
+      const lines = r.stderr.trim().split('\n').filter((l) => l.startsWith('zdt-agent: '));
+      expect(lines).toEqual([expect.stringMatching(new RegExp(`^zdt-agent: StateNotRecorded: the boot cannot record its state: cannot write ${dir}/state\\.json: ENOSPC: `))]);
+      expect(fs.existsSync(root.at('/none.jsonl'))).toBe(false); // no work phase ran
+      const msg = await sqs.send(new ReceiveMessageCommand({ QueueUrl: queueUrl, WaitTimeSeconds: 5 }));
+      const ev = JSON.parse(JSON.parse(msg.Messages![0]!.Body!).Message);
+      expect(ev).toMatchObject({ event: 'boot.failed', failure: { error: expect.stringMatching(/^StateNotRecorded: .*state\.json: ENOSPC/) } });
+      expect(fs.readdirSync(dir).filter((n) => n.endsWith('.tmp'))).toEqual([]);
+    } finally {
+      execFileSync('umount', [dir]);
+    }
+  });
+
   it('an invalid config exits 2 with one line and changes nothing', async () => {
     const bad = root.at('/bad.yaml');
     fs.writeFileSync(bad, 'etcd: { volume: { filesystem: btrfs } }\n');

@@ -26,6 +26,7 @@ import {
   bootDepsFor,
   createEtcdVolume,
   credentials,
+  KUBEADM,
   kubeadmMissing,
   kubeadmValidate,
   launchInstance,
@@ -252,6 +253,65 @@ describe.skipIf(!!pending)(`controller boot${pending ? ` (${pending})` : ''}`, (
     expect(init.bootstrapTokens[0].token).toBe(TOKEN);
     if (!validateSkip) expect(kubeadmValidate(initFile)).toBe('');
     expect(fs.readFileSync(n.root.at('/var/lib/etcd/data/member/snap/db'), 'utf8')).toBe('the cluster');
+  }, 120_000);
+
+  it('controller 00 whose kubeadm init was cut off undoes what it left with the real kubeadm reset cleanup-node, keeps the PKI and etcd data, and runs init again', async () => {
+    const n = await controller({ index: '00', cluster: { apiEndpoint: closedEndpoint, kubernetesVersion: '1.34.12' } });
+    await putPki(n.prefix);
+    // The first boot's kubeadm init dies (as under SIGKILL: the agent sees it killed).
+    process.env.ZDT_STANDIN_KUBEADM_EXIT = '137';
+    let first;
+    try {
+      first = await runBoot(await bootDepsFor(n.root.dir, n.config));
+    } finally {
+      delete process.env.ZDT_STANDIN_KUBEADM_EXIT;
+    }
+    expect(first.error?.code).toBe('CommandFailed');
+    // What a kubeadm init that got as far as starting the control plane leaves behind.
+    const left = ['/etc/kubernetes/kubelet.conf', '/etc/kubernetes/admin.conf', '/var/lib/kubelet/config.yaml', ...['kube-apiserver', 'kube-controller-manager', 'kube-scheduler', 'etcd'].map((m) => `/etc/kubernetes/manifests/${m}.yaml`)];
+    for (const f of left) {
+      fs.mkdirSync(path.dirname(n.root.at(f)), { recursive: true });
+      fs.writeFileSync(n.root.at(f), '# left by kubeadm init\n');
+    }
+    fs.mkdirSync(n.root.at('/var/lib/etcd/data/member/snap'), { recursive: true });
+    fs.writeFileSync(n.root.at('/var/lib/etcd/data/member/snap/db'), 'written by the etcd that init started');
+    const caKey = fs.readFileSync(n.root.at('/etc/kubernetes/pki/ca.key'));
+    // kubeadm reset runs the real kubeadm (chrooted into the node root by --rootfs); the rest the stand-in.
+    const bin = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-cp-reset-'));
+    cleanups.push(async () => fs.rmSync(bin, { recursive: true, force: true }));
+    const real = validateSkip ? '' : `[ "$1" = reset ] && exec ${KUBEADM} "$@"`;
+    fs.writeFileSync(path.join(bin, 'kubeadm'), `#!/bin/sh\n"${standinPath()}/kubeadm" "$@" || exit $?\n${real}\nexit 0\n`, { mode: 0o755 });
+    fs.mkdirSync(n.root.at('/proc'), { recursive: true });
+    fs.writeFileSync(n.root.at('/proc/mounts'), ''); // what kubeadm reads inside the chroot
+    const savedPath = process.env.PATH;
+    process.env.PATH = `${bin}:${savedPath}`;
+    fs.rmSync(records, { force: true });
+    let second;
+    try {
+      second = await runBoot(await bootDepsFor(n.root.dir, n.config));
+    } finally {
+      process.env.PATH = savedPath;
+    }
+    expect(second.error?.oneLine()).toBeUndefined();
+    const initFile = n.root.at('/etc/kubernetes/zdt-agent/init.yaml');
+    const c = await calls();
+    expect(c.slice(c.indexOf('rc-service kubelet status'))).toEqual([
+      'rc-service kubelet status',
+      'rc-service kubelet stop',
+      `kubeadm reset phase cleanup-node --cert-dir /etc/kubernetes/zdt-agent/reset-keeps-the-pki --rootfs ${n.root.dir}`,
+      `kubeadm init --config ${initFile} --skip-token-print`,
+    ]);
+    if (!validateSkip) {
+      // The real kubeadm removed what init's preflight would refuse, and nothing that holds data.
+      for (const f of left.filter((f) => f !== '/etc/kubernetes/admin.conf')) expect(fs.existsSync(n.root.at(f)), f).toBe(false);
+    }
+    expect(fs.readFileSync(n.root.at('/etc/kubernetes/pki/ca.key')).equals(caKey)).toBe(true);
+    expect(fs.readFileSync(n.root.at('/var/lib/etcd/data/member/snap/db'), 'utf8')).toBe('written by the etcd that init started');
+    // init again, on the data its predecessor's etcd wrote: as a restore does.
+    expect(second.phases['control-plane']!.detail).toMatch(/^restore: control plane 1\.34\.12/);
+    const [init] = parseAllDocuments(fs.readFileSync(initFile, 'utf8')).map((d) => d.toJS());
+    expect(init.nodeRegistration.ignorePreflightErrors).toEqual(['DirAvailable--var-lib-etcd-data']);
+    expect(fs.existsSync(n.root.at('/var/lib/zdt-agent/kubeadm-init.started'))).toBe(false);
   }, 120_000);
 
   it('refuses to pair existing etcd data with a new CA when the cluster PKI is nowhere', async () => {

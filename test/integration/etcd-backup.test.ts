@@ -3,7 +3,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { CreateMultipartUploadCommand, GetObjectCommand, HeadObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, PutObjectCommand, UploadPartCommand, type S3Client } from '@aws-sdk/client-s3';
 import type { KMSClient } from '@aws-sdk/client-kms';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { takeBackup } from '../../agent/etcd/backup.js';
@@ -12,6 +12,8 @@ import { MANIFEST_NAME, SNAPSHOT_NAME, type Manifest } from '../../agent/etcd/ma
 import { findBackups, restoreBackup } from '../../agent/etcd/restore.js';
 import { scheduledBackup } from '../../agent/etcd/scheduled.js';
 import { readTar } from '../../agent/etcd/tar.js';
+import { abortStaleUploads, uploadStream } from '../../agent/etcd/upload.js';
+import { createLogger } from '../../agent/log/logger.js';
 import type { ConfigInput } from '../../agent/config/schema.js';
 import { AgentError } from '../../agent/errors.js';
 import { startEtcd, startEtcdCluster, type EtcdCluster, type EtcdMember } from '../testbed/etcd.js';
@@ -179,6 +181,22 @@ describe('emergency backup of a single-member etcd', () => {
     }
   });
 
+  it('a restore onto a disk too small names the file it could not write', async () => {
+    const target = await newRoot();
+    const dataDir = target.at('/var/lib/etcd');
+    fs.mkdirSync(dataDir, { recursive: true });
+    // 1 MiB: the 8 MiB snapshot does not fit. Unmounted by its mount point below.
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'zdt-test-full', dataDir]);
+    try {
+      const ctx = await contextFor(target.dir, controllerConfig(etcd.clientUrl));
+      const err = (await restoreBackup({ ctx, from: key, dataDir: '/var/lib/etcd' }).catch((e: unknown) => e)) as AgentError;
+      expect(err).toBeInstanceOf(AgentError);
+      expect(err.oneLine()).toMatch(new RegExp(`^FileWriteFailed: cannot write ${dataDir}/\\.zdt-restore-\\d+/files/\\S+: ENOSPC: .*; the filesystem holding ${dataDir}/\\.zdt-restore-\\d+/files\\S* is full`));
+    } finally {
+      execFileSync('umount', [dataDir]);
+    }
+  });
+
   it('refuses to restore over existing etcd data', async () => {
     const target = await newRoot();
     fs.mkdirSync(target.at('/var/lib/etcd/member'), { recursive: true });
@@ -278,6 +296,58 @@ describe('without a KMS key', () => {
     expect(warnings.some((w) => w.includes('SSE-S3'))).toBe(true);
     const head = await s3.send(new HeadObjectCommand({ Bucket: BUCKET, Key: r.key }));
     expect(head.ServerSideEncryption).toBe('AES256');
+  });
+});
+
+describe('unfinished multipart uploads', () => {
+  const uploadsUnder = async (prefix: string) =>
+    ((await s3.send(new ListMultipartUploadsCommand({ Bucket: BUCKET, Prefix: prefix }))).Uploads ?? []).map((u) => u.Key);
+
+  it("a failed upload aborts its own; the next backup aborts this cluster's stale ones and no other's", async () => {
+    // A backup killed mid-upload leaves one behind (it cannot abort it), here made by hand.
+    const killed = 'etcd-backups/stale/emergency/20260301T110000Z-i-0dead.tar';
+    const otherCluster = 'etcd-backups/stale-other/emergency/20260301T110000Z-i-0dead.tar';
+    for (const Key of [killed, otherCluster]) {
+      const { UploadId } = await s3.send(new CreateMultipartUploadCommand({ Bucket: BUCKET, Key }));
+      await s3.send(new UploadPartCommand({ Bucket: BUCKET, Key, UploadId, PartNumber: 1, Body: randomBytes(1024) }));
+    }
+    // A failure in the middle of the stream (after two parts went up) aborts that upload.
+    const log = createLogger({ console: null });
+    const failing = uploadStream({
+      s3,
+      bucket: BUCKET,
+      key: 'etcd-backups/stale/emergency/20260301T120000Z-i-0fail.tar',
+      body: (async function* () {
+        for (let i = 0; i < 3; i++) yield randomBytes(5 * 1024 * 1024);
+        throw new Error('the snapshot stream broke');
+      })(),
+      sse: { mode: 'AES256' },
+      metadata: {},
+      partSize: 5 * 1024 * 1024,
+      concurrency: 2,
+      log,
+    });
+    await expect(failing).rejects.toThrow('the snapshot stream broke');
+    expect(await uploadsUnder('etcd-backups/stale/')).toEqual([killed]);
+
+    // Older than the longest a backup may run (1 s here): the next backup of the cluster aborts it.
+    await new Promise((r) => setTimeout(r, 1500));
+    const root = await newRoot();
+    writeFakePki(root.dir);
+    const cfg = controllerConfig(etcd.clientUrl, { timeout: 1 }, 'stale');
+    const ctx = await contextFor(root.dir, { ...cfg, terminate: { backupTimeout: 1 } });
+    await takeBackup({ ctx, instanceId: INSTANCE, kind: 'emergency' });
+    expect(await uploadsUnder('etcd-backups/stale/')).toEqual([]);
+    expect(await uploadsUnder('etcd-backups/stale-other/')).toEqual([otherCluster]);
+  });
+
+  it('leaves a young unfinished upload alone: it may be a backup running on another controller', async () => {
+    const running = 'etcd-backups/young/hourly/20260301T120000Z-i-0other.tar';
+    await s3.send(new CreateMultipartUploadCommand({ Bucket: BUCKET, Key: running }));
+    const aborted = await abortStaleUploads({ s3, bucket: BUCKET, prefix: 'etcd-backups/young/', olderThanMs: 900_000, log: createLogger({ console: null }) });
+    expect(aborted).toEqual([]);
+    expect(await uploadsUnder('etcd-backups/young/')).toEqual([running]);
+    expect(await abortStaleUploads({ s3, bucket: BUCKET, prefix: 'etcd-backups/young/', olderThanMs: 900_000, log: createLogger({ console: null }), now: Date.now() + 901_000 })).toEqual([running]);
   });
 });
 

@@ -25,6 +25,7 @@ import {
   type Kube,
 } from '../testbed/kube.js';
 import { startMoto, type Moto } from '../testbed/moto.js';
+import { silentListener } from '../testbed/ports.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
 import { REGION, awsConfig, contextFor, makeBucket, makeKmsKey, testClients, useTestCredentials, writeFakePki } from '../support/terminate-env.js';
 
@@ -154,6 +155,37 @@ function hook(root: TempRoot, event: string, name: string, script: string): void
   fs.mkdirSync(dir, { recursive: true });
   fs.writeFileSync(path.join(dir, name), `#!/bin/sh\n${script}\n`, { mode: 0o755 });
 }
+
+describe('a worker whose API server accepts connections and never answers', () => {
+  it('records the drain as a deadline, lists it as unfinished, and does not claim 0 pods left', async () => {
+    const apiserver = await silentListener();
+    try {
+      const imds = await imdsFor('i-0worker000000009', { lifecycle: 'Terminated' });
+      const root = await newRoot();
+      const server = apiserver.endpoint.replace('http:', 'https:');
+      fs.mkdirSync(root.at('/etc/kubernetes'), { recursive: true });
+      fs.writeFileSync(
+        root.at('/etc/kubernetes/kubelet.conf'),
+        `apiVersion: v1\nkind: Config\nclusters: [{name: k, cluster: {server: ${server}}}]\nusers: [{name: u, user: {token: node-token}}]\ncontexts: [{name: c, context: {cluster: k, user: u}}]\ncurrent-context: c\n`,
+      );
+      await drainQueue();
+      // The drain's window (about 11 s) outlasts one request's 10 s timeout: the request, not
+      // the window, is what runs out.
+      const ctx = await contextFor(root.dir, workerConfig(imds, { budget: 14, drainTimeout: 13, hookTimeout: 2 }));
+      const out = await runTerminate({ ctx, budget: new Budget(14_000), env: {} });
+      expect(out.record.phases.drain).toMatchObject({ result: 'deadline', detail: 'the pods on the node were never listed' });
+      expect(out.record.phases.drain!.error).toMatch(/^KubeApiTimeout: PATCH \/api\/v1\/nodes\/\S+: the API server did not answer within 10000 ms/);
+      expect(out.unfinished).toContain('drain');
+      expect(out.exitCode).toBe(3);
+      const finished = (await drainQueue()).find((m) => m.event === 'terminate.finished')!;
+      expect(finished.details).toMatchObject({ result: 'deadline', podsEvicted: 0, podsLeft: 'unknown' });
+      expect(String(finished.details.unfinished).split(',')).toContain('drain');
+      expect(readState(root.at('/var/lib/zdt-agent/state.json'), 'x').terminate?.phases.drain?.result).toBe('deadline');
+    } finally {
+      apiserver.close();
+    }
+  });
+});
 
 describe.skipIf(!available)('a worker is terminated by its Auto Scaling group', () => {
   it('classifies from IMDS, runs the hooks, drains, deletes its Node, completes the lifecycle hook and reports over SNS', async () => {

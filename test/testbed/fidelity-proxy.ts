@@ -18,6 +18,8 @@ import { freePort } from './ports.js';
  * - CompleteLifecycleAction, RecordLifecycleActionHeartbeat and SignalResource (HTTP 500 in
  *   moto) are recorded and answered with the success response the SDK expects. A call
  *   answered by an injected fault is not recorded.
+ * - ListMultipartUploads shows when each upload was initiated (moto answers the same fixed
+ *   2010 date for all), from the time the proxy forwarded its CreateMultipartUpload.
  *
  * Not covered: DescribeVolumes filters on `status` / `attachment.status` see moto's settled
  * state, and DescribeInstances block device mappings are not rewritten.
@@ -53,6 +55,8 @@ export type RecordedAction = 'CompleteLifecycleAction' | 'RecordLifecycleActionH
 export interface FidelityProxy {
   endpoint: string;
   recorded(action: RecordedAction): RecordedCall[];
+  /** How many calls of `action` (named as for `inject`) reached the proxy, faults included. */
+  calls(action: string): number;
   inject(fault: Fault): void;
   clearFaults(): void;
   setAttachDelayMs(ms: number): void;
@@ -105,7 +109,28 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
   let attachDelayMs = o.attachDelayMs ?? 0;
   let faults: (Fault & { times: number })[] = [];
   const recorded = new Map<string, RecordedCall[]>();
+  const counted = new Map<string, number>();
   const transitions = new Map<string, Transition>();
+  /** UploadId -> when its CreateMultipartUpload was answered. */
+  const initiated = new Map<string, Date>();
+
+  /** S3 calls forwarded; multipart upload times kept and shown as AWS does. */
+  async function s3(call: Call): Promise<Reply> {
+    const reply = await forward(call);
+    if (reply.status !== 200) return reply;
+    const xml = reply.body.toString();
+    if (call.action === 's3:CreateMultipartUpload') {
+      const id = tag(xml, 'UploadId');
+      if (id) initiated.set(id, new Date());
+    } else if (call.action === 's3:ListMultipartUploads') {
+      const body = xml.replace(/<Upload>([\s\S]*?)<\/Upload>/g, (upload, inner: string) => {
+        const at = initiated.get(tag(inner, 'UploadId') ?? '');
+        return at ? upload.replace(/<Initiated>[^<]*<\/Initiated>/, `<Initiated>${at.toISOString()}</Initiated>`) : upload;
+      });
+      return { ...reply, body };
+    }
+    return reply;
+  }
 
   const upstream = (method: string, path: string, headers: http.IncomingHttpHeaders, body: Buffer): Promise<Reply> =>
     new Promise((resolve, reject) => {
@@ -226,6 +251,7 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
     const chunks: Buffer[] = [];
     for await (const c of req) chunks.push(c as Buffer);
     const call = identify(req, Buffer.concat(chunks));
+    counted.set(call.action, (counted.get(call.action) ?? 0) + 1);
     const fault = takeFault(call.action);
     if (fault?.kind === 'reset') return void req.socket.resetAndDestroy();
     if (fault?.kind === 'hang') return; // never answered; the client times out, or stop() closes it
@@ -235,7 +261,7 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
       const [status, code] = FAULT_ERRORS[fault.kind][call.protocol];
       return send(res, awsError(call, status, code, `injected ${fault.kind} by the fidelity proxy`), req.method);
     }
-    const reply = call.action in RECORDED ? record(call) : call.protocol === 'ec2' ? await ec2(call) : await forward(call);
+    const reply = call.action in RECORDED ? record(call) : call.protocol === 'ec2' ? await ec2(call) : call.protocol === 's3' ? await s3(call) : await forward(call);
     send(res, reply, req.method);
   }
 
@@ -253,9 +279,14 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
   return {
     endpoint: `http://127.0.0.1:${port}`,
     recorded: (action) => [...(recorded.get(action) ?? [])],
+    calls: (action) => counted.get(action) ?? 0,
     inject: (fault) => void faults.push({ ...fault, times: fault.times ?? Infinity }),
     clearFaults: () => void (faults = []),
-    setAttachDelayMs: (ms) => void (attachDelayMs = ms),
+    setAttachDelayMs: (ms) => {
+      attachDelayMs = ms;
+      // Transitions under way end no later than the new delay allows.
+      for (const t of transitions.values()) t.until = Math.min(t.until, Date.now() + ms);
+    },
     stop: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());
@@ -291,7 +322,7 @@ function s3Operation(req: http.IncomingMessage, url: URL): string {
   const verb = VERB[req.method ?? 'GET'] ?? req.method ?? 'Get';
   const sub = [...q.keys()].find((k) => S3_SUBRESOURCES.includes(k));
   if (!bucket) return 'ListBuckets';
-  if (q.has('uploads')) return 'CreateMultipartUpload';
+  if (q.has('uploads')) return req.method === 'GET' ? 'ListMultipartUploads' : 'CreateMultipartUpload';
   if (q.has('uploadId')) return { PUT: 'UploadPart', POST: 'CompleteMultipartUpload', DELETE: 'AbortMultipartUpload' }[req.method ?? ''] ?? 'ListParts';
   if (req.method === 'POST' && q.has('delete')) return 'DeleteObjects';
   if (sub) return `${verb}${onObject ? 'Object' : 'Bucket'}${sub.split('-').map((w) => w[0]!.toUpperCase() + w.slice(1)).join('')}`;

@@ -123,6 +123,28 @@ terminate: { budget: 0, bogus: true }
     expect(() => yaml('f', '- a\n- b\n')).toThrowError(/top level must be a mapping/);
     expect(() => yaml('f', 'a: 1\na: 2\n')).toThrowError(ConfigError);
   });
+
+  it('turns an unknown YAML tag into the config error, without the value and without a Node warning', () => {
+    const warnings: Error[] = [];
+    const onWarning = (w: Error) => warnings.push(w);
+    process.on('warning', onWarning);
+    try {
+      const err = (() => {
+        try {
+          yaml('/etc/zdt-agent/config.yaml', 'cluster:\n  name: prod\n  token: !vault hunter2-secret-from-vault\n');
+        } catch (e) {
+          return e;
+        }
+      })();
+      expect(err).toBeInstanceOf(ConfigError);
+      const line = (err as ConfigError).oneLine();
+      expect(line).toMatch(/^ConfigSyntax: \/etc\/zdt-agent\/config.yaml line 3: Unresolved tag: !vault.*; the agent resolves no YAML tags/);
+      expect(line).not.toContain('hunter2');
+    } finally {
+      process.off('warning', onWarning);
+    }
+    expect(warnings).toEqual([]);
+  });
 });
 
 describe('user-data', () => {
