@@ -160,7 +160,7 @@ describe('a worker whose API server accepts connections and never answers', () =
   it('records the drain as a deadline, lists it as unfinished, and does not claim 0 pods left', async () => {
     const apiserver = await silentListener();
     try {
-      const imds = await imdsFor('i-0worker000000009', { lifecycle: 'Terminated' });
+      const imds = await imdsFor('i-0b0b0000000000009', { lifecycle: 'Terminated' });
       const root = await newRoot();
       const server = apiserver.endpoint.replace('http:', 'https:');
       fs.mkdirSync(root.at('/etc/kubernetes'), { recursive: true });
