@@ -112,7 +112,8 @@ export function tagsLayer(tags: Record<string, string>): Layer | undefined {
   const data: Record<string, unknown> = {};
   let any = false;
   for (const [key, value] of Object.entries(tags)) {
-    const path = TAG_KEYS[key];
+    // Own keys only: a tag named `constructor` is a tag like any other.
+    const path = Object.hasOwn(TAG_KEYS, key) ? TAG_KEYS[key] : undefined;
     if (!path) continue;
     setPath(data, path, value);
     any = true;

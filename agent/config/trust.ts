@@ -180,9 +180,12 @@ const isRemote = (s: SourceName): s is RemoteSource => s === 'user-data' || s ==
 const isPlainObject = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
 const under = (key: string, prefix: string) => key === prefix || key.startsWith(`${prefix}.`);
 
+/** The level of `key`; own keys only (`constructor`, `toString` are YAML keys like any other). */
+const trustOf = (key: string): KeyTrust | undefined => (Object.hasOwn(TRUST, key) ? TRUST[key] : undefined);
+
 /** The classified keys a value at `path` sets: the key itself, or every key of a section. */
 function keysAt(path: string): string[] {
-  if (TRUST[path]) return [path];
+  if (trustOf(path)) return [path];
   return Object.keys(TRUST).filter((k) => k.startsWith(`${path}.`));
 }
 
@@ -191,7 +194,7 @@ function setPaths(data: Record<string, unknown>, prefix = ''): string[] {
   const out: string[] = [];
   for (const [k, v] of Object.entries(data)) {
     const p = prefix ? `${prefix}.${k}` : k;
-    if (!TRUST[p] && isPlainObject(v)) out.push(...setPaths(v, p));
+    if (!trustOf(p) && isPlainObject(v)) out.push(...setPaths(v, p));
     else out.push(p);
   }
   return out;
@@ -232,8 +235,8 @@ export function trustProblems(layers: readonly Layer[], o: TrustOptions): Config
       const keys = keysAt(entry);
       const problem = (message: string, hint: string) => problems.push({ path: field, message, hint, origin: o.localFile });
       if (keys.length === 0) problem(`'${entry}' is no key or section of the configuration`, `list config keys such as ssh.iamGroup (${how})`);
-      else if (keys.every((k) => TRUST[k]?.level === 'fixed')) problem(`'${entry}' can only come from the local files`, `remove it: ${REASONS.imds} is never decided by user-data or tags`);
-      else if (source === 'tags' && !keys.some((k) => o.tagOf[k])) {
+      else if (keys.every((k) => trustOf(k)?.level === 'fixed')) problem(`'${entry}' can only come from the local files`, `remove it: ${REASONS.imds} is never decided by user-data or tags`);
+      else if (source === 'tags' && !keys.some((k) => Object.hasOwn(o.tagOf, k))) {
         problem(`no instance tag sets '${entry}'`, `the zdt:* tags set ${Object.keys(o.tagOf).join(', ')}`);
       }
     }
@@ -244,12 +247,12 @@ export function trustProblems(layers: readonly Layer[], o: TrustOptions): Config
     const allows = allowed[layer.source];
     for (const path of setPaths(layer.data)) {
       for (const key of keysAt(path)) {
-        const t = TRUST[key] as KeyTrust;
+        const t = trustOf(key) as KeyTrust;
         if (t.level === 'open') continue;
         if (t.level === 'local' && allows.some((a) => under(key, a))) continue;
         const reason = REASONS[t.reason ?? 'data'];
         const allow = t.level === 'fixed' ? '' : `, or allow it there with trust: { ${SOURCE_FIELD[layer.source]}: [${key}] }`;
-        const tag = layer.source === 'tags' ? o.tagOf[key] : undefined;
+        const tag = layer.source === 'tags' && Object.hasOwn(o.tagOf, key) ? o.tagOf[key] : undefined;
         problems.push({
           path: path === key ? key : path,
           message: `${layer.origin}${tag ? ` (${tag})` : ''} may not set it: it decides ${reason}`,

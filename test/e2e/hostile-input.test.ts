@@ -389,6 +389,7 @@ const rows: Row[] = [
       ['a secret behind an unknown YAML tag', ud(`ssh: { externalId: !vault ${PLANTED.externalId} }\n`), 2, /^zdt-agent: ConfigSyntax: user-data \(zdt-agent part\) line 2: Unresolved tag: !vault/],
       ['__proto__', ud('node: { labels: { __proto__: { x: 1 } } }\n'), 2, /^zdt-agent: ConfigSyntax: user-data \(zdt-agent part\): the key node\.labels\.__proto__ is not allowed/],
       ['an invalid value', ud('node: { role: admin }\n'), 2, /^zdt-agent: ConfigInvalid: 1 problem in the configuration; first: node\.role: /],
+      ['keys named constructor and toString', ud('constructor: { a: 1 }\nnode: { toString: 1 }\n'), 2, /^zdt-agent: ConfigInvalid: 2 problems in the configuration; first: constructor: unknown key 'constructor'/],
       ['a gzip bomb', gzipSync(Buffer.alloc(32 * 1024 * 1024, 0x20)), 2, /^zdt-agent: UserDataInvalid: user-data decompresses to more than 1024 KiB/],
       ['corrupt gzip', Buffer.concat([gzipSync(Buffer.from(ud('node: { role: worker }\n'))).subarray(0, 14), Buffer.from('junk')]), 2, /^zdt-agent: UserDataInvalid: user-data looks gzip-compressed but cannot be decompressed/],
       ['gzip of gzip', gzipSync(gzipSync(Buffer.from(ud('node: { role: worker }\n')))), 0, ''],
@@ -481,6 +482,7 @@ const rows: Row[] = [
       ['zdt:kubernetes-version junk', { 'zdt:kubernetes-version': '1.31.4; rm -rf /' }, 2, /^zdt-agent: ConfigInvalid: 1 problem in the configuration; first: cluster\.kubernetesVersion: /],
       ['a secret in an unrelated tag', { 'zdt:cluster': 'prod', 'db-password': PLANTED.tagSecret }, 0, ''],
       ['a tag key with ../', { '../../x': 'y', 'zdt:cluster': 'prod' }, 0, ''],
+      ['tags named constructor and toString', { constructor: 'x', toString: 'y' }, 0, ''],
       ['a 100 KiB tag value', { Name: 'x'.repeat(100 * 1024) }, 1, /^zdt-agent: ImdsAnswerInvalid: IMDS GET latest\/meta-data\/tags\/instance\/Name answered more than 65536 bytes/],
       ['an endless tag list', { status: 200, write: endless.write } as TapAnswer, 1, /^zdt-agent: ImdsAnswerInvalid: IMDS GET latest\/meta-data\/tags\/instance answered more than 65536 bytes/],
     ] as Array<[string, Record<string, string> | TapAnswer, number, RegExp | '']>

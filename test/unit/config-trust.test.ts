@@ -122,6 +122,12 @@ describe('per key and source', () => {
     expect(problems([allowIn('userData', ['ssh']), cli, layerSetting('user-data', 'ssh.iamGroup')]).map((p) => p.path)).toEqual(['ssh.iamGroup']);
   });
 
+  it("keys named like Object's own properties are no classified keys (the schema reports them as unknown)", () => {
+    const layer: Layer = { source: 'user-data', origin: 'user-data', data: { constructor: 'x', toString: { a: 1 }, node: { hasOwnProperty: 1 } } };
+    expect(problems([layer])).toEqual([]);
+    expect(problems([allowIn('userData', ['constructor'])])[0]?.message).toBe("'constructor' is no key or section of the configuration");
+  });
+
   it('a section given a scalar counts as setting its keys', () => {
     expect(problems([layerSetting('user-data', 'ssh', 'oops')]).map((p) => p.path)).toEqual(['ssh']);
     expect(problems([layerSetting('user-data', 'log', 'oops')])).toEqual([]);
