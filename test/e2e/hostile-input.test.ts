@@ -389,7 +389,7 @@ const rows: Row[] = [
       ['a secret behind an unknown YAML tag', ud(`ssh: { externalId: !vault ${PLANTED.externalId} }\n`), 2, /^zdt-agent: ConfigSyntax: user-data \(zdt-agent part\) line 2: Unresolved tag: !vault/],
       ['__proto__', ud('node: { labels: { __proto__: { x: 1 } } }\n'), 2, /^zdt-agent: ConfigSyntax: user-data \(zdt-agent part\): the key node\.labels\.__proto__ is not allowed/],
       ['an invalid value', ud('node: { role: admin }\n'), 2, /^zdt-agent: ConfigInvalid: 1 problem in the configuration; first: node\.role: /],
-      ['keys named constructor and toString', ud('constructor: { a: 1 }\nnode: { toString: 1 }\n'), 2, /^zdt-agent: ConfigInvalid: 2 problems in the configuration; first: constructor: unknown key 'constructor'/],
+      ['keys named constructor and toString', ud('constructor: { a: 1 }\nnode: { toString: 1 }\n'), 2, /^zdt-agent: ConfigInvalid: 2 problems in the configuration; first: (node\.toString: unknown key 'toString'|constructor: unknown key 'constructor')/],
       ['a gzip bomb', gzipSync(Buffer.alloc(32 * 1024 * 1024, 0x20)), 2, /^zdt-agent: UserDataInvalid: user-data decompresses to more than 1024 KiB/],
       ['corrupt gzip', Buffer.concat([gzipSync(Buffer.from(ud('node: { role: worker }\n'))).subarray(0, 14), Buffer.from('junk')]), 2, /^zdt-agent: UserDataInvalid: user-data looks gzip-compressed but cannot be decompressed/],
       ['gzip of gzip', gzipSync(gzipSync(Buffer.from(ud('node: { role: worker }\n')))), 0, ''],
