@@ -119,6 +119,7 @@ const R = () => ['--root', '@ROOT'];
 /** The AMI's file: IMDS through the tap, AWS nowhere (nothing here may reach AWS), plus `extra`. */
 function localConfig(extra = '', node = 'node: { role: worker }'): void {
   fs.rmSync(CONFIG(), { force: true }); // a row may have left a FIFO there
+  fs.rmSync(INSTANCE_CACHE(), { force: true }); // what an earlier row's IMDS served
   fs.writeFileSync(
     CONFIG(),
     `aws: { imdsEndpoint: '${tap.endpoint}', imdsTimeout: 2, region: ${REGION}, endpoint: 'http://127.0.0.1:9', maxAttempts: 1 }\n` +
@@ -130,12 +131,21 @@ function localConfig(extra = '', node = 'node: { role: worker }'): void {
 function bastionConfig(o: { endpoint?: string; region?: boolean } = {}): void {
   const region = o.region === false ? '' : `region: ${IAM_REGION}, `;
   fs.rmSync(CONFIG(), { force: true });
+  fs.rmSync(INSTANCE_CACHE(), { force: true });
   fs.writeFileSync(
     CONFIG(),
     `aws: { imdsEndpoint: '${tap.endpoint}', imdsTimeout: 2, ${region}endpoint: '${o.endpoint ?? moto.endpoint}', maxAttempts: 1 }\n` +
       `node: { role: bastion }\nssh: { iamGroup: hostile-ops, keyOptions: 'restrict' }\n`,
   );
   fs.rmSync(root.at('/var/cache/zdt-agent/ssh-keys.json'), { force: true });
+}
+
+const INSTANCE_CACHE = () => root.at('/var/lib/zdt-agent/instance-config.json');
+
+/** The instance sources as boot caches them for terminate and ssh-keys. */
+function cacheInstanceSources(userData: string): void {
+  fs.mkdirSync(path.dirname(INSTANCE_CACHE()), { recursive: true });
+  fs.writeFileSync(INSTANCE_CACHE(), JSON.stringify({ userData, fetchedAt: new Date().toISOString() }), { mode: 0o600 });
 }
 
 /** IMDS answers for a row: user-data, tags (an empty list by default: no EC2 fallback), identity. */
@@ -443,13 +453,37 @@ const rows: Row[] = [
   },
   {
     group: 'user-data',
+    input: 'user-data moves IMDS (config validate --instance)',
+    argv: [...R(), 'config', 'validate', '--instance'],
+    prepare: () => {
+      localConfig();
+      instance({ userData: ud(`aws: { imdsEndpoint: 'http://203.0.113.9' }\n`) });
+    },
+    code: 2,
+    first: /^zdt-agent: 1 problem in the configuration$/,
+    stdout: /^aws\.imdsEndpoint: user-data \(zdt-agent part\) may not set it: it decides how IMDS is reached/,
+  },
+  {
+    group: 'user-data',
+    input: 'cached user-data that moves IMDS (ssh-keys, no key cache)',
+    argv: [...R(), 'ssh-keys', 'alice'],
+    prepare: () => {
+      bastionConfig();
+      cacheInstanceSources(ud(`aws: { imdsEndpoint: 'http://203.0.113.9' }\n`));
+    },
+    code: 2,
+    first: UNTRUSTED('aws.imdsEndpoint', UD),
+    log: /result=error detail="ConfigUntrusted: aws\.imdsEndpoint/,
+  },
+  {
+    group: 'user-data',
     input: 'cached user-data that moves IMDS (terminate)',
     logsToStderr: true,
     argv: [...R(), 'terminate', '--event', 'reboot'],
     prepare: () => {
       localConfig();
       fs.mkdirSync(root.at('/var/lib/zdt-agent'), { recursive: true });
-      fs.writeFileSync(root.at('/var/lib/zdt-agent/instance-config.json'), JSON.stringify({ userData: ud(`aws: { imdsEndpoint: 'http://203.0.113.9' }\n`), fetchedAt: new Date().toISOString() }), { mode: 0o600 });
+      cacheInstanceSources(ud(`aws: { imdsEndpoint: 'http://203.0.113.9' }\n`));
     },
     code: 2,
     first: UNTRUSTED('aws.imdsEndpoint', UD),
@@ -462,7 +496,6 @@ const rows: Row[] = [
     logsToStderr: true,
     prepare: () => {
       localConfig();
-      fs.rmSync(root.at('/var/lib/zdt-agent/instance-config.json'), { force: true });
       instance({ tags: { 'aws:autoscaling:groupName': 'prod-workers' } });
     },
     code: 1,
