@@ -769,7 +769,7 @@ function printTable(): void {
   const lines = [`${'input'.padEnd(58)} ${'expected'.padEnd(34)} observed`];
   for (const { row, got } of results) {
     const first = oneLineOf(got.stderr);
-    const pattern = row.first === '' ? '(no stderr)' : row.first.source.replace(/^\^zdt-agent: /, '').replace(/\\(.)/g, '$1');
+    const pattern = row.first === '' ? '(no stderr)' : row.first.source.replace(/^\^zdt-agent: /, '').replace(/\\([./()[\]])/g, '$1');
     const expected = `${row.code} ${pattern}`;
     const observed = `${got.code} ${first.replace(/^zdt-agent: /, '') || '(no stderr)'}`;
     lines.push(`${cut(`[${row.group}] ${row.input}`, 58).padEnd(58)} ${cut(expected, 34).padEnd(34)} ${cut(observed, 70)}`);
