@@ -1,6 +1,8 @@
 import yargs, { type Argv } from 'yargs';
 import type { GlobalOptions } from './context.js';
-import { AgentError, ExitCode, asAgentError } from './errors.js';
+import { AgentError, ConfigError, ExitCode, asAgentError } from './errors.js';
+import { makePaths } from './host/paths.js';
+import type { SshKeysArgs } from './ssh/warm.js';
 import { LOG_FORMATS, LOG_LEVELS } from './log/logger.js';
 import { redact } from './log/redact.js';
 
@@ -19,7 +21,7 @@ async function runHandler(h: Handler, args: Record<string, unknown> & GlobalOpti
   try {
     return await h(args);
   } catch (err) {
-    const e = asAgentError(err);
+    const e = asAgentError(err, makePaths(args.root).logFile);
     process.stderr.write(`zdt-agent: ${e.oneLine()}\n`);
     return e.exitCode;
   }
@@ -36,7 +38,22 @@ export function runBootCommand(args: GlobalOptions): Promise<number> {
   return runHandler(bootHandler, { ...args });
 }
 
+/**
+ * `ssh-keys` on a key cache miss, with the arguments main.ts parsed (ssh/warm.ts
+ * parseSshKeysArgv): USER and FINGERPRINT never go through yargs.
+ */
+export async function runSshKeysCommand(args: SshKeysArgs): Promise<number> {
+  const { runSshKeysLookup } = await import('./ssh/lookup.js');
+  return runSshKeysLookup(args);
+}
+
 export async function runCli(argv: string[]): Promise<number> {
+  // yargs takes what follows `--` as arguments of no command and then runs none, exit 0:
+  // no zdt-agent command takes free arguments, so `--` is always a mistake (or a trick).
+  if (argv.includes('--')) {
+    process.stderr.write("zdt-agent: '--' is not an option of zdt-agent\nRun 'zdt-agent --help' for usage.\n");
+    return ExitCode.usage;
+  }
   let code: number = ExitCode.ok;
   let usageError: string | undefined;
   const wrap =
@@ -78,12 +95,18 @@ export async function runCli(argv: string[]): Promise<number> {
     )
     .command(
       'ssh-keys <user> [fingerprint]',
-      "Print the IAM SSH keys USER may log in with (sshd's AuthorizedKeysCommand)",
+      "Print the IAM SSH keys USER may log in with (sshd's AuthorizedKeysCommand; global options go before ssh-keys)",
       (y: Argv) =>
         y
           .positional('user', { type: 'string', demandOption: true, describe: 'Local login name (%u)' })
           .positional('fingerprint', { type: 'string', describe: 'Fingerprint of the offered key (%f), for the audit line' }),
-      wrap(async (a) => (await import('./commands/ssh-keys.js')).runSshKeys(a)),
+      // main.ts runs every well-formed ssh-keys call itself; what reaches yargs had something
+      // other than the global options before `ssh-keys`.
+      wrap(async () => {
+        throw new ConfigError('SshKeysUsage', 'only --config, --root, --log-level and --log-format may come before ssh-keys', {
+          hint: "use 'zdt-agent [options] ssh-keys %u %f'",
+        });
+      }),
     )
     .command('ssh-users <action>', 'Local accounts for IAM users (bastions)', (y: Argv) =>
       y.positional('action', { choices: ['sync'] as const, demandOption: true, describe: 'sync: refresh the key cache and local users' }),

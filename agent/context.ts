@@ -77,7 +77,7 @@ export async function buildContext(
   // Config loading logs little; those lines go to stderr only until the real logger exists.
   const early = createLogger({ level: args.logLevel ?? 'warn', format: args.logFormat ?? 'human', console: opts.console });
   const { layers, instance, imdsEndpoint } = await loadLayers(args, paths, opts.instance, early);
-  const config = resolveConfig(layers);
+  const config = resolveConfig(layers, { localFile: paths.configFile });
   const log = createLogger({
     level: args.logLevel ?? config.log.level,
     format: args.logFormat ?? config.log.format,

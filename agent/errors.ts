@@ -49,12 +49,15 @@ export class DeadlineError extends AgentError {
   }
 }
 
-/** Turn anything thrown into an AgentError without losing the original. */
-export function asAgentError(err: unknown): AgentError {
+/**
+ * Turn anything thrown into an AgentError without losing the original. `logFile`: the agent
+ * log as this command writes it (under --root), which the hint names.
+ */
+export function asAgentError(err: unknown, logFile = '/var/log/zdt-agent.log'): AgentError {
   if (err instanceof AgentError) return err;
   const message = err instanceof Error ? err.message : String(err);
   return new AgentError('Unexpected', message.split('\n')[0] ?? message, {
-    hint: 'see /var/log/zdt-agent.log for the detail',
+    hint: `see ${logFile} for the detail`,
     cause: err,
   });
 }

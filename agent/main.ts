@@ -19,13 +19,21 @@ async function main(argv: string[]): Promise<number> {
     const { runVersion } = await import('./commands/version.js');
     return runVersion();
   }
-  if (argv[0] === 'ssh-keys') {
+  if (argv.includes('ssh-keys')) {
     // sshd runs this for every key a client offers: answer from the key cache before yargs
-    // and the CLI load (agent/ssh/warm.ts). A miss goes on to the full lookup below.
+    // and the CLI load (agent/ssh/warm.ts). A miss goes on to the full lookup, still without
+    // yargs: %u and %f are data, and never reach an option parser.
     const warm = await import('./ssh/warm.js');
-    const args = warm.parseSshKeysArgv(argv.slice(1));
-    const code = args && (await warm.answerFromCache(args));
-    if (code !== undefined) return code;
+    const args = warm.parseSshKeysArgv(argv);
+    if (args && warm.isSshKeysUsage(args)) {
+      process.stderr.write(`zdt-agent: SshKeysUsage: ${args.usage}\n`);
+      return ExitCode.usage;
+    }
+    if (args) {
+      const code = await warm.answerFromCache(args);
+      if (code !== undefined) return code;
+      return (await import('./cli.js')).runSshKeysCommand(args);
+    }
   }
   if (argv[0] === 'boot') {
     // A boot that already completed in this kernel boot from the same config sources is

@@ -122,7 +122,7 @@ try {
   imdsServer = http.createServer((req, res) => {
     if (req.method === 'PUT') return res.end('token');
     if (req.url.endsWith('instance-identity/document')) {
-      return res.end(JSON.stringify({ instanceId: 'i-0bench00000000000', region: REGION, availabilityZone: `${REGION}a`, instanceType: 'm7i.large', privateIp: '10.0.0.1' }));
+      return res.end(JSON.stringify({ instanceId: 'i-0be0c000000000000', region: REGION, availabilityZone: `${REGION}a`, instanceType: 'm7i.large', privateIp: '10.0.0.1' }));
     }
     res.statusCode = 404;
     res.end();

@@ -108,7 +108,7 @@ const sync = () => {
 // up to 30 MB more RSS than the same binary read from disk. Drop its pages so RSS is the node's.
 spawnSync('dd', [`if=${BIN}`, 'iflag=nocache', 'count=0', 'status=none']);
 
-const keysArgs = ['ssh-keys', '--root', root, login, fingerprint];
+const keysArgs = ['--root', root, 'ssh-keys', login, fingerprint];
 const unprivileged = asRoot ? { uid: NOBODY, gid: NOBODY } : {};
 const subjects = [
   { label: 'node -e 0 (floor)', run: () => exec(NODE, ['-e', '0']) },

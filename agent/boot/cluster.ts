@@ -49,7 +49,7 @@ export async function apiCredentials(ctx: BootContext, ep: ApiEndpoint): Promise
       try {
         return { ...loadKubeconfig(file, (p) => ctx.paths.at(p)), server: ep.url };
       } catch (err) {
-        ctx.log.warn('cannot use the local kubeconfig', { file: f, err: (err as Error).message });
+        ctx.log.warn('cannot use the local kubeconfig', { file, err: (err as Error).message });
       }
     }
   }

@@ -241,13 +241,14 @@ async function withAdminKube<T>(ctx: BootContext, fn: (admin: AdminKube | undefi
  */
 async function grantNodeSelfDelete(ctx: BootContext, admin: AdminKube | undefined): Promise<void> {
   const objects = `ClusterRole and ClusterRoleBinding ${NODE_SELF_DELETE}`;
+  const adminConf = ctx.paths.at('/etc/kubernetes/admin.conf');
   if (!admin) {
-    throw new AgentError('NodeRbacNotApplied', `cannot apply the ${objects}: kubeadm init left no /etc/kubernetes/admin.conf`, {
+    throw new AgentError('NodeRbacNotApplied', `cannot apply the ${objects}: kubeadm init left no ${adminConf}`, {
       hint: 'check the kubeadm init output in the log; workers need this grant to delete their own Node when they are retired (docs/terminate.md)',
     });
   }
   const hint =
-    `check that the API server at ${admin.server} answers (crictl ps -a, the kubelet log) and that /etc/kubernetes/admin.conf is kubeadm's admin kubeconfig; ` +
+    `check that the API server at ${admin.server} answers (crictl ps -a, the kubelet log) and that ${adminConf} is kubeadm's admin kubeconfig; ` +
     'workers need this grant to delete their own Node when they are retired (docs/terminate.md); the next boot applies it again';
   const kube = admin.client;
   try {
@@ -268,7 +269,7 @@ async function grantNodeSelfDelete(ctx: BootContext, admin: AdminKube | undefine
     ctx.log.info('nodes may delete their own Node object', { ...done });
   } catch (err) {
     if (!(err instanceof KubeApiError)) throw err;
-    throw new AgentError('NodeRbacNotApplied', `cannot apply the ${objects} with /etc/kubernetes/admin.conf: ${err.message}`, { hint, cause: err });
+    throw new AgentError('NodeRbacNotApplied', `cannot apply the ${objects} with ${adminConf}: ${err.message}`, { hint, cause: err });
   }
 }
 

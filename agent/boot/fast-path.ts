@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { BoundedFileError, CONFIG_FILE_MAX_BYTES, readBoundedFile } from '../host/bounded-file.js';
 import { instanceCacheFile, makePaths, readBootId, type Paths } from '../host/paths.js';
 import { LOG_FORMATS, LOG_LEVELS, createLogger, type Level, type LogFormat } from '../log/logger.js';
 import type { AgentState } from '../log/state.js';
@@ -69,17 +70,23 @@ export interface LocalSources {
 
 /** undefined when --config names a file that cannot be read (the full boot reports it). */
 export function readLocalSources(paths: Paths, configArg: string | undefined): LocalSources | undefined {
-  const read = (file: string): Buffer | undefined => {
+  // Bounded and non-blocking as the full boot reads them: a FIFO given as --config must not
+  // hang the fast path either. Only a missing file counts as absent; any other problem is
+  // the full boot's to report.
+  const unreadable = Symbol('unreadable');
+  const read = (file: string): Buffer | undefined | typeof unreadable => {
     try {
-      return fs.readFileSync(file);
-    } catch {
-      return undefined;
+      return readBoundedFile(file, CONFIG_FILE_MAX_BYTES);
+    } catch (err) {
+      return err instanceof BoundedFileError && err.problem.kind === 'errno' && err.problem.code === 'ENOENT' ? undefined : unreadable;
     }
   };
-  if (configArg === undefined) return { file: read(paths.configFile), config: undefined };
+  const file = read(paths.configFile);
+  if (file === unreadable) return undefined;
+  if (configArg === undefined) return { file, config: undefined };
   const abs = path.resolve(configArg);
   const bytes = read(abs);
-  return bytes === undefined ? undefined : { file: read(paths.configFile), config: { path: abs, bytes } };
+  return bytes === undefined || bytes === unreadable ? undefined : { file, config: { path: abs, bytes } };
 }
 
 /** The instance sources as the full boot used them (and cached them). */

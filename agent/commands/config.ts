@@ -11,7 +11,7 @@ export async function runConfigValidate(args: GlobalOptions & { instance?: boole
   const log = createLogger({ level: 'warn' });
   const { layers } = await loadLayers(args, paths, args.instance ? 'imds' : 'none', log);
   try {
-    const config = resolveConfig(layers);
+    const config = resolveConfig(layers, { localFile: paths.configFile });
     const sources = layers.map((l) => l.origin).join(', ') || 'defaults only';
     process.stdout.write(`config OK (${config.node.role}${config.cluster ? ` of cluster ${config.cluster.name}` : ''}; sources: ${sources})\n`);
     return ExitCode.ok;

@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { buildContext, type GlobalOptions } from '../context.js';
 import { ExitCode } from '../errors.js';
+import { redact } from '../log/redact.js';
 import { syncSsh } from '../ssh/sync.js';
 
 /**
@@ -26,5 +27,9 @@ export async function runSshUsersSync(args: GlobalOptions, o: { lockWaitMs?: num
     for (const f of u.failed) lines.push(`failed: ${f.user}: ${f.error}`);
   }
   process.stdout.write(`${lines.join('\n')}\n`);
-  return r.users && r.users.failed.length > 0 ? ExitCode.failed : ExitCode.ok;
+  const failed = r.users?.failed ?? [];
+  if (failed.length === 0) return ExitCode.ok;
+  const first = failed[0] as { user: string; error: string };
+  process.stderr.write(`zdt-agent: ${redact(`SshUsersFailed: ${failed.length} account${failed.length === 1 ? '' : 's'} not synced; first: ${first.user}: ${first.error}`)}\n`);
+  return ExitCode.failed;
 }

@@ -1,7 +1,9 @@
 import { buildContext, type GlobalOptions } from '../context.js';
 import { Budget } from '../terminate/budget.js';
 import type { ShutdownEvent } from '../node.js';
-import { runTerminate } from '../terminate/run.js';
+import { runTerminate, type TerminateOutcome } from '../terminate/run.js';
+import { ExitCode } from '../errors.js';
+import { redact } from '../log/redact.js';
 
 /**
  * `zdt-agent terminate`, run by OpenRC when the service stops at shutdown. The budget counts
@@ -18,8 +20,18 @@ export async function runTerminateCommand(args: GlobalOptions & { event?: Shutdo
     .map(([name, p]) => `${name}=${p.result}`)
     .join(' ');
   process.stdout.write(`terminate (${out.event}, ${out.classification.source}): ${out.record.result}; ${summary}\n`);
+  const problem = terminateProblem(out, ctx.paths.logFile);
+  if (problem) process.stderr.write(`zdt-agent: ${redact(problem)}\n`);
   // A request that ignored its abort (a half-open socket) must not hold the shutdown: leave
   // at once if the event loop does not empty by itself.
   setTimeout(() => process.exit(out.exitCode), 500).unref();
   return out.exitCode;
+}
+
+/** The one line on stderr of a terminate that did not end ok: the first step that failed, or what the budget cut off. */
+export function terminateProblem(out: Pick<TerminateOutcome, 'exitCode' | 'unfinished' | 'record'>, logFile: string): string | undefined {
+  if (out.exitCode === ExitCode.ok) return undefined;
+  if (out.unfinished.length > 0) return `TerminateDeadline: the budget ran out before ${out.unfinished.join(', ')} finished; see ${logFile}`;
+  const [name, failed] = Object.entries(out.record.phases).find(([n, p]) => p.result === 'failed' && n !== 'notify' && n !== 'hooks') ?? [];
+  return `TerminateFailed: ${name ?? 'a step'} failed: ${failed?.error ?? 'see the log'}; see ${logFile}`;
 }

@@ -25,7 +25,7 @@ export function hintFor(path: string, code: string): string {
     return `remove it or check its spelling; the keys of ${section || 'the top level'} are listed in docs/config.md`;
   }
   for (let p = path; p; p = p.includes('.') ? p.slice(0, p.lastIndexOf('.')) : '') {
-    const h = hints[p];
+    const h = Object.hasOwn(hints, p) ? hints[p] : undefined;
     if (h) return h;
   }
   return 'see docs/config.md for the allowed values';

@@ -1,10 +1,11 @@
-import fs from 'node:fs';
 import { parseDocument, YAMLError, YAMLWarning } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
+import { BoundedFileError, CONFIG_FILE_MAX_BYTES, describeFileProblem, readBoundedFile } from '../host/bounded-file.js';
 import { redact } from '../log/redact.js';
 import { combinationProblems, configSchema, type CombinationFacts, type Config } from './schema.js';
 import { hintFor } from './hints.js';
+import { trustProblems } from './trust.js';
 
 /**
  * Config sources, merged in this order (a later source wins, key by key; lists are replaced
@@ -58,6 +59,12 @@ export function parseYamlLayer(source: SourceName, origin: string, text: string)
       hint: 'see docs/config.md for the layout',
     });
   }
+  const proto = protoKeyPath(data);
+  if (proto !== undefined) {
+    // The YAML parser makes it an own key; merged like any other it would change the
+    // prototype of every object in the process.
+    throw new ConfigError('ConfigSyntax', `${origin}: the key ${proto} is not allowed`, { hint: 'remove it; the keys are listed in docs/config.md' });
+  }
   return { source, origin, data: data as Record<string, unknown> };
 }
 
@@ -68,16 +75,35 @@ function yamlProblem(origin: string, err: Error): ConfigError {
   return new ConfigError('ConfigSyntax', redact(`${origin}${where}: ${first}`), { hint });
 }
 
+/** The path of the first `__proto__` key in parsed YAML, or undefined. */
+function protoKeyPath(v: unknown, prefix = ''): string | undefined {
+  if (!v || typeof v !== 'object') return undefined;
+  for (const [k, child] of Object.entries(v)) {
+    const p = prefix ? `${prefix}.${k}` : k;
+    if (k === '__proto__') return p;
+    const deeper = protoKeyPath(child, p);
+    if (deeper !== undefined) return deeper;
+  }
+  return undefined;
+}
+
 export function readFileLayer(source: SourceName, file: string, required: boolean): Layer | undefined {
   let text: string;
   try {
-    text = fs.readFileSync(file, 'utf8');
+    text = readBoundedFile(file, CONFIG_FILE_MAX_BYTES).toString('utf8');
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' && !required) return undefined;
-    throw new ConfigError('ConfigUnreadable', `cannot read ${file}: ${code ?? (err as Error).message}`, {
-      hint: required ? 'check the path given to --config' : 'check the file permissions',
-    });
+    const p = err instanceof BoundedFileError ? err.problem : { kind: 'errno' as const, code: (err as Error).message };
+    if (p.kind === 'errno' && p.code === 'ENOENT' && !required) return undefined;
+    const what = p.kind === 'errno' ? `cannot read ${file}: ${p.code}` : `${file} ${describeFileProblem(p)}`;
+    const hint =
+      p.kind === 'too-large'
+        ? 'check the path: a config file is a few KiB of YAML'
+        : p.kind === 'not-regular'
+          ? 'name a regular YAML file'
+          : required
+            ? 'check the path given to --config'
+            : 'check the file permissions';
+    throw new ConfigError('ConfigUnreadable', what, { hint });
   }
   return parseYamlLayer(source, file, text);
 }
@@ -86,7 +112,8 @@ export function tagsLayer(tags: Record<string, string>): Layer | undefined {
   const data: Record<string, unknown> = {};
   let any = false;
   for (const [key, value] of Object.entries(tags)) {
-    const path = TAG_KEYS[key];
+    // Own keys only: a tag named `constructor` is a tag like any other.
+    const path = Object.hasOwn(TAG_KEYS, key) ? TAG_KEYS[key] : undefined;
     if (!path) continue;
     setPath(data, path, value);
     any = true;
@@ -159,13 +186,19 @@ export function describeIssues(issues: readonly z.core.$ZodIssue[], provenance: 
 
 export class ConfigInvalid extends ConfigError {
   readonly problems: ConfigProblem[];
-  constructor(problems: ConfigProblem[]) {
+  /** `untrusted`: the first problem is a key from a source that may not set it (trust.ts). */
+  constructor(problems: ConfigProblem[], untrusted?: ConfigProblem) {
     const first = problems[0];
-    super(
-      'ConfigInvalid',
-      `${problems.length} problem${problems.length === 1 ? '' : 's'} in the configuration; first: ${first?.path}: ${first?.message}`,
-      { hint: "run 'zdt-agent config validate' for the full list" },
-    );
+    const more = problems.length > 1 ? ` (${problems.length - 1} more: run 'zdt-agent config validate')` : '';
+    if (untrusted) {
+      super('ConfigUntrusted', `${untrusted.path}: ${untrusted.message}${more}`, { hint: untrusted.hint });
+    } else {
+      super(
+        'ConfigInvalid',
+        `${problems.length} problem${problems.length === 1 ? '' : 's'} in the configuration; first: ${first?.path}: ${first?.message}`,
+        { hint: "run 'zdt-agent config validate' for the full list" },
+      );
+    }
     this.problems = problems;
   }
 }
@@ -176,12 +209,21 @@ export function formatProblems(problems: readonly ConfigProblem[]): string {
     .join('\n');
 }
 
-/** Merge and validate. Throws ConfigInvalid with every problem; nothing half-applies. */
-export function resolveConfig(layers: readonly Layer[]): Config {
+/** The AMI's config file on a node; messages name the one a command read (--root). */
+export const LOCAL_CONFIG_FILE = '/etc/zdt-agent/config.yaml';
+
+const TAG_OF: Readonly<Record<string, string>> = Object.fromEntries(Object.entries(TAG_KEYS).map(([tag, path]) => [path.join('.'), tag]));
+
+/**
+ * Merge and validate. Throws ConfigInvalid with every problem; nothing half-applies. A key
+ * from a source that may not set it (trust.ts) comes first, as ConfigUntrusted.
+ */
+export function resolveConfig(layers: readonly Layer[], o: { localFile?: string } = {}): Config {
+  const untrusted = trustProblems(layers, { localFile: o.localFile ?? LOCAL_CONFIG_FILE, tagOf: TAG_OF });
   const { merged, provenance } = mergeLayers(layers);
   const r = configSchema.safeParse(merged);
-  if (r.success) return r.data;
-  const problems = describeIssues(r.error.issues, provenance);
+  if (r.success && untrusted.length === 0) return r.data;
+  const problems = [...untrusted, ...(r.success ? [] : describeIssues(r.error.issues, provenance))];
   // A type error stops zod before the combination rules; run them on the raw input too.
   for (const c of combinationProblems(merged as CombinationFacts)) {
     const path = c.path.join('.');
@@ -189,5 +231,5 @@ export function resolveConfig(layers: readonly Layer[]): Config {
       problems.push({ path, message: c.message, hint: hintFor(path, 'custom'), origin: originOf(path, provenance) });
     }
   }
-  throw new ConfigInvalid(problems);
+  throw new ConfigInvalid(problems, untrusted[0]);
 }

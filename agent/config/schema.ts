@@ -244,7 +244,7 @@ const endpointsSchema = z
 
 export const awsSchema = z
   .object({
-    region: z.string().regex(/^[a-z]{2}(-[a-z]+)+-\d$/, 'use a region such as eu-central-1').optional().describe('Defaults to the region from IMDS'),
+    region: z.string().regex(/^[a-z]{2}(-[a-z]+)+-\d$/, 'use a region such as eu-central-1').optional().describe('Else AWS_REGION, AWS_DEFAULT_REGION, then the region from IMDS'),
     endpoint: endpointUrl.optional().describe('One endpoint for every service (the testbed)'),
     endpoints: endpointsSchema.prefault({}).describe('Per-service endpoints (VPC endpoints)'),
     imdsEndpoint: endpointUrl.default('http://169.254.169.254').describe('IMDS base URL'),
@@ -279,6 +279,16 @@ export const logSchema = z
   })
   .strict();
 
+export const trustSchema = z
+  .object({
+    userData: z
+      .array(z.string())
+      .default([])
+      .describe('Keys (or sections) the user-data part may set beyond the open ones; only read from the local files (docs/config.md, Trust)'),
+    tags: z.array(z.string()).default([]).describe('Keys the zdt:* instance tags may set beyond the open ones; only read from the local files'),
+  })
+  .strict();
+
 export const configSchema = z
   .object({
     cluster: clusterSchema.optional(),
@@ -290,6 +300,7 @@ export const configSchema = z
     aws: awsSchema.prefault({}),
     boot: bootSchema.prefault({}),
     log: logSchema.prefault({}),
+    trust: trustSchema.prefault({}),
     watch: watchSchema.prefault({}),
   })
   .strict()

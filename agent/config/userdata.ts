@@ -11,6 +11,13 @@ import { ConfigError } from '../errors.js';
  * Anything else (a shell script, a plain #cloud-config) has no zdt-agent part: `undefined`.
  */
 
+/**
+ * The most gzip-compressed user-data may decompress to. EC2 allows 16 KiB of user data, which
+ * real configs (cloud-init parts, scripts) expand to well under this; a gzip bomb (16 KiB
+ * that decompress to 16 MiB, or gigabytes in layers) stops here with a user-data error.
+ */
+export const USER_DATA_MAX_DECOMPRESSED_BYTES = 1024 * 1024;
+
 const MARKER = '#zdt-agent';
 const PART_TYPES = /^(text|application)\/x-zdt-agent(\+ya?ml)?$/i;
 const PART_NAMES = /^zdt-agent(\.ya?ml)?$/i;
@@ -20,8 +27,14 @@ export async function extractAgentPart(raw: Uint8Array | undefined): Promise<str
   let bytes = raw;
   if (bytes[0] === 0x1f && bytes[1] === 0x8b) {
     try {
-      bytes = gunzipSync(bytes);
+      bytes = gunzipSync(bytes, { maxOutputLength: USER_DATA_MAX_DECOMPRESSED_BYTES });
     } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ERR_BUFFER_TOO_LARGE') {
+        throw new ConfigError('UserDataInvalid', `user-data decompresses to more than ${USER_DATA_MAX_DECOMPRESSED_BYTES / 1024} KiB`, {
+          hint: 'check the launch template user-data: EC2 allows 16 KiB, and its zdt-agent part is a few lines of YAML',
+        });
+      }
       throw new ConfigError('UserDataInvalid', `user-data looks gzip-compressed but cannot be decompressed: ${(err as Error).message}`, {
         hint: 'check the launch template user-data (gzip it whole, then base64 once)',
       });

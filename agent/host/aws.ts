@@ -9,7 +9,9 @@ import type { SNSClient } from '@aws-sdk/client-sns';
 import type { STSClient } from '@aws-sdk/client-sts';
 import type { AwsCredentialIdentity, AwsCredentialIdentityProvider } from '@smithy/types';
 import type { Config } from '../config/schema.js';
+import { ConfigError } from '../errors.js';
 import { registerAwsCredentials } from '../log/redact.js';
+import { isAwsRegion } from './imds.js';
 
 /**
  * The one place AWS clients are made. Every client is created on first use through a
@@ -88,9 +90,30 @@ export interface Aws {
   region(): Promise<string>;
 }
 
+/**
+ * The region as the AWS SDKs and CLI find it, before IMDS: `AWS_REGION`, then
+ * `AWS_DEFAULT_REGION`. A bastion's ssh-keys with either set never waits for IMDS. A value
+ * that is no region is a configuration error, not a hostname to send requests to.
+ */
+export function regionFromEnv(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  for (const name of ['AWS_REGION', 'AWS_DEFAULT_REGION'] as const) {
+    const v = env[name];
+    if (v === undefined || v === '') continue;
+    if (!isAwsRegion(v)) {
+      throw new ConfigError('RegionInvalid', `${name} is not an AWS region (${JSON.stringify(v.slice(0, 40))})`, {
+        hint: `set ${name} to a region such as eu-central-1, or unset it`,
+      });
+    }
+    return v;
+  }
+  return undefined;
+}
+
 export function makeAws(o: AwsOptions): Aws {
   let regionP: Promise<string> | undefined;
-  const region = () => (regionP ??= o.aws.region ? Promise.resolve(o.aws.region) : o.region());
+  // config aws.region, then the environment, then (o.region) IMDS: the SDKs' order.
+  const region = () =>
+    (regionP ??= (async () => o.aws.region ?? regionFromEnv() ?? (await o.region()))());
   const cache = new Map<string, Promise<unknown>>();
 
   const common = async (service: Service) => {

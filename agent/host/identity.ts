@@ -1,7 +1,9 @@
 import { AgentError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import { sdk, type Aws } from './aws.js';
-import type { Imds } from './imds.js';
+import { ImdsAnswerInvalid, type Imds } from './imds.js';
+
+const DNS_NAME = /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/i;
 
 /** Who this instance is, from IMDS (and EC2 when instance metadata tags are off). */
 export interface Identity {
@@ -36,13 +38,16 @@ export async function readIdentity(
     tags = await describeTags(opts.aws, doc.instanceId);
   }
   tags ??= {};
+  // It names the Kubernetes node and lands in kubeadm's config: a DNS name or nothing.
+  const dns = privateDns?.trim() || undefined;
+  if (dns !== undefined && !DNS_NAME.test(dns)) throw new ImdsAnswerInvalid(`IMDS local-hostname is not a DNS name (${dns.length} characters)`);
   return {
     instanceId: doc.instanceId,
     region: doc.region,
     availabilityZone: doc.availabilityZone,
     instanceType: doc.instanceType,
     privateIp: doc.privateIp,
-    privateDns: privateDns?.trim() || undefined,
+    privateDns: dns,
     accountId: doc.accountId,
     lifecycle: lifecycle?.trim() === 'spot' ? 'spot' : 'on-demand',
     asgName: tags['aws:autoscaling:groupName'],

@@ -30,10 +30,27 @@ export interface ImdsOptions {
 }
 
 export class ImdsError extends AgentError {
-  constructor(message: string, hint = 'check that IMDS is enabled with HttpTokens=required and HttpPutResponseHopLimit >= 1 in the launch template') {
-    super('ImdsUnavailable', message, { hint });
+  constructor(message: string, hint = 'check that IMDS is enabled with HttpTokens=required and HttpPutResponseHopLimit >= 1 in the launch template', code = 'ImdsUnavailable') {
+    super(code, message, { hint });
   }
 }
+
+/**
+ * IMDS answered, but not what IMDS answers: too large, not the document or format AWS
+ * documents. Not retried (the next answer is the same); exit 1.
+ */
+export class ImdsAnswerInvalid extends ImdsError {
+  constructor(message: string) {
+    super(message, 'check aws.imdsEndpoint in the local config: only IMDS itself (http://169.254.169.254) answers like IMDS', 'ImdsAnswerInvalid');
+  }
+}
+
+/**
+ * The most any IMDS answer may be. EC2 limits user data to 16 KiB and a tag value to 256
+ * characters; the identity document is under 1 KiB. A larger answer is not IMDS, and reading
+ * it whole (a 400 MB one took 1.7 GiB) would be the end of the agent.
+ */
+export const IMDS_MAX_ANSWER_BYTES = 64 * 1024;
 
 class NotFound extends Error {}
 
@@ -86,7 +103,14 @@ export class Imds {
     return new Promise((resolve, reject) => {
       const req = request(url, { method, headers, agent }, (res) => {
         const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
+        let size = 0;
+        const tooLarge = () => req.destroy(new ImdsAnswerInvalid(`IMDS ${method} ${path} answered more than ${IMDS_MAX_ANSWER_BYTES} bytes (the cap of an IMDS answer)`));
+        if (Number(res.headers['content-length'] ?? 0) > IMDS_MAX_ANSWER_BYTES) return tooLarge();
+        res.on('data', (c: Buffer) => {
+          size += c.length;
+          if (size > IMDS_MAX_ANSWER_BYTES) return tooLarge();
+          chunks.push(c);
+        });
         res.on('end', () => {
           clearTimeout(timer);
           resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) });
@@ -133,7 +157,7 @@ export class Imds {
       hint: 'check that IMDS is enabled (HttpEndpoint=enabled, HttpTokens=required) and reachable from this instance',
       code: 'ImdsUnavailable',
       log: this.log,
-      retryable: () => true,
+      retryable: (err) => !(err instanceof ImdsAnswerInvalid),
       check: attempt,
     });
   }
@@ -148,6 +172,8 @@ export class Imds {
     try {
       return await this.poll(path);
     } catch (err) {
+      // Not IMDS's answer at all (past the cap): an error, not an absent property.
+      if (err instanceof ImdsAnswerInvalid) throw err;
       this.log.debug('optional IMDS property unavailable', { path, err: (err as Error).message });
       return undefined;
     }
@@ -166,22 +192,9 @@ export class Imds {
     }
   }
 
-  /** The instance identity document, parsed and checked. */
+  /** The instance identity document, parsed and checked against AWS's formats. */
   async identityDocument(): Promise<InstanceIdentityDocument> {
-    const text = await this.required('latest/dynamic/instance-identity/document');
-    let doc: unknown;
-    try {
-      doc = JSON.parse(text);
-    } catch {
-      throw new ImdsError('IMDS answered an instance identity document that is not JSON', 'check the IMDS endpoint (aws.imdsEndpoint)');
-    }
-    const d = doc as Record<string, unknown>;
-    for (const k of ['instanceId', 'region', 'availabilityZone', 'instanceType', 'privateIp'] as const) {
-      if (typeof d[k] !== 'string' || !d[k]) {
-        throw new ImdsError(`the instance identity document has no ${k}`, 'check the IMDS endpoint (aws.imdsEndpoint)');
-      }
-    }
-    return d as unknown as InstanceIdentityDocument;
+    return parseIdentityDocument(await this.required('latest/dynamic/instance-identity/document'));
   }
 
   /**
@@ -191,6 +204,7 @@ export class Imds {
    */
   async userData(): Promise<Uint8Array | undefined> {
     const got = await this.retryRequired('latest/user-data', async (): Promise<{ data: Uint8Array | undefined }> => {
+      // Up to IMDS_MAX_ANSWER_BYTES (EC2 allows 16 KiB); more is ImdsAnswerInvalid, not retried.
       const token = await this.fetchToken();
       const res = await this.request('GET', 'latest/user-data', { 'X-aws-ec2-metadata-token': token });
       if (res.status === 404) return { data: undefined };
@@ -215,6 +229,68 @@ export class Imds {
     );
     return out;
   }
+}
+
+/**
+ * AWS's formats of what the agent reads from IMDS. These values end up in S3 keys and
+ * metadata headers, tag filters, session names and log lines: a CR/LF, `/` or `..` must stop
+ * here.
+ */
+export const AWS_FORMATS = {
+  instanceId: /^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$/,
+  region: /^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$/,
+  availabilityZone: /^[a-z]{2}(?:-[a-z]+)+-\d{1,2}[a-z]$/,
+  /** Local Zones and Wavelength too: us-west-2-lax-1a, us-east-1-wl1-bos-wlz-1. */
+  availabilityZoneAny: /^[a-z]{2}(?:-[a-z0-9]+)+$/,
+  instanceType: /^[a-z0-9-]+\.[a-z0-9-]+$/,
+  privateIp: /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/,
+  accountId: /^\d{12}$/,
+  imageId: /^ami-[0-9a-f]{8,17}$/,
+  architecture: /^[a-z0-9_]{1,16}$/,
+} as const;
+
+/** A region as AWS writes them (also for AWS_REGION and friends). */
+export const isAwsRegion = (v: string): boolean => AWS_FORMATS.region.test(v);
+
+const REQUIRED_FIELDS = ['instanceId', 'region', 'availabilityZone', 'instanceType', 'privateIp'] as const;
+const OPTIONAL_FIELDS = ['accountId', 'imageId', 'architecture'] as const;
+
+/** Printable and short, for naming a bad value in a message without copying it whole. */
+const shown = (v: unknown): string => {
+  const s = typeof v === 'string' ? JSON.stringify(v) : v === null ? 'null' : Array.isArray(v) ? 'a list' : typeof v;
+  return s.length > 40 ? `${s.slice(0, 40)}...` : s.replace(/[^\x20-\x7e]/g, '?');
+};
+
+export function parseIdentityDocument(text: string): InstanceIdentityDocument {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch {
+    throw new ImdsAnswerInvalid('IMDS answered an instance identity document that is not JSON');
+  }
+  if (!doc || typeof doc !== 'object' || Array.isArray(doc)) {
+    throw new ImdsAnswerInvalid(`the instance identity document is ${shown(doc)}, not a JSON object`);
+  }
+  const d = doc as Record<string, unknown>;
+  const out: Record<string, string> = {};
+  const check = (k: (typeof REQUIRED_FIELDS)[number] | (typeof OPTIONAL_FIELDS)[number], required: boolean) => {
+    const v = d[k];
+    const format = k === 'availabilityZone' ? AWS_FORMATS.availabilityZoneAny : AWS_FORMATS[k];
+    // What the agent only shows (account, image, architecture) is left out when malformed.
+    if (!required) {
+      if (typeof v === 'string' && format.test(v)) out[k] = v;
+      return;
+    }
+    if (typeof v !== 'string' || !v) throw new ImdsAnswerInvalid(`the instance identity document has no ${k} (got ${shown(v)})`);
+    if (!format.test(v)) throw new ImdsAnswerInvalid(`the instance identity document's ${k} ${shown(v)} is not in AWS's format`);
+    out[k] = v;
+  };
+  for (const k of REQUIRED_FIELDS) check(k, true);
+  for (const k of OPTIONAL_FIELDS) check(k, false);
+  if (!(out.availabilityZone as string).startsWith(out.region as string)) {
+    throw new ImdsAnswerInvalid(`the instance identity document's availabilityZone ${shown(out.availabilityZone)} is not in its region ${shown(out.region)}`);
+  }
+  return out as unknown as InstanceIdentityDocument;
 }
 
 export interface InstanceIdentityDocument {

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Paths } from '../host/paths.js';
+import { isSshKeysUsage, parseSshKeysArgv } from './warm.js';
 
 /**
  * Checks for `zdt-agent plan` on a bastion: is sshd really going to run our ssh-keys, and will
@@ -147,7 +148,9 @@ export function checkSshdInstall(paths: Paths, o: { sshdConfig?: string } = {}):
   }
 
   const cmd = first('authorizedkeyscommand');
-  const ours = cmd !== undefined && /(^|\/)zdt-agent$/.test(cmd.args[0] ?? '') && cmd.args[1] === 'ssh-keys';
+  // The command line as main.ts reads it: global options, then `ssh-keys %u %f`.
+  const parsed = cmd === undefined ? undefined : parseSshKeysArgv(cmd.args.slice(1));
+  const ours = cmd !== undefined && /(^|\/)zdt-agent$/.test(cmd.args[0] ?? '') && parsed !== undefined;
   const later = directives.filter((d) => d.keyword === 'authorizedkeyscommand' && d !== cmd);
   checks.push({
     name: 'sshd runs zdt-agent ssh-keys',
@@ -159,8 +162,13 @@ export function checkSshdInstall(paths: Paths, o: { sshdConfig?: string } = {}):
         : `sshd uses the first AuthorizedKeysCommand it reads, ${where(cmd)}: ${cmd.args.join(' ')}; remove it, or have ${SSHD_DROP_IN} read before it (drop-ins are read in name order where sshd_config Includes them)`,
   });
   if (cmd && ours) {
-    const missing = ['%u', '%f'].filter((t) => !cmd.args.slice(2).includes(t));
-    if (missing.length > 0) checks.push({ name: 'ssh-keys arguments', ok: false, detail: `${where(cmd)} lacks ${missing.join(' and ')} (use 'ssh-keys %u %f')` });
+    if (parsed && isSshKeysUsage(parsed)) {
+      checks.push({ name: 'ssh-keys arguments', ok: false, detail: `${where(cmd)}: ${parsed.usage}` });
+    } else {
+      const given = [parsed?.user, parsed?.fingerprint];
+      const missing = ['%u', '%f'].filter((t) => !given.includes(t));
+      if (missing.length > 0) checks.push({ name: 'ssh-keys arguments', ok: false, detail: `${where(cmd)} lacks ${missing.join(' and ')} (use 'ssh-keys %u %f')` });
+    }
     const problems = unsafePathComponents(paths, cmd.args[0] as string);
     checks.push({
       name: 'sshd accepts the command path',

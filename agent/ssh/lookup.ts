@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import { resolveConfig } from '../config/load.js';
 import { instanceCacheFile, loadLayers } from '../context.js';
-import { ConfigError, DeadlineError, ExitCode, asAgentError } from '../errors.js';
+import { AgentError, ConfigError, DeadlineError, ExitCode, asAgentError } from '../errors.js';
 import { makePaths, type Paths } from '../host/paths.js';
 import { silentLogger, type Logger } from '../log/logger.js';
 import { answerFrom, checkLogin, type Answer, type Request } from './answer.js';
@@ -10,7 +10,7 @@ import { cacheFile, freshness, readCache, snapshotMatches, writeCache, type Grou
 import { membersByLogin } from './names.js';
 import { readGroup } from './read.js';
 import { settingsFromConfig, type SshSettings } from './settings.js';
-import { cachedSettings, configArgOf, respond, sshKeysLogger, writeStdout, type Output, type SshKeysArgs } from './warm.js';
+import { cachedSettings, configArgOf, respond, sshKeysLogger, writeStderr, writeStdout, type Output, type SshKeysArgs } from './warm.js';
 
 /**
  * The full ssh-keys lookup, for what the hot path (warm.ts) cannot answer: no usable cache,
@@ -100,16 +100,24 @@ export async function runSshKeysLookup(args: SshKeysArgs, out: Output = writeStd
   };
 
   const onDeadline = new Promise<'deadline'>((resolve) => hard.signal.addEventListener('abort', () => resolve('deadline'), { once: true }));
+  // A failure is one line on stderr (sshd discards it; a person running the command reads
+  // it) and the audit line; stdout stays empty.
+  const fail = (e: AgentError, outcome: 'deadline' | 'error', code: number): number => {
+    audit(paths, log, { user: req.user, outcome, offered: req.fingerprint, detail: e.oneLine() });
+    writeStderr(`zdt-agent: ${e.oneLine()}\n`);
+    return code;
+  };
   try {
     const result = await Promise.race([flow(), onDeadline]);
     if (result !== 'deadline') return result;
-    audit(paths, log, { user: req.user, outcome: 'deadline', offered: req.fingerprint, detail: `no answer within ssh.deadline (${deadlineMs / 1000}s)` });
-    return ExitCode.deadline;
+    const e = new DeadlineError('SshKeysDeadline', `no answer within ssh.deadline (${deadlineMs / 1000}s)`, {
+      hint: 'check IAM reachability from this host (aws.endpoints.iam, the instance role), or raise ssh.deadline',
+    });
+    return fail(e, 'deadline', ExitCode.deadline);
   } catch (err) {
-    const e = asAgentError(err);
+    const e = asAgentError(err, paths.logFile);
     const deadline = e instanceof DeadlineError || hard.signal.aborted;
-    audit(paths, log, { user: req.user, outcome: deadline ? 'deadline' : 'error', offered: req.fingerprint, detail: e.oneLine() });
-    return deadline ? ExitCode.deadline : e.exitCode;
+    return fail(e, deadline ? 'deadline' : 'error', deadline ? ExitCode.deadline : e.exitCode);
   } finally {
     clearTimeout(timer);
   }
@@ -131,7 +139,7 @@ async function settingsFromSources(args: SshKeysArgs, paths: Paths): Promise<Ssh
     }
   }
   const { layers } = await loadLayers(args, paths, 'cached', silentLogger);
-  return settingsFromConfig(resolveConfig(layers));
+  return settingsFromConfig(resolveConfig(layers, { localFile: paths.configFile }), {}, paths.configFile);
 }
 
 /** The group from IAM; root reads every member's keys and refreshes the cache with them. */

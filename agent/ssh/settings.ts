@@ -17,10 +17,16 @@ export interface SshSettings {
   instanceId?: string | undefined;
 }
 
-export function settingsFromConfig(config: Config, facts: { region?: string | undefined; instanceId?: string | undefined } = {}): SshSettings {
+/** `configFile`: the AMI's config file as this command reads it (under --root), for the hint. */
+export function settingsFromConfig(
+  config: Config,
+  facts: { region?: string | undefined; instanceId?: string | undefined } = {},
+  configFile = '/etc/zdt-agent/config.yaml',
+): SshSettings {
   if (!config.ssh) {
+    // Not the user-data: who may log in is the local files' to decide (docs/config.md, Trust).
     throw new ConfigError('SshNotConfigured', 'the configuration has no ssh section', {
-      hint: 'set ssh.iamGroup (and node.role: bastion) in /etc/zdt-agent/config.yaml or the user-data',
+      hint: `set ssh.iamGroup (and node.role: bastion) in ${configFile} or with --config`,
     });
   }
   return { ssh: config.ssh, aws: config.aws, log: config.log, region: facts.region, instanceId: facts.instanceId };

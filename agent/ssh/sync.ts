@@ -57,7 +57,7 @@ export async function syncSsh(ctx: CommandContext, configArg: string | null, o: 
 }
 
 async function syncLocked(ctx: CommandContext, configArg: string | null): Promise<SyncReport> {
-  const base = settingsFromConfig(ctx.config);
+  const base = settingsFromConfig(ctx.config, {}, ctx.paths.configFile);
   const clients = clientsFor(base, ctx.log);
   // Stored for the unprivileged reader, who may have no IMDS answer in time.
   const settings = { ...base, region: await clients.aws.region(), instanceId: base.ssh.roleArn ? (await clients.facts()).instanceId : undefined };

@@ -26,31 +26,43 @@ export interface SshKeysArgs {
 const LEVELS: readonly string[] = LOG_LEVELS;
 const FORMATS: readonly string[] = LOG_FORMATS;
 
+/** A command line that names ssh-keys but cannot be run: exit 2 with this one line. */
+export interface SshKeysUsage {
+  usage: string;
+}
+
+const GLOBAL_OPTION = /^--(config|root|log-level|log-format)(?:=(.*))?$/;
+
 /**
- * `ssh-keys [--config F] [--root D] [--log-level L] [--log-format F] USER [FINGERPRINT]`
- * (argv after the command), or undefined for anything else (--help, a typo), which the CLI
- * then reports. It accepts exactly what the CLI's ssh-keys command accepts, so a call means
- * the same whether the cache answers it or the full lookup does.
+ * `[--config F] [--root D] [--log-level L] [--log-format F] ssh-keys USER [FINGERPRINT]`
+ * (the whole argv), or undefined when it is not an ssh-keys call (main.ts then hands it to
+ * the CLI).
+ *
+ * USER and FINGERPRINT are sshd's %u and %f: data written by whoever is at the login prompt.
+ * Everything after `ssh-keys` is taken positionally, whatever it looks like (`--help`, `-x`,
+ * `--config=FILE`, `--`, empty): options go before `ssh-keys`, on the sshd line the package
+ * installs, so no login name can change the configuration or the output. A name that is no
+ * valid login gets the invalid-user answer (answer.ts checkLogin), not a usage error.
  */
-export function parseSshKeysArgv(argv: readonly string[]): SshKeysArgs | undefined {
-  const positional: string[] = [];
+export function parseSshKeysArgv(argv: readonly string[]): SshKeysArgs | SshKeysUsage | undefined {
   const opts: Record<string, string> = {};
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i] as string;
-    if (a.startsWith('-')) {
-      const m = /^--(config|root|log-level|log-format)(?:=(.*))?$/.exec(a);
-      if (!m) return undefined;
-      const value = m[2] ?? argv[++i];
-      if (value === undefined) return undefined;
-      opts[m[1] as string] = value;
-      continue;
-    }
-    positional.push(a);
+  let i = 0;
+  for (; i < argv.length && argv[i] !== 'ssh-keys'; i++) {
+    const m = GLOBAL_OPTION.exec(argv[i] as string);
+    if (!m) return undefined;
+    const value = m[2] ?? argv[++i];
+    if (value === undefined) return undefined;
+    opts[m[1] as string] = value;
   }
-  if (positional.length < 1 || positional.length > 2) return undefined;
+  if (i >= argv.length) return undefined;
+  const positional = argv.slice(i + 1);
+  if (positional.length < 1 || positional.length > 2) {
+    return { usage: `ssh-keys takes USER [FINGERPRINT] (sshd's %u %f), got ${positional.length} arguments; put options before ssh-keys` };
+  }
   const level = opts['log-level'];
   const format = opts['log-format'];
-  if ((level !== undefined && !LEVELS.includes(level)) || (format !== undefined && !FORMATS.includes(format))) return undefined;
+  if (level !== undefined && !LEVELS.includes(level)) return { usage: `--log-level must be one of ${LEVELS.join(', ')}` };
+  if (format !== undefined && !FORMATS.includes(format)) return { usage: `--log-format must be one of ${FORMATS.join(', ')}` };
   return {
     user: positional[0] as string,
     fingerprint: positional[1],
@@ -60,6 +72,8 @@ export function parseSshKeysArgv(argv: readonly string[]): SshKeysArgs | undefin
     logFormat: format as LogFormat | undefined,
   };
 }
+
+export const isSshKeysUsage = (a: SshKeysArgs | SshKeysUsage): a is SshKeysUsage => 'usage' in a;
 
 /** The --config file as the cache records it (absolute), or null. */
 export function configArgOf(args: SshKeysArgs): string | null {
@@ -87,11 +101,16 @@ export type Output = (text: string) => void;
  * stdout as sshd reads it: written straight to fd 1. process.stdout would build a stream
  * (net/tty modules) for a single write, a tenth of the hot path.
  */
-export const writeStdout: Output = (text) => {
+export const writeStdout: Output = (text) => writeFd(1, text);
+
+/** stderr the same way: the one line of a failed ssh-keys. */
+export const writeStderr: Output = (text) => writeFd(2, text);
+
+function writeFd(fd: number, text: string): void {
   const buf = Buffer.from(text);
   for (let off = 0; off < buf.length; ) {
     try {
-      off += fs.writeSync(1, buf, off);
+      off += fs.writeSync(fd, buf, off);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'EPIPE') return; // sshd is gone; nobody reads the answer
@@ -99,7 +118,7 @@ export const writeStdout: Output = (text) => {
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1); // a non-blocking pipe is full: wait 1 ms
     }
   }
-};
+}
 
 /** Print the key lines (stdout carries nothing else) and write the audit line. */
 export function respond(paths: Paths, log: Logger, a: Answer, out: Output = writeStdout): void {

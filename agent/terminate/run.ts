@@ -221,7 +221,7 @@ export async function runTerminate(o: {
   const hooksDir = paths.at(`${t.hooksDir}/${event === 'unknown' ? 'terminate' : event}.d`);
   const hooks = hookFiles(hooksDir);
   if (doneEarlier.has('hooks')) skip('hooks', why('hooks'));
-  else if (hooks.length === 0) skip('hooks', `no executables in ${t.hooksDir}/${event === 'unknown' ? 'terminate' : event}.d/`);
+  else if (hooks.length === 0) skip('hooks', `no executables in ${paths.at(t.hooksDir)}/${event === 'unknown' ? 'terminate' : event}.d/`);
   else {
     const share = applies('drain') || applies('etcd-backup') ? 0.5 : 1;
     const w = budget.window(Math.min(t.hookTimeout * 1000 * hooks.length, (budget.remainingMs() - endReserveMs) * share), endReserveMs);
@@ -257,7 +257,7 @@ export async function runTerminate(o: {
       log.error('cannot use the kubelet credentials', { err: asAgentError(err).oneLine() });
     }
   }
-  const noKube = `no usable ${t.kubeconfig} (the node never joined, or its credentials are unreadable)`;
+  const noKube = `no usable ${paths.at(t.kubeconfig)} (the node never joined, or its credentials are unreadable)`;
 
   let drainReport: DrainReport | undefined;
   let backupKey: string | undefined;

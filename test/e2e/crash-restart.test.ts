@@ -295,7 +295,7 @@ describe('SIGKILL at every step of an etcd backup, then back up again', () => {
     for (let i = 0; i < 12; i++) {
       execFileSync('etcdctl', [`--endpoints=${etcd.clientUrl}`, 'put', `/registry/blob/${i}`], { env: { ...process.env, ETCDCTL_API: '3' }, input: randomBytes(700 * 1024).toString('base64') });
     }
-    imds = await startImds({ instanceId: 'i-0crash000000000b', region: REGION, availabilityZone: `${REGION}a`, instanceType: 'm5.large', privateIp: '10.0.3.3' });
+    imds = await startImds({ instanceId: 'i-0c0a500000000000b', region: REGION, availabilityZone: `${REGION}a`, instanceType: 'm5.large', privateIp: '10.0.3.3' });
     root = await makeTempRoot();
     fs.mkdirSync(root.at('/etc/zdt-agent'), { recursive: true });
     fs.writeFileSync(

@@ -19,7 +19,7 @@ import { REGION, makeBucket, makeKmsKey, testClients, writeFakePki } from '../su
 
 const BIN = path.resolve(import.meta.dirname, '../../dist/zdt-agent');
 const BUCKET = 'zdt-e2e';
-const INSTANCE = 'i-0e2e000000000001';
+const INSTANCE = 'i-0e2e0000000000001';
 
 let moto: Moto;
 let proxy: FidelityProxy;

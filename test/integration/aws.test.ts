@@ -17,6 +17,9 @@ let imdsServer: ImdsServer;
 beforeAll(async () => {
   process.env.AWS_ACCESS_KEY_ID = 'test';
   process.env.AWS_SECRET_ACCESS_KEY = 'test';
+  // The environment's region comes before IMDS (the SDKs' order): none here.
+  delete process.env.AWS_REGION;
+  delete process.env.AWS_DEFAULT_REGION;
   [moto, imdsServer] = await Promise.all([
     startMoto(),
     startImds({ instanceId: 'i-0123456789abcdef0', region: 'ap-southeast-2', availabilityZone: 'ap-southeast-2a', instanceType: 'm6i.large', privateIp: '10.0.0.1' }),
@@ -32,7 +35,7 @@ afterAll(async () => {
 const awsConfig = (extra: object) => awsSchema.parse({ maxAttempts: 3, ...extra });
 
 describe('AWS client factory', () => {
-  it('takes the region from IMDS when the config names none, and creates each client once', async () => {
+  it('takes the region from IMDS when neither the config nor the environment names one, and creates each client once', async () => {
     const imds = new Imds({ endpoint: imdsServer.endpoint, log: silentLogger });
     let lookups = 0;
     const aws = makeAws({

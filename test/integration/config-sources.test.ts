@@ -5,6 +5,7 @@ import { buildContext, instanceCacheFile } from '../../agent/context.js';
 import { ConfigInvalid } from '../../agent/config/load.js';
 import { readIdentity } from '../../agent/host/identity.js';
 import { startImds, type Imds, type ImdsConfig } from '../testbed/imds.js';
+import { startHttpTap } from '../testbed/http-tap.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
 
 /**
@@ -78,6 +79,40 @@ describe('config from the instance', () => {
     expect(err).toBeInstanceOf(ConfigInvalid);
     expect((err as ConfigInvalid).problems).toContainEqual(expect.objectContaining({ path: 'etcd', origin: 'user-data (zdt-agent part)' }));
     expect((err as ConfigInvalid).exitCode).toBe(2);
+  });
+
+  it('user-data cannot move IMDS: a config error, and the other endpoint is never asked', async () => {
+    let asked = 0;
+    const elsewhere = await startHttpTap('http://127.0.0.1:9', () => {
+      asked++;
+      return 404;
+    });
+    try {
+      const endpoint = await imdsWith({ userData: `#zdt-agent\naws: { imdsEndpoint: '${elsewhere.endpoint}', imdsTimeout: 1 }\n` });
+      writeEtc(`aws: { imdsEndpoint: '${endpoint}' }\ncluster: { name: prod }\nnode: { role: worker }\n`);
+      const err = await buildContext({ root: root.dir }, { instance: 'imds', console: null }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(ConfigInvalid);
+      expect((err as ConfigInvalid).oneLine()).toMatch(
+        new RegExp(`^ConfigUntrusted: aws\\.imdsEndpoint: user-data \\(zdt-agent part\\) may not set it: .*; set it in ${root.at('/etc/zdt-agent/config.yaml')} or with --config`),
+      );
+      // Commands that read the cached sources (terminate, ssh-keys) refuse them the same way.
+      const cached = await buildContext({ root: root.dir }, { instance: 'cached', console: null }).catch((e: unknown) => e);
+      expect((cached as ConfigInvalid).code).toBe('ConfigUntrusted');
+      expect(asked).toBe(0);
+    } finally {
+      await elsewhere.stop();
+    }
+  });
+
+  it('a zdt:ssh-iam-group tag counts only when the AMI file allows it', async () => {
+    const endpoint = await imdsWith({ tags: { 'zdt:ssh-iam-group': 'everyone' } });
+    const base = `aws: { imdsEndpoint: '${endpoint}' }\nnode: { role: bastion }\nssh: { iamGroup: admins }\n`;
+    writeEtc(base);
+    const err = await buildContext({ root: root.dir }, { instance: 'imds', console: null }).catch((e: unknown) => e);
+    expect((err as ConfigInvalid).oneLine()).toMatch(/^ConfigUntrusted: ssh\.iamGroup: instance tags \(zdt:ssh-iam-group\) may not set it: it decides who may log in; /);
+    writeEtc(`${base}trust: { tags: [ssh.iamGroup] }\n`);
+    const ctx = await buildContext({ root: root.dir }, { instance: 'imds', console: null });
+    expect(ctx.config.ssh?.iamGroup).toBe('everyone');
   });
 
   it('user-data that is a plain shell script is no source; the file alone decides', async () => {

@@ -1,10 +1,10 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Imds } from '../../agent/host/imds.js';
+import { IMDS_MAX_ANSWER_BYTES, Imds, ImdsAnswerInvalid } from '../../agent/host/imds.js';
 import { createLogger } from '../../agent/log/logger.js';
 import { startImds, type Imds as ImdsServer, type ImdsConfig } from '../testbed/imds.js';
 import { freePort } from '../testbed/ports.js';
-import { startHttpTap } from '../testbed/http-tap.js';
+import { startHttpTap, type TapAnswer } from '../testbed/http-tap.js';
 
 const log = createLogger({ console: null });
 
@@ -136,6 +136,60 @@ describe('the agent reads IMDS with IMDSv2 session tokens', () => {
 
     expect(id).toBe(identity.instanceId);
     expect(proxy.seen.tokenPuts).toBe(2);
+  });
+});
+
+describe('IMDS answers are bounded and checked', () => {
+  /** AEMM behind a tap that replaces the answer to `path` (AEMM cannot serve malformed bodies). */
+  async function imdsAnswering(path: string, answer: TapAnswer) {
+    const tap = await startHttpTap(full.endpoint, (req) => (req.url === `/${path}` ? answer : undefined));
+    stops.push(tap.stop);
+    return new Imds({ endpoint: tap.endpoint, log, requiredTimeoutMs: 60_000 });
+  }
+
+  it('an answer past the cap is cut off at once, naming the path and the cap, and not retried', async () => {
+    // Never ends: only the cap stops it (the request timeout is 2 s, the retry bound 60 s).
+    let sent = 0;
+    const imds = await imdsAnswering('latest/user-data', {
+      status: 200,
+      write: (res) => {
+        const chunk = Buffer.alloc(64 * 1024, 0x41);
+        const more = () => {
+          while (!res.destroyed && res.write(chunk)) sent += chunk.length;
+          if (!res.destroyed) res.once('drain', more);
+        };
+        more();
+      },
+    });
+    const started = Date.now();
+    const err = await imds.userData().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ImdsAnswerInvalid);
+    expect((err as ImdsAnswerInvalid).oneLine()).toMatch(
+      new RegExp(`^ImdsAnswerInvalid: IMDS GET latest/user-data answered more than ${IMDS_MAX_ANSWER_BYTES} bytes \\(the cap of an IMDS answer\\); check aws\\.imdsEndpoint`),
+    );
+    expect(Date.now() - started).toBeLessThan(20_000); // not the 60 s of retries
+    expect(sent).toBeLessThan(64 * 1024 * 1024);
+  });
+
+  it('a Content-Length past the cap is refused before the body is read', async () => {
+    const imds = await imdsAnswering('latest/dynamic/instance-identity/document', { status: 200, body: Buffer.alloc(IMDS_MAX_ANSWER_BYTES + 1, 0x20) });
+    await expect(imds.identityDocument()).rejects.toMatchObject({ code: 'ImdsAnswerInvalid' });
+  });
+
+  it.each([
+    ['null', 'the instance identity document is null, not a JSON object'],
+    ['[]', 'the instance identity document is a list, not a JSON object'],
+    ['"i-0123"', 'the instance identity document is "i-0123", not a JSON object'],
+    ['{', 'IMDS answered an instance identity document that is not JSON'],
+    [JSON.stringify({ ...identity, instanceId: 7 }), 'the instance identity document has no instanceId (got number)'],
+    [JSON.stringify({ ...identity, instanceId: 'i-0a1b2c3d4e5f67890\r\nX-Evil: 1' }), "the instance identity document's instanceId \"i-0a1b2c3d4e5f67890\\r\\nX-Evil: 1\" is not in AWS's format"],
+    [JSON.stringify({ ...identity, instanceId: '../../etc' }), "the instance identity document's instanceId \"../../etc\" is not in AWS's format"],
+    [JSON.stringify({ ...identity, region: 'eu-central-1/..' }), "the instance identity document's region \"eu-central-1/..\" is not in AWS's format"],
+    [JSON.stringify({ ...identity, availabilityZone: 'us-east-1a' }), "the instance identity document's availabilityZone \"us-east-1a\" is not in its region \"eu-central-1\""],
+    [JSON.stringify({ ...identity, privateIp: '10.0.0.300' }), "the instance identity document's privateIp \"10.0.0.300\" is not in AWS's format"],
+  ])('identity document %s: %s', async (body, message) => {
+    const imds = await imdsAnswering('latest/dynamic/instance-identity/document', { status: 200, body });
+    await expect(imds.identityDocument()).rejects.toMatchObject({ code: 'ImdsAnswerInvalid', message });
   });
 });
 

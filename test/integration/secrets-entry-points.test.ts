@@ -77,7 +77,7 @@ beforeAll(async () => {
   moto = await startMoto();
   proxy = await startFidelityProxy({ target: moto.endpoint });
   ({ kms } = testClients(proxy.endpoint));
-  imds = await startImds({ instanceId: 'i-0secret000000001', region: REGION, availabilityZone: `${REGION}a`, instanceType: 'm5.large', privateIp: '10.0.0.9' });
+  imds = await startImds({ instanceId: 'i-05ec0e00000000001', region: REGION, availabilityZone: `${REGION}a`, instanceType: 'm5.large', privateIp: '10.0.0.9' });
 });
 
 afterAll(async () => {

@@ -135,7 +135,7 @@ describe('a worker whose API server accepts connections and never answers', () =
   it('records the drain as a deadline, lists it as unfinished, and does not claim 0 pods left', async () => {
     const apiserver = await silentListener();
     try {
-      const imds = await imdsFor('i-0worker000000009', { lifecycle: 'Terminated' });
+      const imds = await imdsFor('i-0b0b0000000000009', { lifecycle: 'Terminated' });
       const root = await newRoot();
       const server = apiserver.endpoint.replace('http:', 'https:');
       fs.mkdirSync(root.at('/etc/kubernetes'), { recursive: true });
@@ -170,7 +170,7 @@ describe.skipIf(!available)('a worker is terminated by its Auto Scaling group', 
     await createPod(kube.admin, { namespace: 'app', name: 'shop-2', node: nodeName, owner: { kind: 'ReplicaSet', name: 'shop' } });
     await createPod(kube.admin, { namespace: 'app', name: 'logs-x', node: nodeName, owner: { kind: 'DaemonSet', name: 'logs' } });
 
-    const imds = await imdsFor('i-0worker000000001', { lifecycle: 'Terminated', asg: true });
+    const imds = await imdsFor('i-0b0b0000000000001', { lifecycle: 'Terminated', asg: true });
     const root = await newRoot();
     await kube.writeNodeKubeconfig(nodeName, root.at('/etc/kubernetes/kubelet.conf'));
     const envFile = root.at('/tmp/hook-env');
@@ -187,7 +187,7 @@ describe.skipIf(!available)('a worker is terminated by its Auto Scaling group', 
     const p = out.record.phases;
     expect(p.hooks).toMatchObject({ result: 'ok', detail: '10-env=ok 20-broken=failed 30-after=ok' });
     expect(p.hooks!.error).toMatch(/20-broken/);
-    expect(fs.readFileSync(envFile, 'utf8')).toBe('ZDT_CLUSTER=prod\nZDT_EVENT=terminate\nZDT_INSTANCE_ID=i-0worker000000001\nZDT_ROLE=worker\n');
+    expect(fs.readFileSync(envFile, 'utf8')).toBe('ZDT_CLUSTER=prod\nZDT_EVENT=terminate\nZDT_INSTANCE_ID=i-0b0b0000000000001\nZDT_ROLE=worker\n');
     expect(fs.existsSync(root.at('/tmp/after-broken'))).toBe(true);
     expect(p.drain).toMatchObject({ result: 'ok' });
     expect(p.drain!.detail).toMatch(/evicted 2; skipped 1 DaemonSet/);
@@ -195,10 +195,10 @@ describe.skipIf(!available)('a worker is terminated by its Auto Scaling group', 
     expect((await kube.admin.raw('GET', `/api/v1/nodes/${nodeName}`)).status).toBe(404);
     expect(p['etcd-backup']).toMatchObject({ result: 'skipped', detail: 'not a controller' });
     expect(p.lifecycle).toMatchObject({ result: 'ok' });
-    const completes = proxy.recorded('CompleteLifecycleAction').filter((c) => c.params.InstanceId === 'i-0worker000000001');
+    const completes = proxy.recorded('CompleteLifecycleAction').filter((c) => c.params.InstanceId === 'i-0b0b0000000000001');
     expect(completes).toHaveLength(1);
     expect(completes[0]!.params).toMatchObject({ AutoScalingGroupName: ASG, LifecycleHookName: HOOK, LifecycleActionResult: 'CONTINUE' });
-    expect(proxy.recorded('RecordLifecycleActionHeartbeat').filter((c) => c.params.InstanceId === 'i-0worker000000001').length).toBeGreaterThan(0);
+    expect(proxy.recorded('RecordLifecycleActionHeartbeat').filter((c) => c.params.InstanceId === 'i-0b0b0000000000001').length).toBeGreaterThan(0);
     expect(out.exitCode).toBe(0);
     expect(out.record.result).toBe('ok'); // the broken hook is reported (above, and in SNS), not fatal
 
@@ -219,7 +219,7 @@ describe.skipIf(!available)('a worker is terminated by its Auto Scaling group', 
     const nodeName = 'ip-10-0-1-6.eu-central-1.compute.internal';
     kubelets.push(await startFakeKubelet(kube, nodeName));
     await createPod(kube.admin, { namespace: 'app', name: 'cart-1', node: nodeName, owner: { kind: 'ReplicaSet', name: 'cart' } });
-    const imds = await imdsFor('i-0worker000000002', { asg: true });
+    const imds = await imdsFor('i-0b0b0000000000002', { asg: true });
     const root = await newRoot();
     await kube.writeNodeKubeconfig(nodeName, root.at('/etc/kubernetes/kubelet.conf'));
     const ctx = await contextFor(root.dir, workerConfig(imds));
@@ -230,15 +230,15 @@ describe.skipIf(!available)('a worker is terminated by its Auto Scaling group', 
     expect(out.record.phases.lifecycle?.result).toBe('skipped');
     const n = await kube.admin.call<{ spec: { unschedulable?: boolean } }>('GET', `/api/v1/nodes/${nodeName}`);
     expect(n.body.spec.unschedulable).toBe(true);
-    expect(proxy.recorded('CompleteLifecycleAction').filter((c) => c.params.InstanceId === 'i-0worker000000002')).toHaveLength(0);
+    expect(proxy.recorded('CompleteLifecycleAction').filter((c) => c.params.InstanceId === 'i-0b0b0000000000002')).toHaveLength(0);
   });
 
   it('a lifecycle action that is gone (the hook timed out) skips the lifecycle step and fails nothing', async () => {
     const nodeName = 'ip-10-0-1-8.eu-central-1.compute.internal';
-    const { imds, root } = await workerNode(nodeName, 'i-0worker000000004', { lifecycle: 'Terminated', asg: true });
+    const { imds, root } = await workerNode(nodeName, 'i-0b0b0000000000004', { lifecycle: 'Terminated', asg: true });
     await drainQueue();
     // What AWS answers to both calls once no lifecycle action holds the instance.
-    const noAction = { kind: 'error', status: 400, code: 'ValidationError', message: 'No active Lifecycle Action found with instance ID i-0worker000000004' } as const;
+    const noAction = { kind: 'error', status: 400, code: 'ValidationError', message: 'No active Lifecycle Action found with instance ID i-0b0b0000000000004' } as const;
     for (const action of ['RecordLifecycleActionHeartbeat', 'CompleteLifecycleAction']) proxy.inject({ action, ...noAction });
     try {
       const ctx = await contextFor(root.dir, workerConfig(imds));
@@ -279,14 +279,14 @@ describe('a single controller is terminated', () => {
   });
 
   it('uploads a verified emergency backup and names it in terminate.finished; etcd is not left', async () => {
-    const imds = await imdsFor('i-0ctl0000000000001');
+    const imds = await imdsFor('i-0c0c0000000000001');
     const root = await newRoot();
     writeFakePki(root.dir);
     await drainQueue();
     const ctx = await contextFor(root.dir, controllerConfig(imds));
     const out = await runTerminate({ ctx, budget: new Budget(40_000), flag: 'terminate', env: {} });
     expect(out.record.phases['etcd-backup']).toMatchObject({ result: 'ok' });
-    expect(out.backupKey).toMatch(/^etcd-backups\/solo\/emergency\/\d{8}T\d{6}Z-i-0ctl0000000000001\.tar$/);
+    expect(out.backupKey).toMatch(/^etcd-backups\/solo\/emergency\/\d{8}T\d{6}Z-i-0c0c0000000000001\.tar$/);
     const head = await s3.send(new HeadObjectCommand({ Bucket: BUCKET, Key: out.backupKey!, ChecksumMode: 'ENABLED' }));
     expect(head.ServerSideEncryption).toBe('aws:kms');
     expect(out.record.phases['etcd-leave']).toMatchObject({ result: 'skipped', detail: 'etcd has a single member: it was backed up instead' });
@@ -296,7 +296,7 @@ describe('a single controller is terminated', () => {
   });
 
   it('S3 hanging: the run still ends inside its budget and records the unfinished backup in state and SNS', async () => {
-    const imds = await imdsFor('i-0ctl0000000000002');
+    const imds = await imdsFor('i-0c0c0000000000002');
     const root = await newRoot();
     writeFakePki(root.dir);
     await drainQueue();
@@ -324,7 +324,7 @@ describe('a single controller is terminated', () => {
   });
 
   it('etcd hanging (SIGSTOP): the backup step ends at its deadline and the run inside its budget', async () => {
-    const imds = await imdsFor('i-0ctl0000000000003');
+    const imds = await imdsFor('i-0c0c0000000000003');
     const root = await newRoot();
     writeFakePki(root.dir);
     sigstop(etcd.pid);
@@ -344,7 +344,7 @@ describe('a single controller is terminated', () => {
 describe.skipIf(!available)('the API server hangs', () => {
   it('the drain ends at its deadline, the lifecycle hook is still completed, and the run ends inside its budget', async () => {
     const nodeName = 'ip-10-0-1-7.eu-central-1.compute.internal';
-    const { imds, root } = await workerNode(nodeName, 'i-0worker000000003', { lifecycle: 'Terminated', asg: true });
+    const { imds, root } = await workerNode(nodeName, 'i-0b0b0000000000003', { lifecycle: 'Terminated', asg: true });
     const pid = kube.apiserverPid()!;
     sigstop(pid);
     try {
@@ -356,7 +356,7 @@ describe.skipIf(!available)('the API server hangs', () => {
       expect(out.record.phases.drain?.result).toBe('deadline');
       expect(['deadline', 'failed']).toContain(out.record.phases['self-delete']?.result);
       expect(out.record.phases.lifecycle?.result).toBe('ok');
-      expect(proxy.recorded('CompleteLifecycleAction').filter((c) => c.params.InstanceId === 'i-0worker000000003')).toHaveLength(1);
+      expect(proxy.recorded('CompleteLifecycleAction').filter((c) => c.params.InstanceId === 'i-0b0b0000000000003')).toHaveLength(1);
       expect(out.unfinished).toContain('drain');
     } finally {
       sigcont(pid);

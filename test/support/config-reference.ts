@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { configSchema } from '../../agent/config/schema.js';
 import { TAG_KEYS } from '../../agent/config/load.js';
+import { TRUST } from '../../agent/config/trust.js';
 
 /** Renders the key table of docs/config.md from the schema (the test keeps them equal). */
 
@@ -33,20 +34,29 @@ function fmtDefault(v: unknown): string {
   return `\`${JSON.stringify(v)}\``;
 }
 
+/** Who may set a key (agent/config/trust.ts): the "set by" column. */
+function setBy(key: string): string {
+  const t = TRUST[key];
+  if (!t) return '(unclassified)';
+  if (t.level === 'open') return 'any source';
+  if (t.level === 'fixed') return 'local files only';
+  return `local files (${t.reason})`;
+}
+
 export function renderConfigReference(): string {
   const root = z.toJSONSchema(configSchema, { io: 'input', unrepresentable: 'any' }) as JsonSchema;
-  const rows: string[] = ['| key | type | default | meaning |', '|---|---|---|---|'];
+  const rows: string[] = ['| key | type | default | set by | meaning |', '|---|---|---|---|---|'];
   const walk = (s: JsonSchema, prefix: string, required: boolean) => {
     const isSection = s.type === 'object' && s.properties;
     if (isSection && s.properties) {
-      rows.push(`| **\`${prefix}\`** | section${required ? ' (required)' : ''} | | ${s.description ?? ''} |`);
+      rows.push(`| **\`${prefix}\`** | section${required ? ' (required)' : ''} | | | ${s.description ?? ''} |`);
       for (const [k, v] of Object.entries(s.properties)) walk(v, `${prefix}.${k}`, (s.required ?? []).includes(k) && v.default === undefined);
       return;
     }
     const meaning = [s.description, s.pattern && !s.enum ? `pattern \`${s.pattern.replace(/\|/g, '\\|')}\`` : undefined].filter(Boolean).join('; ');
-    rows.push(`| \`${prefix}\` | ${typeOf(s)}${required ? ' (required)' : ''} | ${fmtDefault(s.default)} | ${meaning} |`);
+    rows.push(`| \`${prefix}\` | ${typeOf(s)}${required ? ' (required)' : ''} | ${fmtDefault(s.default)} | ${setBy(prefix)} | ${meaning} |`);
   };
   for (const [k, v] of Object.entries(root.properties ?? {})) walk(v, k, (root.required ?? []).includes(k));
-  const tags = ['| tag | sets |', '|---|---|', ...Object.entries(TAG_KEYS).map(([t, p]) => `| \`${t}\` | \`${p.join('.')}\` |`)];
+  const tags = ['| tag | sets | by default |', '|---|---|---|', ...Object.entries(TAG_KEYS).map(([t, p]) => `| \`${t}\` | \`${p.join('.')}\` | ${TRUST[p.join('.')]?.level === 'open' ? 'yes' : 'only when trust.tags lists it'} |`)];
   return `<!-- generated from agent/config/schema.ts by test/unit/config-docs.test.ts (UPDATE_DOCS=1 make test-unit) -->\n\n### Keys\n\n${rows.join('\n')}\n\n### Instance tags\n\n${tags.join('\n')}\n`;
 }

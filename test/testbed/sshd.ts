@@ -53,7 +53,7 @@ export function writeKeyCommand(file: string, o: { binary: string; args?: string
   const binary = path.join(path.dirname(file), 'zdt-agent');
   fs.copyFileSync(o.binary, binary);
   fs.chmodSync(binary, 0o755);
-  fs.writeFileSync(file, `#!/bin/sh\nexec env -i ${env.join(' ')} ${q(binary)} ssh-keys ${(o.args ?? []).map(q).join(' ')} "$@"\n`, { mode: 0o755 });
+  fs.writeFileSync(file, `#!/bin/sh\nexec env -i ${env.join(' ')} ${q(binary)} ${(o.args ?? []).map(q).join(' ')} ssh-keys "$@"\n`, { mode: 0o755 });
   fs.chmodSync(file, 0o755);
 }
 

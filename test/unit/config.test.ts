@@ -45,6 +45,8 @@ node: { labels: { zone: y } }
 
   it('only the documented zdt: tags configure the agent', () => {
     expect(tagsLayer({ Name: 'x', 'zdt:unknown': 'y' })).toBeUndefined();
+    // Tag keys named like Object's own properties are tags like any other (anyone may write them).
+    expect(tagsLayer({ constructor: 'x', toString: 'y', __proto__: 'z' } as Record<string, string>)).toBeUndefined();
     expect(tagsLayer({ 'zdt:cluster': 'c1' })?.data).toEqual({ cluster: { name: 'c1' } });
   });
 
@@ -52,6 +54,30 @@ node: { labels: { zone: y } }
     const a = yaml('a', `cluster: {name: p}\nnode: { role: worker, taints: [{key: a, effect: NoSchedule}] }`);
     const b = yaml('b', `node: { taints: [{key: b, effect: NoExecute}] }`);
     expect(resolveConfig([a, b]).node.taints).toEqual([{ key: 'b', effect: 'NoExecute' }]);
+  });
+});
+
+describe("keys named like Object's own properties", () => {
+  it('are unknown keys with the usual hint', () => {
+    const problems = problemsOf([yaml('/etc/zdt-agent/config.yaml', 'cluster: { name: p }\nconstructor: 1\ntoString: 2\n')]);
+    expect(problems.map((p) => [p.path, p.hint])).toEqual([
+      ['constructor', 'remove it or check its spelling; the keys of the top level are listed in docs/config.md'],
+      ['toString', 'remove it or check its spelling; the keys of the top level are listed in docs/config.md'],
+    ]);
+  });
+});
+
+describe('a __proto__ key', () => {
+  it.each(['__proto__: { polluted: yes }\n', 'node: { role: worker, labels: { __proto__: { polluted: yes } } }\n'])('is refused, and pollutes nothing: %j', (text) => {
+    let err: unknown;
+    try {
+      resolveConfig([yaml('/etc/zdt-agent/config.yaml', 'cluster: { name: p }\n'), yaml('user-data', text, 'user-data')]);
+    } catch (e) {
+      err = e;
+    }
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as ConfigError).oneLine()).toMatch(/^ConfigSyntax: user-data: the key (node\.labels\.)?__proto__ is not allowed; /);
   });
 });
 

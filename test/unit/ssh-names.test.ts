@@ -63,10 +63,10 @@ describe('login names refused before any lookup', () => {
   });
 });
 
-describe('ssh-keys argv (parsed without yargs on the hot path)', () => {
-  it('reads USER and FINGERPRINT as strings, with the global options anywhere', () => {
-    expect(parseSshKeysArgv(['0123', 'SHA256:x'])).toMatchObject({ user: '0123', fingerprint: 'SHA256:x' });
-    expect(parseSshKeysArgv(['--root', '/r', 'alice', '--config=/c.yaml', '--log-level', 'debug'])).toMatchObject({
+describe('ssh-keys argv (parsed without yargs, on the hot path and the cold one)', () => {
+  it('reads the global options before ssh-keys, then USER and FINGERPRINT as strings', () => {
+    expect(parseSshKeysArgv(['ssh-keys', '0123', 'SHA256:x'])).toEqual({ user: '0123', fingerprint: 'SHA256:x' });
+    expect(parseSshKeysArgv(['--root', '/r', '--config=/c.yaml', '--log-level', 'debug', 'ssh-keys', 'alice'])).toMatchObject({
       user: 'alice',
       root: '/r',
       config: '/c.yaml',
@@ -74,9 +74,34 @@ describe('ssh-keys argv (parsed without yargs on the hot path)', () => {
     });
   });
 
-  it('leaves everything else to the CLI (help, unknown options, wrong arity)', () => {
-    for (const argv of [[], ['--help'], ['a', 'b', 'c'], ['--bogus', 'a'], ['--root'], ['--log-level', 'loud', 'a'], ['--', '-x'], ['-x']]) {
-      expect(parseSshKeysArgv(argv)).toBeUndefined();
+  // sshd's %u and %f are whatever the client typed: they are never options.
+  const data: Array<[string, string[]]> = [
+    ['--help', ['--help']],
+    ['-x', ['-x', 'SHA256:x']],
+    ['--config=FILE', ['--config=/tmp/evil.yaml', '--root=/tmp']],
+    ['--', ['--', '-x']],
+    ['empty', ['', '']],
+    ['ssh-keys again', ['ssh-keys', 'ssh-keys']],
+    ['control characters', ['a\nb\r', '\x1b[2J']],
+    ['very long', ['a'.repeat(100_000)]],
+  ];
+  it.each(data)('%s after ssh-keys is the user and fingerprint', (_, rest) => {
+    const parsed = parseSshKeysArgv(['ssh-keys', ...rest]);
+    expect(parsed).toEqual({ user: rest[0], fingerprint: rest[1] });
+  });
+
+  it('a wrong number of arguments after ssh-keys, or a bad option before it, is a usage error', () => {
+    for (const argv of [['ssh-keys'], ['ssh-keys', 'a', 'b', 'c'], ['ssh-keys', '--root', '/r', 'alice'], ['--log-level', 'loud', 'ssh-keys', 'a']]) {
+      expect(parseSshKeysArgv(argv), JSON.stringify(argv)).toHaveProperty('usage');
     }
+  });
+
+  it('leaves other command lines to the CLI', () => {
+    for (const argv of [[], ['--help'], ['boot', 'ssh-keys'], ['--bogus', 'ssh-keys', 'a'], ['-x', 'ssh-keys', 'a'], ['--', 'ssh-keys', 'a'], ['--root', 'ssh-keys', 'a']]) {
+      expect(parseSshKeysArgv(argv), JSON.stringify(argv)).toBeUndefined();
+    }
+    // An option's value is a value, even when it reads ssh-keys.
+    expect(parseSshKeysArgv(['--config', 'ssh-keys', 'config', 'validate'])).toBeUndefined();
+    expect(parseSshKeysArgv(['--config', 'ssh-keys', 'ssh-keys', 'alice'])).toEqual({ user: 'alice', config: 'ssh-keys' });
   });
 });

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { terminateProblem } from '../../agent/commands/terminate.js';
 import { configSchema, type ConfigInput } from '../../agent/config/schema.js';
 import type { Identity } from '../../agent/host/identity.js';
 import { Budget, withinWindow } from '../../agent/terminate/budget.js';
@@ -68,5 +69,21 @@ describe('the time budget', () => {
     expect(ok).toEqual({ timedOut: false, value: 42 });
     await expect(withinWindow(b.window(1000), async () => Promise.reject(new Error('boom')))).rejects.toThrow('boom');
     b.dispose();
+  });
+});
+
+describe('the one line of a terminate that did not end ok', () => {
+  const phase = (result: 'ok' | 'failed', error?: string) => ({ result, startedAt: '2030-01-01T00:00:00Z', durationMs: 1, ...(error ? { error } : {}) });
+
+  it('names what the budget cut off, or the first step that failed (not notify or hooks), and the log', () => {
+    const log = '/r/var/log/zdt-agent.log';
+    expect(terminateProblem({ exitCode: 0, unfinished: [], record: { startedAt: '', phases: {} } }, log)).toBeUndefined();
+    expect(terminateProblem({ exitCode: 3, unfinished: ['drain', 'etcd-backup'], record: { startedAt: '', phases: {} } }, log)).toBe(
+      'TerminateDeadline: the budget ran out before drain, etcd-backup finished; see /r/var/log/zdt-agent.log',
+    );
+    const phases = { hooks: phase('failed', 'HookFailed: 20-x exit 1'), drain: phase('ok'), 'lifecycle-hook': phase('failed', 'AwsUnavailable: no') };
+    expect(terminateProblem({ exitCode: 1, unfinished: [], record: { startedAt: '', phases } }, log)).toBe(
+      'TerminateFailed: lifecycle-hook failed: AwsUnavailable: no; see /r/var/log/zdt-agent.log',
+    );
   });
 });
