@@ -72,7 +72,7 @@ const cpuTicks = (pid) => {
   return Number(f[11]) + Number(f[12]); // utime, stime (fields 14 and 15)
 };
 const statusKb = (pid, key) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
-const identity = (n) => ({ instanceId: `i-0bench00000000${String(n).padStart(3, '0')}`, region: REGION, availabilityZone: `${REGION}a`, instanceType: 'm7i.large', privateIp: `10.0.9.${n}`, tags: { Name: `bench-${n}` } });
+const identity = (n) => ({ instanceId: `i-0be0c000000000${String(n).padStart(3, '0')}`, region: REGION, availabilityZone: `${REGION}a`, instanceType: 'm7i.large', privateIp: `10.0.9.${n}`, tags: { Name: `bench-${n}` } });
 
 const cleanup = [];
 const kube = await startKube();

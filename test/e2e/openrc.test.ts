@@ -28,7 +28,7 @@ const OPENRC = path.resolve(import.meta.dirname, '../../openrc');
 const ready = openrcAvailable() && fs.existsSync(BIN) && (await kubeApiserverAvailable());
 const ASG = 'openrc-asg';
 const HOOK = 'drain-before-terminate';
-const INSTANCE = 'i-0openrc000000001';
+const INSTANCE = 'i-0abcdef0000000001';
 const NODE = 'ip-10-0-4-1.eu-central-1.compute.internal';
 const EVENT_ID = 'asg:Terminated:boot'; // no /proc/sys/kernel/random/boot_id under the test root
 

@@ -157,7 +157,7 @@ describe.skipIf(!available)('the watcher acts on interruption notices before the
     const name = 'ip-10-0-3-1.eu-central-1.compute.internal';
     const root = await worker(name);
     // InService first, Terminated a few seconds after the mock started (--asg-termination-delay-sec).
-    const imds = await imdsFor('i-0watch0000000001', '10.0.3.1', { targetLifecycleState: { terminatedAfterS: 3 } });
+    const imds = await imdsFor('i-0abcdef0000000001', '10.0.3.1', { targetLifecycleState: { terminatedAfterS: 3 } });
     const ctx = await contextFor(root.dir, config(imds.endpoint));
     await drainQueue();
     const w = startWatcher(ctx);
@@ -169,8 +169,8 @@ describe.skipIf(!available)('the watcher acts on interruption notices before the
       await w.stop();
     }
     expect((await nodeOf(name)).status).toBe(404);
-    expect(completions('i-0watch0000000001')).toHaveLength(1);
-    expect(completions('i-0watch0000000001')[0]!.params).toMatchObject({ AutoScalingGroupName: ASG, LifecycleHookName: HOOK, LifecycleActionResult: 'CONTINUE' });
+    expect(completions('i-0abcdef0000000001')).toHaveLength(1);
+    expect(completions('i-0abcdef0000000001')[0]!.params).toMatchObject({ AutoScalingGroupName: ASG, LifecycleHookName: HOOK, LifecycleActionResult: 'CONTINUE' });
     const messages = await drainQueue();
     expect(messages.map((m) => m.event)).toEqual(['interruption.noticed', 'terminate.started', 'terminate.finished']);
     expect(messages[0]!.details).toMatchObject({ kind: 'asgTerminate', action: 'retire', eventId: 'asg:Terminated:boot' });
@@ -186,7 +186,7 @@ describe.skipIf(!available)('the watcher acts on interruption notices before the
       expect(out.record.phases[step]!.detail, step).toMatch(/^done earlier by the watcher's run for asg:Terminated:boot/);
     }
     expect(out.record.phases['lifecycle-hook']).toBeUndefined(); // no second lookup, no heartbeats
-    expect(completions('i-0watch0000000001')).toHaveLength(1);
+    expect(completions('i-0abcdef0000000001')).toHaveLength(1);
     expect(out.exitCode).toBe(0);
     const again = await drainQueue();
     expect(again.map((m) => m.event)).toEqual(['terminate.started', 'terminate.finished']);
@@ -197,7 +197,7 @@ describe.skipIf(!available)('the watcher acts on interruption notices before the
   it('a spot terminate notice seen on 100 consecutive polls is acted on once, with one IMDSv2 token', async () => {
     const name = 'ip-10-0-3-2.eu-central-1.compute.internal';
     const root = await worker(name);
-    const imds = await imdsFor('i-0watch0000000002', '10.0.3.2', { spotInstanceAction: { action: 'terminate', time: SPOT_TIME } });
+    const imds = await imdsFor('i-0abcdef0000000002', '10.0.3.2', { spotInstanceAction: { action: 'terminate', time: SPOT_TIME } });
     const requests: string[] = [];
     const tap: HttpTap = await startHttpTap(imds.endpoint, (req) => void requests.push(`${req.method} ${req.url}`));
     servers.push(tap);
@@ -226,7 +226,7 @@ describe.skipIf(!available)('the watcher acts on interruption notices before the
   it('a spot stop notice retires as a stop: drained and cordoned, the Node object kept', async () => {
     const name = 'ip-10-0-3-3.eu-central-1.compute.internal';
     const root = await worker(name);
-    const imds = await imdsFor('i-0watch0000000003', '10.0.3.3', { spotInstanceAction: { action: 'stop', time: SPOT_TIME } });
+    const imds = await imdsFor('i-0abcdef0000000003', '10.0.3.3', { spotInstanceAction: { action: 'stop', time: SPOT_TIME } });
     const ctx = await contextFor(root.dir, config(imds.endpoint));
     const w = startWatcher(ctx);
     try {
@@ -243,7 +243,7 @@ describe.skipIf(!available)('the watcher acts on interruption notices before the
   it('a scheduled instance-stop retires as a stop', async () => {
     const name = 'ip-10-0-3-4.eu-central-1.compute.internal';
     const root = await worker(name);
-    const imds = await imdsFor('i-0watch0000000004', '10.0.3.4', { scheduledEvent: { code: 'instance-stop', state: 'active' } });
+    const imds = await imdsFor('i-0abcdef0000000004', '10.0.3.4', { scheduledEvent: { code: 'instance-stop', state: 'active' } });
     const ctx = await contextFor(root.dir, config(imds.endpoint));
     const w = startWatcher(ctx);
     try {
@@ -258,7 +258,7 @@ describe.skipIf(!available)('the watcher acts on interruption notices before the
   it('a scheduled reboot cordons without draining; the canceled event uncordons', async () => {
     const name = 'ip-10-0-3-5.eu-central-1.compute.internal';
     const root = await worker(name);
-    const imds = await imdsFor('i-0watch0000000005', '10.0.3.5', { scheduledEvent: { code: 'system-reboot', state: 'active' } });
+    const imds = await imdsFor('i-0abcdef0000000005', '10.0.3.5', { scheduledEvent: { code: 'system-reboot', state: 'active' } });
     const port = Number(new URL(imds.endpoint).port);
     const ctx = await contextFor(root.dir, config(imds.endpoint));
     await drainQueue();
@@ -269,7 +269,7 @@ describe.skipIf(!available)('the watcher acts on interruption notices before the
       expect(await pods(name)).toHaveLength(2); // a cordon drains nothing
       // EC2 cancels the event: AEMM restarted on the same port serves it as canceled.
       await imds.stop();
-      servers.push(await imdsFor('i-0watch0000000005', '10.0.3.5', { scheduledEvent: { code: 'system-reboot', state: 'canceled' }, port }));
+      servers.push(await imdsFor('i-0abcdef0000000005', '10.0.3.5', { scheduledEvent: { code: 'system-reboot', state: 'canceled' }, port }));
       await until('the cordon to be undone', () => watched(root, `scheduled:${SCHEDULED_ID}`)?.undoneAt);
     } finally {
       await w.stop();
@@ -284,7 +284,7 @@ describe.skipIf(!available)('the watcher acts on interruption notices before the
     const name = 'ip-10-0-3-6.eu-central-1.compute.internal';
     const root = await worker(name, false);
     // AEMM answers the request time as noticeTime unless pinned; EC2's stays fixed.
-    const imds = await imdsFor('i-0watch0000000006', '10.0.3.6', { rebalance: { noticeTime: '2030-01-01T00:00:00Z' } });
+    const imds = await imdsFor('i-0abcdef0000000006', '10.0.3.6', { rebalance: { noticeTime: '2030-01-01T00:00:00Z' } });
     const id = 'rebalance:2030-01-01T00:00:00Z';
     await drainQueue();
     const logOnly = startWatcher(await contextFor(root.dir, config(imds.endpoint)), 10);
@@ -306,7 +306,7 @@ describe.skipIf(!available)('the watcher acts on interruption notices before the
   it('IMDS down for a while, then back: the watcher backs off, records the outage, and acts on the notice it then finds', async () => {
     const name = 'ip-10-0-3-8.eu-central-1.compute.internal';
     const root = await worker(name, false);
-    const imds = await imdsFor('i-0watch0000000008', '10.0.3.8');
+    const imds = await imdsFor('i-0abcdef0000000008', '10.0.3.8');
     const port = Number(new URL(imds.endpoint).port);
     const ctx = await contextFor(root.dir, config(imds.endpoint, { backoffMax: 0.3 }));
     const w = startWatcher(ctx);
@@ -317,7 +317,7 @@ describe.skipIf(!available)('the watcher acts on interruption notices before the
       // Capped backoff: with a 0.3 s cap the watcher keeps trying several times a second.
       const failedBefore = w.polls.filter((ok) => !ok).length;
       await until('several more failed polls', () => w.polls.filter((ok) => !ok).length >= failedBefore + 5 || undefined);
-      servers.push(await imdsFor('i-0watch0000000008', '10.0.3.8', { spotInstanceAction: { action: 'stop', time: SPOT_TIME }, port }));
+      servers.push(await imdsFor('i-0abcdef0000000008', '10.0.3.8', { spotInstanceAction: { action: 'stop', time: SPOT_TIME }, port }));
       expect(await finished(root, `spot:stop:${SPOT_TIME}`)).toMatchObject({ result: 'ok' });
       await until('the outage to be cleared', () => (readState(ctx.paths.stateFile, 'x').watch?.imdsDownSince === undefined ? true : undefined));
     } finally {
