@@ -4,6 +4,7 @@ import { makePaths, type Paths } from '../host/paths.js';
 import { LOG_FORMATS, LOG_LEVELS, createLogger, type Level, type Logger, type LogFormat } from '../log/logger.js';
 import { answerFrom, checkLogin, type Answer, type Request } from './answer.js';
 import { audit } from './audit.js';
+import { countAnswer } from './metrics.js';
 import { cacheFile, freshness, readCache, snapshotMatches, type CacheRead } from './cache.js';
 import type { SshSettings } from './settings.js';
 
@@ -101,10 +102,18 @@ export const writeStdout: Output = (text) => {
   }
 };
 
-/** Print the key lines (stdout carries nothing else) and write the audit line. */
-export function respond(paths: Paths, log: Logger, a: Answer, out: Output = writeStdout): void {
+/** What the metrics of an answer need: the settings (metrics.textfileDir) and the cache's age. */
+export interface AnswerSource {
+  settings?: SshSettings | undefined;
+  /** GroupSnapshot.fetchedAt of the snapshot the answer came from. */
+  cacheFetchedAt?: number | undefined;
+}
+
+/** Print the key lines (stdout carries nothing else), then write the audit line and count the answer. */
+export function respond(paths: Paths, log: Logger, a: Answer, out: Output = writeStdout, from: AnswerSource = {}): void {
   if (a.lines.length > 0) out(`${a.lines.join('\n')}\n`);
   audit(paths, log, a.record);
+  countAnswer(from.settings?.metrics?.textfileDir, { record: a.record, cacheFetchedAt: from.cacheFetchedAt }, log);
 }
 
 /** Exit code when answered from what is on disk; undefined when it takes the full lookup. */
@@ -114,7 +123,10 @@ export async function answerFromCache(args: SshKeysArgs, o: { now?: number; out?
   // A bad name is refused before anything is read.
   const early = checkLogin(req, undefined, paths);
   if (early) {
-    respond(paths, sshKeysLogger(paths, args, undefined), { lines: [], record: early }, o.out);
+    // Answered before anything is read; the cache is read after, only to count the answer.
+    const log = sshKeysLogger(paths, args, undefined);
+    respond(paths, log, { lines: [], record: early }, o.out);
+    countAnswer(cachedSettings(readCache(cacheFile(paths)), args)?.metrics?.textfileDir, { record: early }, log);
     return 0;
   }
   const read = readCache(cacheFile(paths));
@@ -126,6 +138,6 @@ export async function answerFromCache(args: SshKeysArgs, o: { now?: number; out?
   if (refusal) answer = { lines: [], record: refusal };
   else if (snapshotMatches(snapshot, settings) && freshness(snapshot, settings, o.now ?? Date.now()) === 'fresh') answer = answerFrom(snapshot, settings, req, 'cache');
   else return undefined;
-  respond(paths, sshKeysLogger(paths, args, settings), answer, o.out);
+  respond(paths, sshKeysLogger(paths, args, settings), answer, o.out, { settings, cacheFetchedAt: snapshot.fetchedAt });
   return 0;
 }
