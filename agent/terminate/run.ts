@@ -141,8 +141,9 @@ export async function runTerminate(o: { ctx: CommandContext; budget: Budget; fla
   const notifyStarted = applies('notify')
     ? publishEvent(
         ctx.aws,
-        config.notify.snsTopicArn,
+        config.notify,
         buildEvent({ event: 'terminate.started', config, identity, phases: {}, details: { event, eventSource: classification.source, budgetS: t.budget } }),
+        identity,
         log,
         Math.min(NOTIFY_MAX_MS, budget.remainingMs()),
       )
@@ -324,7 +325,7 @@ export async function runTerminate(o: { ctx: CommandContext; budget: Budget; fla
       },
     });
     await step('notify', budget.window(NOTIFY_MAX_MS, 200), async () => {
-      const sent = await publishEvent(ctx.aws, config.notify.snsTopicArn, message, log, Math.max(200, budget.remainingMs() - 200));
+      const sent = await publishEvent(ctx.aws, config.notify, message, identity, log, Math.max(200, budget.remainingMs() - 200));
       return sent ? { result: 'ok', detail: 'terminate.finished sent' } : { result: 'failed', error: 'terminate.finished could not be sent (see the log)' };
     });
   }
