@@ -1,4 +1,4 @@
-import { METRIC_PREFIX, recordMetrics, type MetricFamily } from '../log/metrics.js';
+import { METRIC_PREFIX, recordMetrics, textfileDirOf, type MetricFamily } from '../log/metrics.js';
 import type { BackupResult } from './backup.js';
 import type { BackupKind } from './manifest.js';
 import type { EtcdContext } from './restore.js';
@@ -32,5 +32,5 @@ export function backupFamilies(kind: BackupKind, a: BackupAttempt): MetricFamily
 }
 
 export function recordBackupMetrics(ctx: EtcdContext, kind: BackupKind, a: BackupAttempt): void {
-  recordMetrics(ctx.config.metrics.textfileDir, 'etcd-backup', backupFamilies(kind, a), ctx.log, { keep: true, increments: true });
+  recordMetrics(textfileDirOf(ctx.paths, ctx.config.metrics), 'etcd-backup', backupFamilies(kind, a), ctx.log, { keep: true, increments: true });
 }

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { writeFileAtomic } from '../host/atomic.js';
+import type { Paths } from '../host/paths.js';
 import type { Logger } from './logger.js';
 import type { RunRecord } from './state.js';
 
@@ -36,6 +37,11 @@ export interface MetricFamily {
 }
 
 export const METRIC_PREFIX = 'zdt_agent_';
+
+/** `metrics.textfileDir` on this node (under --root, like every other configured path), or undefined: off. */
+export function textfileDirOf(paths: Paths, metrics: { textfileDir?: string | undefined } | undefined): string | undefined {
+  return metrics?.textfileDir ? paths.at(metrics.textfileDir) : undefined;
+}
 
 export function metricsFile(dir: string, command: string): string {
   return path.join(dir, `${METRIC_PREFIX}${command.replace(/[^a-zA-Z0-9_]/g, '_')}.prom`);

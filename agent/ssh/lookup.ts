@@ -7,6 +7,7 @@ import { silentLogger, type Logger } from '../log/logger.js';
 import { answerFrom, checkLogin, type Answer, type Request } from './answer.js';
 import { audit, type AuditRecord } from './audit.js';
 import { cacheFile, freshness, readCache, snapshotMatches, writeCache, type GroupSnapshot } from './cache.js';
+import { textfileDirOf } from '../log/metrics.js';
 import { countAnswer } from './metrics.js';
 import { membersByLogin } from './names.js';
 import { readGroup } from './read.js';
@@ -55,7 +56,7 @@ export async function runSshKeysLookup(args: SshKeysArgs, out: Output = writeStd
   };
   const auditFailure = (record: AuditRecord): void => {
     audit(paths, log, record);
-    countAnswer(settings?.metrics?.textfileDir, { record }, log);
+    countAnswer(textfileDirOf(paths, settings?.metrics), { record }, log);
   };
 
   const flow = async (): Promise<number> => {

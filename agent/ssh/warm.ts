@@ -4,6 +4,7 @@ import { makePaths, type Paths } from '../host/paths.js';
 import { LOG_FORMATS, LOG_LEVELS, createLogger, type Level, type Logger, type LogFormat } from '../log/logger.js';
 import { answerFrom, checkLogin, type Answer, type Request } from './answer.js';
 import { audit } from './audit.js';
+import { textfileDirOf } from '../log/metrics.js';
 import { countAnswer } from './metrics.js';
 import { cacheFile, freshness, readCache, snapshotMatches, type CacheRead } from './cache.js';
 import type { SshSettings } from './settings.js';
@@ -113,7 +114,7 @@ export interface AnswerSource {
 export function respond(paths: Paths, log: Logger, a: Answer, out: Output = writeStdout, from: AnswerSource = {}): void {
   if (a.lines.length > 0) out(`${a.lines.join('\n')}\n`);
   audit(paths, log, a.record);
-  countAnswer(from.settings?.metrics?.textfileDir, { record: a.record, cacheFetchedAt: from.cacheFetchedAt }, log);
+  countAnswer(textfileDirOf(paths, from.settings?.metrics), { record: a.record, cacheFetchedAt: from.cacheFetchedAt }, log);
 }
 
 /** Exit code when answered from what is on disk; undefined when it takes the full lookup. */
@@ -126,7 +127,7 @@ export async function answerFromCache(args: SshKeysArgs, o: { now?: number; out?
     // Answered before anything is read; the cache is read after, only to count the answer.
     const log = sshKeysLogger(paths, args, undefined);
     respond(paths, log, { lines: [], record: early }, o.out);
-    countAnswer(cachedSettings(readCache(cacheFile(paths)), args)?.metrics?.textfileDir, { record: early }, log);
+    countAnswer(textfileDirOf(paths, cachedSettings(readCache(cacheFile(paths)), args)?.metrics), { record: early }, log);
     return 0;
   }
   const read = readCache(cacheFile(paths));

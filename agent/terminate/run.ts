@@ -7,7 +7,7 @@ import { Imds } from '../host/imds.js';
 import { KubeClient, loadKubeconfig } from '../host/kube.js';
 import { readState, writeState, type AgentState, type PhaseRecord, type PhaseResult, type RunRecord } from '../log/state.js';
 import { buildEvent, publishEvent } from '../notify/events.js';
-import { recordMetrics, runFamilies } from '../log/metrics.js';
+import { recordMetrics, runFamilies, textfileDirOf } from '../log/metrics.js';
 import { takeBackup } from '../etcd/backup.js';
 import { EtcdGateway, localEtcdEndpoint } from '../etcd/gateway.js';
 import { leaveEtcd } from '../etcd/leave.js';
@@ -330,7 +330,7 @@ export async function runTerminate(o: { ctx: CommandContext; budget: Budget; fla
     });
   }
   save();
-  recordMetrics(config.metrics.textfileDir, 'terminate', runFamilies('terminate', record, { event }), log);
+  recordMetrics(textfileDirOf(paths, config.metrics), 'terminate', runFamilies('terminate', record, { event }), log);
   log.info(`terminate ${record.result}`, { event, ms: budget.elapsedMs(), unfinished: unfinished.join(',') || undefined });
 
   return {

@@ -212,8 +212,9 @@ describe('ssh-keys per-user against IAM', () => {
 
 describe('ssh-keys metrics', () => {
   it('every answer is counted by result and source in metrics.textfileDir, with the age of the cache it came from', async () => {
+    // Under --root, like every configured path.
     const dir = root.at('/var/lib/prometheus/node-exporter');
-    configure({}, {}, { metrics: { textfileDir: dir } });
+    configure({}, {}, { metrics: { textfileDir: '/var/lib/prometheus/node-exporter' } });
     expect(await keysFor('alice')).toBe(0); // IAM; root writes the cache with the settings
     expect(await answerFromCache({ user: 'alice', root: root.dir }, { out: capture })).toBe(0);
     expect(await answerFromCache({ user: 'dave', root: root.dir }, { out: capture })).toBe(0);
