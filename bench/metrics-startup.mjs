@@ -17,6 +17,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { createRequire } from 'node:module';
 import { parseArgs } from 'node:util';
 import * as esbuild from 'esbuild';
 
@@ -58,8 +59,8 @@ const settings = (metricsDir) => ({
   ...(metricsDir ? { metrics: { textfileDir: metricsDir } } : {}),
   region: 'us-east-1',
 });
-function makeRoot(name, withMetrics) {
-  const root = path.join(work, name);
+function makeRoot(name, withMetrics, base = work) {
+  const root = path.join(base, name);
   const cacheDir = path.join(root, 'var/cache/zdt-agent');
   fs.mkdirSync(cacheDir, { recursive: true, mode: 0o755 });
   const metricsDir = withMetrics ? path.join(root, 'var/lib/prometheus/node-exporter') : undefined;
@@ -77,42 +78,59 @@ function makeRoot(name, withMetrics) {
 }
 const off = makeRoot('off', false);
 const on = makeRoot('on', true);
+// The same on tmpfs (no disk under the fsyncs of the atomic write), when there is one.
+const shm = fs.existsSync('/dev/shm') ? fs.mkdtempSync('/dev/shm/zdt-bench-metrics-') : undefined;
+if (shm) process.on('exit', () => fs.rmSync(shm, { recursive: true, force: true }));
+const onTmpfs = shm ? makeRoot('on', true, shm) : undefined;
 const sshArgs = (root) => ['ssh-keys', '--root', root, 'alice'];
 const first = timeRun(BIN, sshArgs(on.root));
 if (!first.stdout.startsWith(type)) throw new Error(`ssh-keys printed no key: ${first.stdout}`);
 if (!fs.existsSync(path.join(on.metricsDir, 'zdt_agent_ssh_keys.prom'))) throw new Error('ssh-keys wrote no metrics file');
-const times = { off: [], on: [] };
+const times = { off: [], on: [], tmpfs: [] };
 for (let i = 0; i < runs; i++) {
   times.off.push(timeRun(BIN, sshArgs(off.root)).ms);
   times.on.push(timeRun(BIN, sshArgs(on.root)).ms);
+  if (onTmpfs) times.tmpfs.push(timeRun(BIN, sshArgs(onTmpfs.root)).ms);
 }
 const tmpfs = spawnSync('stat', ['-f', '-c', '%T', work], { encoding: 'utf8' }).stdout.trim();
 console.log(`ssh-keys, warm cache (${runs} interleaved runs each; metrics dir on ${tmpfs})`);
 console.log(`  metrics off   ${fmt(times.off)}`);
 console.log(`  metrics on    ${fmt(times.on)}`);
-console.log(`  difference    median ${(quantile(times.on, 0.5) - quantile(times.off, 0.5)).toFixed(2)} ms`);
+if (onTmpfs) console.log(`  on, tmpfs     ${fmt(times.tmpfs)}`);
+console.log(`  difference    median ${(quantile(times.on, 0.5) - quantile(times.off, 0.5)).toFixed(2)} ms (${tmpfs})${onTmpfs ? `, ${(quantile(times.tmpfs, 0.5) - quantile(times.off, 0.5)).toFixed(2)} ms (tmpfs)` : ''}`);
 
 // --- boot: the metrics module alone, and one boot's file ---------------------------------
+// Bundled as the binary bundles its code (esbuild, CommonJS).
 async function bundle(entry, out) {
-  await esbuild.build({ entryPoints: [entry], bundle: true, platform: 'node', format: 'esm', outfile: out, logLevel: 'error' });
+  await esbuild.build({ entryPoints: [entry], bundle: true, platform: 'node', format: 'cjs', outfile: out, logLevel: 'error' });
   return out;
 }
-const metricsBundle = await bundle(path.join(ROOT, 'agent/log/metrics.ts'), path.join(work, 'metrics.mjs'));
-const loadTimes = (file) => {
-  const floor = [];
-  const load = [];
+const metricsBundle = await bundle(path.join(ROOT, 'agent/log/metrics.ts'), path.join(work, 'metrics.cjs'));
+const loadTimes = (files) => {
+  const out = { floor: [], ...Object.fromEntries(files.map((f) => [f, []])) };
   for (let i = 0; i < runs; i++) {
-    floor.push(timeRun(NODE, ['-e', '0']).ms);
-    load.push(timeRun(NODE, ['--input-type=module', '-e', `await import(${JSON.stringify(file)})`]).ms);
+    out.floor.push(timeRun(NODE, ['-e', '0']).ms);
+    for (const f of files) out[f].push(timeRun(NODE, ['-e', `require(${JSON.stringify(f)})`]).ms);
   }
-  return { floor, load };
+  return out;
 };
-const m = loadTimes(metricsBundle);
-console.log(`\nmodule load in a fresh node (${runs} runs)`);
-console.log(`  node -e 0                        ${fmt(m.floor)}`);
-console.log(`  agent/log/metrics.ts (${(fs.statSync(metricsBundle).size / 1024).toFixed(1)} KiB)   ${fmt(m.load)}`);
+const promDir = values['prom-client'];
+const promBundle =
+  promDir && fs.existsSync(path.join(promDir, 'node_modules/prom-client'))
+    ? await (async () => {
+        const entry = path.join(work, 'prom-entry.cjs');
+        fs.writeFileSync(entry, `module.exports = require(${JSON.stringify(path.join(promDir, 'node_modules/prom-client/index.js'))});\n`);
+        return bundle(entry, path.join(work, 'prom.cjs'));
+      })()
+    : undefined;
+const loads = loadTimes(promBundle ? [metricsBundle, promBundle] : [metricsBundle]);
+console.log(`\nmodule load in a fresh node, require() of the bundle (${runs} interleaved runs)`);
+console.log(`  node -e 0 (floor)                    ${fmt(loads.floor)}`);
+console.log(`  agent/log/metrics.ts (${(fs.statSync(metricsBundle).size / 1024).toFixed(1)} KiB)       ${fmt(loads[metricsBundle])}`);
+if (promBundle) console.log(`  prom-client 15 (${(fs.statSync(promBundle).size / 1024).toFixed(1)} KiB, its deps) ${fmt(loads[promBundle])}`);
+else console.log('  prom-client: not measured (pass --prom-client=DIR with a copy installed there)');
 
-const mod = await import(metricsBundle);
+const mod = createRequire(import.meta.url)(metricsBundle);
 const phases = Object.fromEntries(
   ['identity', 'neuron', 'etcd-volume', 'etcd-restore', 'kube-version', 'control-plane', 'kube-upgrade', 'worker-join', 'signal', 'notify'].map((p, i) => [
     p,
@@ -129,14 +147,3 @@ for (let i = 0; i < runs * 5; i++) {
 }
 console.log(`\none boot's metrics file (render + atomic write with fsync, ${writes.length} writes): ${fmt(writes)}`);
 
-// --- prom-client, for comparison ------------------------------------------------------------
-const promDir = values['prom-client'];
-if (promDir && fs.existsSync(path.join(promDir, 'node_modules/prom-client'))) {
-  const entry = path.join(work, 'prom-entry.mjs');
-  fs.writeFileSync(entry, `export { Registry, Gauge, Counter } from ${JSON.stringify(path.join(promDir, 'node_modules/prom-client/index.js'))};\n`);
-  const promBundle = await bundle(entry, path.join(work, 'prom.mjs'));
-  const p = loadTimes(promBundle);
-  console.log(`  prom-client (${(fs.statSync(promBundle).size / 1024).toFixed(1)} KiB bundled)   ${fmt(p.load)}  (same-run floor ${fmt(p.floor)})`);
-} else {
-  console.log('\nprom-client: not measured (pass --prom-client=DIR with a copy installed there)');
-}
