@@ -143,9 +143,12 @@ export async function publishEvent(
 ): Promise<boolean> {
   const topicArn = notify.snsTopicArn;
   if (!topicArn) return false;
-  const signal = AbortSignal.timeout(timeoutMs);
   try {
-    const asgArn = notify.format === 'zdt' ? undefined : await asgArnOf(aws, identity.asgName, log, AbortSignal.any([signal, AbortSignal.timeout(Math.min(2000, timeoutMs / 3))]));
+    // AbortSignal.timeout takes whole milliseconds only (a fraction throws).
+    const signal = AbortSignal.timeout(Math.max(1, Math.floor(timeoutMs)));
+    // The ARN is a nicety: at most a third of the time, and never more than 2 s.
+    const lookupMs = Math.max(1, Math.floor(Math.min(2000, timeoutMs / 3)));
+    const asgArn = notify.format === 'zdt' ? undefined : await asgArnOf(aws, identity.asgName, log, AbortSignal.any([signal, AbortSignal.timeout(lookupMs)]));
     const messages = outgoingOf(ev, notify.format, () => renderChat(ev, chatFactsOf(identity, asgArn)));
     const { PublishCommand } = await sdk.sns();
     const sns = await aws.sns();

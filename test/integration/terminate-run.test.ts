@@ -1,4 +1,3 @@
-import { metricsFile, readSamples } from '../../agent/log/metrics.js';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -8,6 +7,7 @@ import { CreateTopicCommand, SNSClient, SubscribeCommand } from '@aws-sdk/client
 import { CreateQueueCommand, GetQueueAttributesCommand, ReceiveMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ConfigInput } from '../../agent/config/schema.js';
+import { metricsFile, readSamples } from '../../agent/log/metrics.js';
 import { readState } from '../../agent/log/state.js';
 import type { AgentEvent } from '../../agent/notify/events.js';
 import { Budget } from '../../agent/terminate/budget.js';
