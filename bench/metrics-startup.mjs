@@ -99,6 +99,22 @@ console.log(`  metrics on    ${fmt(times.on)}`);
 if (onTmpfs) console.log(`  on, tmpfs     ${fmt(times.tmpfs)}`);
 console.log(`  difference    median ${(quantile(times.on, 0.5) - quantile(times.off, 0.5)).toFixed(2)} ms (${tmpfs})${onTmpfs ? `, ${(quantile(times.tmpfs, 0.5) - quantile(times.off, 0.5)).toFixed(2)} ms (tmpfs)` : ''}`);
 
+// CPU time (user + system) of the same runs, from /usr/bin/time: less sensitive than wall time
+// to other work on the machine. Its resolution is 10 ms, hence the mean.
+const TIME = '/usr/bin/time';
+if (fs.existsSync(TIME)) {
+  const cpu = { off: [], on: [] };
+  for (let i = 0; i < runs; i++) {
+    for (const [k, r] of [['off', off], ['on', on]]) {
+      const t = spawnSync(TIME, ['-f', '%U %S', BIN, ...sshArgs(r.root)], { encoding: 'utf8', stdio: ['ignore', 'ignore', 'pipe'] });
+      const [u, sy] = t.stderr.trim().split('\n').at(-1).split(' ').map(Number);
+      cpu[k].push((u + sy) * 1000);
+    }
+  }
+  const mean = (xs) => (xs.reduce((a, b) => a + b, 0) / xs.length).toFixed(1);
+  console.log(`  CPU time      mean ${mean(cpu.off)} ms off, ${mean(cpu.on)} ms on (user + system, ${runs} runs each)`);
+}
+
 // --- boot: the metrics module alone, and one boot's file ---------------------------------
 // Bundled as the binary bundles its code (esbuild, CommonJS).
 async function bundle(entry, out) {
