@@ -131,7 +131,7 @@ function detailsLine(ev: AgentEvent): string | undefined {
  * The description within `limit` characters: the facts first, then the log tail, whose
  * oldest lines go first when it does not fit, whole lines only, with a marker saying how many.
  */
-export function describe(ev: AgentEvent, limit: number = CHAT_LIMITS.description): string {
+export function descriptionOf(ev: AgentEvent, limit: number = CHAT_LIMITS.description): string {
   const head: string[] = [];
   const i = ev.instance;
   head.push(`*Cluster* ${ev.cluster ?? '-'} · *Role* ${who(ev)} · *Instance* ${i.id} (${i.type}, ${i.az}, ${i.lifecycle}, ${i.privateIp})`);
@@ -213,7 +213,7 @@ export function renderChat(ev: AgentEvent, facts: ChatFacts): ChatNotification {
     content: {
       textType: 'client-markdown',
       title: title.length > CHAT_LIMITS.title ? `${title.slice(0, CHAT_LIMITS.title - 1)}…` : title,
-      description: describe(ev),
+      description: descriptionOf(ev),
       ...(nextSteps ? { nextSteps } : {}),
       keywords: [ev.cluster, ev.role, ev.event, ev.failure?.phase].filter((k): k is string => !!k),
     },
