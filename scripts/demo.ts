@@ -28,6 +28,7 @@ import { CreateKeyCommand, KMSClient } from '@aws-sdk/client-kms';
 import { CreateTopicCommand, SNSClient, SubscribeCommand } from '@aws-sdk/client-sns';
 import { CreateQueueCommand, GetQueueAttributesCommand, ReceiveMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
 import type { ConfigInput } from '../agent/config/schema.js';
+import type { ChatNotification } from '../agent/notify/chat.js';
 import { AZ, BINARY, REGION, awsSection, createEtcdVolume, credentials, launchInstance, startAwsWorld, writeConfig, type AgentRun } from '../test/support/boot-env.js';
 import { startImds, type ImdsConfig } from '../test/testbed/imds.js';
 import { createPod, ensureNamespace, startFakeKubelet, startKube } from '../test/testbed/kube.js';
@@ -219,7 +220,9 @@ async function main(): Promise<void> {
   writeConfig(rootW.dir, {
     cluster: { name: 'demo', apiEndpoint: new URL(kube.server).host, bootstrap: { s3Uri: 's3://demo-bootstrap/demo' } },
     node: { role: 'worker' },
-    notify: { snsTopicArn: topicArn },
+    // Both message formats (the chat one is printed at the end) and node_exporter metrics.
+    notify: { snsTopicArn: topicArn, format: 'both' },
+    metrics: { textfileDir: '/var/lib/prometheus/node-exporter' },
     boot: { controlPlaneWait: 300, launchLifecycleHook: 'launch' },
     aws: { ...awsSection(w.proxy.endpoint), imdsEndpoint: imdsW },
   });
@@ -304,15 +307,33 @@ async function main(): Promise<void> {
 
   // ---------------------------------------------------------------------------------------
   scene('SNS messages the agent sent (read back through the SQS queue)');
+  let chatShown = false;
   for (;;) {
     const msgs = await sqs.send(new ReceiveMessageCommand({ QueueUrl: queueUrl, MaxNumberOfMessages: 10, WaitTimeSeconds: 1 }));
     if (!msgs.Messages?.length) break;
     for (const m of msgs.Messages) {
-      const ev = JSON.parse(m.Body ?? '{}') as { event?: string; role?: string; instance?: { id: string }; details?: Record<string, unknown>; phases?: Array<{ name: string; result: string; durationMs: number }> };
+      const body = JSON.parse(m.Body ?? '{}') as Record<string, unknown>;
+      if (body.source === 'custom') {
+        // notify.format both: the worker's chat messages (Amazon Q Developer in chat applications).
+        const chat = body as unknown as ChatNotification;
+        console.log(`  chat: ${chat.content.title} [thread ${chat.metadata.threadId}]`);
+        if (!chatShown) {
+          chatShown = true;
+          console.log(indent(`${chat.content.description}${chat.content.nextSteps ? `\n\nNext steps:\n${chat.content.nextSteps.map((x) => `- ${x}`).join('\n')}` : ''}`));
+        }
+        continue;
+      }
+      const ev = body as { event?: string; role?: string; instance?: { id: string }; details?: Record<string, unknown>; phases?: Array<{ name: string; result: string; durationMs: number }> };
       console.log(`  ${ev.event} ${ev.role} ${ev.instance?.id ?? ''} ${JSON.stringify(ev.details ?? {})}`);
       console.log(`      ${(ev.phases ?? []).map((p) => `${p.name}:${p.result}(${p.durationMs}ms)`).join(' ')}`);
     }
   }
+
+  scene("the worker's metrics for node_exporter's textfile collector (docs/metrics.md)");
+  const metricsDir = rootW.at('/var/lib/prometheus/node-exporter');
+  for (const f of fs.existsSync(metricsDir) ? fs.readdirSync(metricsDir).sort() : []) note(`${path.join('/var/lib/prometheus/node-exporter', f)}`);
+  const bootMetrics = path.join(metricsDir, 'zdt_agent_boot.prom');
+  console.log(fs.existsSync(bootMetrics) ? indent(fs.readFileSync(bootMetrics, 'utf8')) : '    (no zdt_agent_boot.prom: MISSING)');
 
   console.log('\n\x1b[1m=== timeline\x1b[0m');
   for (const l of timeline) console.log(l);

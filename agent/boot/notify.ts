@@ -38,6 +38,6 @@ async function sendBootEvent(ctx: BootContext): Promise<PhaseOutcome> {
     log: ctx.log,
     details: bootDetails(ctx),
   });
-  const sent = await publishEvent(ctx.aws, ctx.config.notify.snsTopicArn, ev, ctx.log);
+  const sent = await publishEvent(ctx.aws, ctx.config.notify, ev, ctx.identity, ctx.log);
   return { detail: sent ? `${ev.event} sent to ${ctx.config.notify.snsTopicArn}` : `${ev.event} could not be sent (see the log)`, changed: sent };
 }

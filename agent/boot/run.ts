@@ -2,6 +2,7 @@ import type { Config } from '../config/schema.js';
 import { AgentError, DeadlineError, asAgentError } from '../errors.js';
 import { readIdentity, type Identity } from '../host/identity.js';
 import type { Logger } from '../log/logger.js';
+import { recordMetrics, runFamilies, textfileDirOf } from '../log/metrics.js';
 import { readState, writeState, type AgentState, type PhaseRecord, type RunRecord } from '../log/state.js';
 import { agentVersion } from '../version.js';
 import type { BootContext, BootPhase, BootShared, NodeHost, PhaseOutcome } from './context.js';
@@ -140,6 +141,7 @@ async function runPhases(deps: BootDeps, phases: Record<Exclude<BootPhaseName, '
     run.result = ok ? 'ok' : error instanceof DeadlineError ? 'deadline' : 'failed';
     recordCompletion(state, deps.completion, ok);
     save();
+    recordMetrics(textfileDirOf(paths, config.metrics), 'boot', runFamilies('boot', run), log);
     // The last write may be the first to fail (the disk filled during the boot).
     if (ok && stateError) return { ok: false, error: stateError, failedPhase: 'notify', changed, phases: run.phases, state };
     return { ok, error, failedPhase, changed, phases: run.phases, state };

@@ -120,7 +120,7 @@ export function nodeActions(ctx: CommandContext): NodeActions {
       const id = await whoAmI();
       await publishEvent(
         ctx.aws,
-        config.notify.snsTopicArn,
+        config.notify,
         buildEvent({
           event: 'interruption.noticed',
           config,
@@ -128,6 +128,7 @@ export function nodeActions(ctx: CommandContext): NodeActions {
           phases: {},
           details: { kind: n.kind, notice: n.text, eventId: n.id, action, ...(n.time ? { noticeTime: n.time } : {}), ...(n.state ? { state: n.state } : {}) },
         }),
+        id,
         log,
         NOTIFY_MS,
       );

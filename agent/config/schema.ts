@@ -148,6 +148,20 @@ export const notifySchema = z
   .object({
     snsTopicArn: z.string().regex(/^arn:aws[a-z-]*:sns:/, 'use an SNS topic ARN').optional(),
     consoleLinks: z.boolean().default(true).describe('Add AWS console deep links to messages'),
+    format: z
+      .enum(['zdt', 'chat', 'both'])
+      .default('zdt')
+      .describe("zdt: the agent's JSON event (docs/events.md); chat: the Amazon Q Developer in chat applications (AWS Chatbot) custom notification; both: one of each, told apart by the SNS message attribute 'format'"),
+  })
+  .strict();
+
+export const metricsSchema = z
+  .object({
+    textfileDir: z
+      .string()
+      .startsWith('/')
+      .optional()
+      .describe("node_exporter textfile collector directory; each command writes zdt_agent_<command>.prom there (off when unset; docs/metrics.md)"),
   })
   .strict();
 
@@ -302,6 +316,7 @@ export const configSchema = z
     log: logSchema.prefault({}),
     trust: trustSchema.prefault({}),
     watch: watchSchema.prefault({}),
+    metrics: metricsSchema.prefault({}),
   })
   .strict()
   .superRefine((c, ctx) => {

@@ -120,6 +120,8 @@ export const TRUST: Readonly<Record<string, KeyTrust>> = {
   'etcd.backup.retention.daily': data,
   'notify.snsTopicArn': data, // events carry log lines
   'notify.consoleLinks': open,
+  'notify.format': open, // how an event is rendered; where it goes is notify.snsTopicArn
+  'metrics.textfileDir': data, // where root writes files
   'terminate.budget': open,
   'terminate.drainTimeout': open,
   'terminate.hooksDir': runs,

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { AgentError } from '../errors.js';
+import { recordBackupMetrics } from './backup-metrics.js';
 import { readState } from '../log/state.js';
 import { agentVersion } from '../version.js';
 import { encryptStream } from './envelope.js';
@@ -84,7 +85,7 @@ export function serverSideEncryption(ctx: EtcdContext): ServerSideEncryption {
   return { mode: 'AES256' };
 }
 
-export async function takeBackup(o: {
+export interface BackupRequest {
   ctx: EtcdContext;
   instanceId: string;
   kind: BackupKind;
@@ -92,7 +93,22 @@ export async function takeBackup(o: {
   now?: Date;
   /** This member's status and the member list, when the caller has just asked etcd. */
   etcd?: { status: EtcdStatus; members: EtcdMember[] } | undefined;
-}): Promise<BackupResult> {
+}
+
+/** One backup set, hourly or emergency; its outcome goes to the metrics either way. */
+export async function takeBackup(o: BackupRequest): Promise<BackupResult> {
+  const started = Date.now();
+  try {
+    const result = await streamBackup(o);
+    recordBackupMetrics(o.ctx, o.kind, { ok: result, at: new Date() });
+    return result;
+  } catch (err) {
+    recordBackupMetrics(o.ctx, o.kind, { failedAfterMs: Date.now() - started, at: new Date() });
+    throw err;
+  }
+}
+
+async function streamBackup(o: BackupRequest): Promise<BackupResult> {
   const { ctx, signal } = o;
   const started = Date.now();
   const loc = backupLocation(ctx.config);

@@ -5,6 +5,7 @@ import type { Logger } from '../log/logger.js';
 import type { PhaseRecord } from '../log/state.js';
 import { redact, redactDeep } from '../log/redact.js';
 import { agentVersion } from '../version.js';
+import { chatFactsOf, renderChat, type ChatNotification } from './chat.js';
 
 /**
  * SNS event messages, one schema for boot, terminate and the watcher (docs/events.md). Everything in a
@@ -95,22 +96,74 @@ export function serialise(ev: AgentEvent): string {
   return text;
 }
 
-/** Publish; returns false (and logs why) instead of throwing: a notification never fails a boot or a shutdown. */
-export async function publishEvent(aws: Aws, topicArn: string | undefined, ev: AgentEvent, log: Logger, timeoutMs = 10_000): Promise<boolean> {
+export type NotifyFormat = Config['notify']['format'];
+
+/** The SNS messages of one event: the agent's JSON, the chat notification, or both (notify.format). */
+export interface Outgoing {
+  format: 'zdt' | 'chat';
+  subject: string | undefined;
+  message: string;
+}
+
+export function outgoingOf(ev: AgentEvent, format: NotifyFormat, chat: () => ChatNotification): Outgoing[] {
+  const out: Outgoing[] = [];
+  if (format !== 'chat') out.push({ format: 'zdt', subject: subjectOf(ev), message: serialise(ev) });
+  // No Subject: the chat service shows the title, and email or SMS subscribers of a chat-only topic
+  // fall back to the topic's display name.
+  if (format !== 'zdt') out.push({ format: 'chat', subject: undefined, message: JSON.stringify(chat()) });
+  return out;
+}
+
+/** The ASG's ARN for the chat message's related resources; undefined when it cannot be read (optional permission). */
+async function asgArnOf(aws: Aws, asgName: string | undefined, log: Logger, signal: AbortSignal): Promise<string | undefined> {
+  if (!asgName) return undefined;
+  try {
+    const { DescribeAutoScalingGroupsCommand } = await sdk.autoscaling();
+    const client = await aws.autoscaling();
+    const out = await client.send(new DescribeAutoScalingGroupsCommand({ AutoScalingGroupNames: [asgName] }), { abortSignal: signal });
+    return out.AutoScalingGroups?.[0]?.AutoScalingGroupARN;
+  } catch (err) {
+    log.debug('no ASG ARN for the chat message', { asg: asgName, err: redact((err as Error).message) });
+    return undefined;
+  }
+}
+
+/**
+ * Publish in the configured format(s); returns false (and logs why) instead of throwing: a
+ * notification never fails a boot or a shutdown. Every message carries the attributes
+ * `event` and `format`, for subscription filter policies (docs/events.md).
+ */
+export async function publishEvent(
+  aws: Aws,
+  notify: Pick<Config['notify'], 'snsTopicArn' | 'format'>,
+  ev: AgentEvent,
+  identity: Identity,
+  log: Logger,
+  timeoutMs = 10_000,
+): Promise<boolean> {
+  const topicArn = notify.snsTopicArn;
   if (!topicArn) return false;
   try {
+    // AbortSignal.timeout takes whole milliseconds only (a fraction throws).
+    const signal = AbortSignal.timeout(Math.max(1, Math.floor(timeoutMs)));
+    // The ARN is a nicety: at most a third of the time, and never more than 2 s.
+    const lookupMs = Math.max(1, Math.floor(Math.min(2000, timeoutMs / 3)));
+    const asgArn = notify.format === 'zdt' ? undefined : await asgArnOf(aws, identity.asgName, log, AbortSignal.any([signal, AbortSignal.timeout(lookupMs)]));
+    const messages = outgoingOf(ev, notify.format, () => renderChat(ev, chatFactsOf(identity, asgArn)));
     const { PublishCommand } = await sdk.sns();
     const sns = await aws.sns();
-    const out = await sns.send(
-      new PublishCommand({
-        TopicArn: topicArn,
-        Subject: subjectOf(ev),
-        Message: serialise(ev),
-        MessageAttributes: { event: { DataType: 'String', StringValue: ev.event } },
-      }),
-      { abortSignal: AbortSignal.timeout(timeoutMs) },
-    );
-    log.info('sent SNS event', { event: ev.event, messageId: out.MessageId });
+    for (const m of messages) {
+      const out = await sns.send(
+        new PublishCommand({
+          TopicArn: topicArn,
+          Subject: m.subject,
+          Message: m.message,
+          MessageAttributes: { event: { DataType: 'String', StringValue: ev.event }, format: { DataType: 'String', StringValue: m.format } },
+        }),
+        { abortSignal: signal },
+      );
+      log.info('sent SNS event', { event: ev.event, format: m.format, messageId: out.MessageId });
+    }
     return true;
   } catch (err) {
     log.warn('could not send SNS event', { event: ev.event, topic: topicArn, err: redact((err as Error).message) });

@@ -5,8 +5,10 @@ import { AgentError, ConfigError, DeadlineError, ExitCode, asAgentError } from '
 import { makePaths, type Paths } from '../host/paths.js';
 import { silentLogger, type Logger } from '../log/logger.js';
 import { answerFrom, checkLogin, type Answer, type Request } from './answer.js';
-import { audit } from './audit.js';
+import { audit, type AuditRecord } from './audit.js';
 import { cacheFile, freshness, readCache, snapshotMatches, writeCache, type GroupSnapshot } from './cache.js';
+import { textfileDirOf } from '../log/metrics.js';
+import { countAnswer } from './metrics.js';
 import { membersByLogin } from './names.js';
 import { readGroup } from './read.js';
 import { settingsFromConfig, type SshSettings } from './settings.js';
@@ -43,12 +45,18 @@ export async function runSshKeysLookup(args: SshKeysArgs, out: Output = writeStd
     timer = setTimeout(() => hard.abort(), Math.max(0, started + ms - Date.now()));
   };
   let log: Logger = silentLogger;
+  // Known once read; the metrics of an error answer need them too.
+  let settings: SshSettings | undefined;
 
   // Nothing may reach stdout once the deadline has passed: sshd would already be gone, or
   // worse, half an answer would count.
-  const finish = (a: Answer): void => {
+  const finish = (a: Answer, cacheFetchedAt?: number): void => {
     if (hard.signal.aborted) return;
-    respond(paths, log, a, out);
+    respond(paths, log, a, out, { settings, cacheFetchedAt });
+  };
+  const auditFailure = (record: AuditRecord): void => {
+    audit(paths, log, record);
+    countAnswer(textfileDirOf(paths, settings?.metrics), { record }, log);
   };
 
   const flow = async (): Promise<number> => {
@@ -59,7 +67,7 @@ export async function runSshKeysLookup(args: SshKeysArgs, out: Output = writeStd
       return ExitCode.ok;
     }
     const read = readCache(cacheFile(paths));
-    let settings = cachedSettings(read, args);
+    settings = cachedSettings(read, args);
     try {
       settings ??= await settingsFromSources(args, paths);
     } catch (err) {
@@ -77,7 +85,7 @@ export async function runSshKeysLookup(args: SshKeysArgs, out: Output = writeStd
     }
     const cached = read.cache && snapshotMatches(read.cache.snapshot, settings) ? read.cache.snapshot : undefined;
     if (cached && freshness(cached, settings, Date.now()) === 'fresh') {
-      finish(answerFrom(cached, settings, req, 'cache'));
+      finish(answerFrom(cached, settings, req, 'cache'), cached.fetchedAt);
       return ExitCode.ok;
     }
 
@@ -90,12 +98,12 @@ export async function runSshKeysLookup(args: SshKeysArgs, out: Output = writeStd
       if (cached && freshness(cached, settings, Date.now()) === 'stale') {
         const a = answerFrom(cached, settings, req, 'stale-cache');
         const age = Math.round((Date.now() - cached.fetchedAt) / 1000);
-        finish({ ...a, record: { ...a.record, detail: `IAM unreadable, cache ${age}s old: ${e.oneLine()}` } });
+        finish({ ...a, record: { ...a.record, detail: `IAM unreadable, cache ${age}s old: ${e.oneLine()}` } }, cached.fetchedAt);
         return ExitCode.ok;
       }
       throw e;
     }
-    finish(answerFrom(snapshot, settings, req, 'iam'));
+    finish(answerFrom(snapshot, settings, req, 'iam'), snapshot.fetchedAt);
     return ExitCode.ok;
   };
 
@@ -103,7 +111,7 @@ export async function runSshKeysLookup(args: SshKeysArgs, out: Output = writeStd
   // A failure is one line on stderr (sshd discards it; a person running the command reads
   // it) and the audit line; stdout stays empty.
   const fail = (e: AgentError, outcome: 'deadline' | 'error', code: number): number => {
-    audit(paths, log, { user: req.user, outcome, offered: req.fingerprint, detail: e.oneLine() });
+    auditFailure({ user: req.user, outcome, offered: req.fingerprint, detail: e.oneLine() });
     writeStderr(`zdt-agent: ${e.oneLine()}\n`);
     return code;
   };

@@ -11,6 +11,8 @@ export interface SshSettings {
   ssh: NonNullable<Config['ssh']>;
   aws: Config['aws'];
   log: Config['log'];
+  /** Where answers are counted (absent in caches written before metrics existed). */
+  metrics?: Config['metrics'] | undefined;
   /** The region, when root resolved it from IMDS (aws.region wins when set). */
   region?: string | undefined;
   /** This instance, for the AssumeRole session name (CloudTrail shows which bastion read IAM). */
@@ -29,7 +31,7 @@ export function settingsFromConfig(
       hint: `set ssh.iamGroup (and node.role: bastion) in ${configFile} or with --config`,
     });
   }
-  return { ssh: config.ssh, aws: config.aws, log: config.log, region: facts.region, instanceId: facts.instanceId };
+  return { ssh: config.ssh, aws: config.aws, log: config.log, metrics: config.metrics, region: facts.region, instanceId: facts.instanceId };
 }
 
 /** RoleSessionName: 2-64 of [\w+=,.@-]; the instance id when known. */

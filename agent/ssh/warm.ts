@@ -4,6 +4,8 @@ import { makePaths, type Paths } from '../host/paths.js';
 import { LOG_FORMATS, LOG_LEVELS, createLogger, type Level, type Logger, type LogFormat } from '../log/logger.js';
 import { answerFrom, checkLogin, type Answer, type Request } from './answer.js';
 import { audit } from './audit.js';
+import { textfileDirOf } from '../log/metrics.js';
+import { countAnswer } from './metrics.js';
 import { cacheFile, freshness, readCache, snapshotMatches, type CacheRead } from './cache.js';
 import type { SshSettings } from './settings.js';
 
@@ -120,10 +122,18 @@ function writeFd(fd: number, text: string): void {
   }
 }
 
-/** Print the key lines (stdout carries nothing else) and write the audit line. */
-export function respond(paths: Paths, log: Logger, a: Answer, out: Output = writeStdout): void {
+/** What the metrics of an answer need: the settings (metrics.textfileDir) and the cache's age. */
+export interface AnswerSource {
+  settings?: SshSettings | undefined;
+  /** GroupSnapshot.fetchedAt of the snapshot the answer came from. */
+  cacheFetchedAt?: number | undefined;
+}
+
+/** Print the key lines (stdout carries nothing else), then write the audit line and count the answer. */
+export function respond(paths: Paths, log: Logger, a: Answer, out: Output = writeStdout, from: AnswerSource = {}): void {
   if (a.lines.length > 0) out(`${a.lines.join('\n')}\n`);
   audit(paths, log, a.record);
+  countAnswer(textfileDirOf(paths, from.settings?.metrics), { record: a.record, cacheFetchedAt: from.cacheFetchedAt }, log);
 }
 
 /** Exit code when answered from what is on disk; undefined when it takes the full lookup. */
@@ -133,7 +143,10 @@ export async function answerFromCache(args: SshKeysArgs, o: { now?: number; out?
   // A bad name is refused before anything is read.
   const early = checkLogin(req, undefined, paths);
   if (early) {
-    respond(paths, sshKeysLogger(paths, args, undefined), { lines: [], record: early }, o.out);
+    // Answered before anything is read; the cache is read after, only to count the answer.
+    const log = sshKeysLogger(paths, args, undefined);
+    respond(paths, log, { lines: [], record: early }, o.out);
+    countAnswer(textfileDirOf(paths, cachedSettings(readCache(cacheFile(paths)), args)?.metrics), { record: early }, log);
     return 0;
   }
   const read = readCache(cacheFile(paths));
@@ -145,6 +158,6 @@ export async function answerFromCache(args: SshKeysArgs, o: { now?: number; out?
   if (refusal) answer = { lines: [], record: refusal };
   else if (snapshotMatches(snapshot, settings) && freshness(snapshot, settings, o.now ?? Date.now()) === 'fresh') answer = answerFrom(snapshot, settings, req, 'cache');
   else return undefined;
-  respond(paths, sshKeysLogger(paths, args, settings), answer, o.out);
+  respond(paths, sshKeysLogger(paths, args, settings), answer, o.out, { settings, cacheFetchedAt: snapshot.fetchedAt });
   return 0;
 }

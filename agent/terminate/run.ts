@@ -8,6 +8,7 @@ import type { PhaseDecision, ShutdownEvent } from '../node.js';
 import { readBootId } from '../host/paths.js';
 import { readState, updateState, type AgentState, type PhaseRecord, type PhaseResult, type RunRecord } from '../log/state.js';
 import { buildEvent, publishEvent } from '../notify/events.js';
+import { recordMetrics, runFamilies, textfileDirOf } from '../log/metrics.js';
 import { takeBackup } from '../etcd/backup.js';
 import { EtcdGateway, localEtcdEndpoint } from '../etcd/gateway.js';
 import { leaveEtcd } from '../etcd/leave.js';
@@ -197,8 +198,9 @@ export async function runTerminate(o: {
   const notifyStarted = applies('notify')
     ? publishEvent(
         ctx.aws,
-        config.notify.snsTopicArn,
+        config.notify,
         buildEvent({ event: 'terminate.started', config, identity, phases: {}, details: { event, eventSource: classification.source, budgetS: t.budget, ...(o.trigger ? { trigger: o.trigger.eventId } : {}) } }),
+        identity,
         log,
         Math.min(NOTIFY_MAX_MS, budget.remainingMs()),
       )
@@ -384,11 +386,12 @@ export async function runTerminate(o: {
       },
     });
     await step('notify', budget.window(NOTIFY_MAX_MS, 200), async () => {
-      const sent = await publishEvent(ctx.aws, config.notify.snsTopicArn, message, log, Math.max(200, budget.remainingMs() - 200));
+      const sent = await publishEvent(ctx.aws, config.notify, message, identity, log, Math.max(200, budget.remainingMs() - 200));
       return sent ? { result: 'ok', detail: 'terminate.finished sent' } : { result: 'failed', error: 'terminate.finished could not be sent (see the log)' };
     });
   }
   save();
+  recordMetrics(textfileDirOf(paths, config.metrics), 'terminate', runFamilies('terminate', record, { event }), log);
   log.info(`terminate ${record.result}`, { event, ms: budget.elapsedMs(), unfinished: unfinished.join(',') || undefined });
 
   return {

@@ -9,6 +9,7 @@ import { caCertHash } from '../../agent/boot/bootstrap.js';
 import { runBoot } from '../../agent/boot/run.js';
 import type { ConfigInput } from '../../agent/config/schema.js';
 import { ExitCode } from '../../agent/errors.js';
+import { metricsFile, readSamples } from '../../agent/log/metrics.js';
 import type { AgentEvent } from '../../agent/notify/events.js';
 import { startImds, type Imds } from '../testbed/imds.js';
 import { kubeApiserverAvailable, startKube, type Kube } from '../testbed/kube.js';
@@ -184,10 +185,14 @@ describe.skipIf(!!pending)(`worker boot${pending ? ` (${pending})` : ''}`, () =>
     const signalsBefore = w.proxy.recorded('SignalResource').length;
     try {
       const t0 = Date.now();
-      const result = await runBoot(await bootDepsFor(n.root.dir, n.config));
+      const result = await runBoot(await bootDepsFor(n.root.dir, { ...n.config, metrics: { textfileDir: '/var/lib/prometheus/node-exporter' } }));
       expect(Date.now() - t0).toBeLessThan(30_000);
       expect(result.ok).toBe(false);
       expect(result.failedPhase).toBe('kube-version');
+      // What the 'boot failed' alert of docs/metrics.md reads.
+      const metrics = readSamples(metricsFile(n.root.at('/var/lib/prometheus/node-exporter'), 'boot'));
+      expect(metrics.get('zdt_agent_boot_last_run_success')).toEqual([{ labels: {}, value: 0 }]);
+      expect(metrics.get('zdt_agent_boot_phase_result')).toContainEqual({ labels: { phase: 'kube-version', result: 'deadline' }, value: 1 }); // a wait that ran out
       expect(result.error?.code).toBe('ControlPlaneWaitTimeout');
       expect(result.error?.exitCode).toBe(ExitCode.deadline);
       expect(result.error?.message).toContain(`the control plane at ${kube.server}`);

@@ -7,6 +7,7 @@ import { CreateMultipartUploadCommand, GetObjectCommand, HeadObjectCommand, List
 import type { KMSClient } from '@aws-sdk/client-kms';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { takeBackup } from '../../agent/etcd/backup.js';
+import { metricsFile, readSamples } from '../../agent/log/metrics.js';
 import { leaveEtcd } from '../../agent/etcd/leave.js';
 import { MANIFEST_NAME, SNAPSHOT_NAME, type Manifest } from '../../agent/etcd/manifest.js';
 import { findBackups, restoreBackup } from '../../agent/etcd/restore.js';
@@ -39,6 +40,8 @@ const roots: TempRoot[] = [];
 
 const etcdctl = (endpoints: string, ...args: string[]) =>
   execFileSync('etcdctl', [`--endpoints=${endpoints}`, ...args], { env: { ...process.env, ETCDCTL_API: '3' }, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+
+const TEXTFILE_DIR = '/var/lib/prometheus/node-exporter';
 
 async function newRoot(): Promise<TempRoot> {
   const r = await makeTempRoot();
@@ -116,9 +119,13 @@ describe('emergency backup of a single-member etcd', () => {
   it('streams the snapshot, PKI and kubeadm config into one verified, SSE-KMS encrypted object', async () => {
     root = await newRoot();
     pki = writeFakePki(root.dir);
-    const ctx = await contextFor(root.dir, controllerConfig(etcd.clientUrl));
+    const ctx = await contextFor(root.dir, { ...controllerConfig(etcd.clientUrl), metrics: { textfileDir: TEXTFILE_DIR } });
     const r = await takeBackup({ ctx, instanceId: INSTANCE, kind: 'emergency', now: new Date('2026-03-01T12:00:00Z') });
     key = r.key;
+    // The metrics of the backup, under the root like every configured path (docs/metrics.md).
+    const metrics = readSamples(metricsFile(root.at(TEXTFILE_DIR), 'etcd-backup'));
+    expect(metrics.get('zdt_agent_etcd_backup_last_success_size_bytes')).toEqual([{ labels: { kind: 'emergency' }, value: r.sizeBytes }]);
+    expect(metrics.get('zdt_agent_etcd_backup_runs_total')).toEqual([{ labels: { kind: 'emergency', result: 'ok' }, value: 1 }]);
     expect(key).toBe(`etcd-backups/test/emergency/20260301T120000Z-${INSTANCE}.tar`);
     expect(r.parts).toBeGreaterThan(1);
 
@@ -447,9 +454,12 @@ describe('backup errors are classified', () => {
     const root = await newRoot();
     writeFakePki(root.dir);
     const port = await freePort();
-    const ctx = await contextFor(root.dir, controllerConfig(`http://127.0.0.1:${port}`, {}, 'noetcd'));
+    const ctx = await contextFor(root.dir, { ...controllerConfig(`http://127.0.0.1:${port}`, {}, 'noetcd'), metrics: { textfileDir: TEXTFILE_DIR } });
     const err = await takeBackup({ ctx, instanceId: INSTANCE, kind: 'emergency' }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(AgentError);
+    const metrics = readSamples(metricsFile(root.at(TEXTFILE_DIR), 'etcd-backup'));
+    expect(metrics.get('zdt_agent_etcd_backup_last_failure_timestamp_seconds')?.[0]?.labels).toEqual({ kind: 'emergency' });
+    expect(metrics.has('zdt_agent_etcd_backup_last_success_timestamp_seconds')).toBe(false);
     expect((err as AgentError).code).toBe('EtcdUnavailable');
     const listed = await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: 'etcd-backups/noetcd/' }));
     expect(listed.KeyCount ?? 0).toBe(0);

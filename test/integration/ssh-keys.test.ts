@@ -20,6 +20,7 @@ import { runSshKeysLookup } from '../../agent/ssh/lookup.js';
 import { syncLockFile } from '../../agent/ssh/sync.js';
 import { usersStateFile } from '../../agent/ssh/users.js';
 import { answerFromCache } from '../../agent/ssh/warm.js';
+import { metricsFile, readSamples } from '../../agent/log/metrics.js';
 import { startFidelityProxy, type FidelityProxy } from '../testbed/fidelity-proxy.js';
 import { startMoto, type Moto } from '../testbed/moto.js';
 import { silentListener } from '../testbed/ports.js';
@@ -115,9 +116,10 @@ afterEach(async () => {
   await root.cleanup();
 });
 
-function configure(ssh: Record<string, unknown>, aws: Record<string, unknown> = {}) {
+function configure(ssh: Record<string, unknown>, aws: Record<string, unknown> = {}, more: Record<string, unknown> = {}) {
   fs.mkdirSync(root.at('/etc/zdt-agent'), { recursive: true });
   const config = {
+    ...more,
     node: { role: 'bastion' },
     ssh: { iamGroup: 'bastion-ops', ...ssh },
     aws: { region: REGION, endpoint: proxy.endpoint, maxAttempts: 2, ...aws },
@@ -205,6 +207,25 @@ describe('ssh-keys per-user against IAM', () => {
     expect(await keysFor('alice')).toBe(0);
     expect(printed()).toBe('');
     expect(agentLog()).toMatch(/user=alice result=system-user detail="uid 999 is below ssh.minUid 1000"/);
+  });
+});
+
+describe('ssh-keys metrics', () => {
+  it('every answer is counted by result and source in metrics.textfileDir, with the age of the cache it came from', async () => {
+    // Under --root, like every configured path.
+    const dir = root.at('/var/lib/prometheus/node-exporter');
+    configure({}, {}, { metrics: { textfileDir: '/var/lib/prometheus/node-exporter' } });
+    expect(await keysFor('alice')).toBe(0); // IAM; root writes the cache with the settings
+    expect(await answerFromCache({ user: 'alice', root: root.dir }, { out: capture })).toBe(0);
+    expect(await answerFromCache({ user: 'dave', root: root.dir }, { out: capture })).toBe(0);
+    expect(await answerFromCache({ user: '../x', root: root.dir }, { out: capture })).toBe(0);
+    const samples = readSamples(metricsFile(dir, 'ssh-keys'));
+    const answers = Object.fromEntries((samples.get('zdt_agent_ssh_keys_answers_total') ?? []).map((s) => [`${s.labels!.result}/${s.labels!.source}`, s.value]));
+    expect(answers).toEqual({ 'keys/iam': 1, 'keys/cache': 1, 'not-in-group/cache': 1, 'invalid-user/none': 1 });
+    const age = samples.get('zdt_agent_ssh_keys_cache_age_seconds')![0]!.value;
+    expect(age).toBeGreaterThanOrEqual(0);
+    expect(age).toBeLessThan(60);
+    expect(fs.statSync(metricsFile(dir, 'ssh-keys')).mode & 0o777).toBe(0o644);
   });
 });
 

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ConfigInput } from '../../agent/config/schema.js';
+import { metricsFile, readSamples } from '../../agent/log/metrics.js';
 import { readState } from '../../agent/log/state.js';
 import type { AgentEvent } from '../../agent/notify/events.js';
 import { Budget } from '../../agent/terminate/budget.js';
@@ -179,11 +180,15 @@ describe.skipIf(!available)('a worker is terminated by its Auto Scaling group', 
     hook(root, 'terminate', '30-after', `touch ${root.at('/tmp/after-broken')}`);
     await drainQueue();
 
-    const ctx = await contextFor(root.dir, workerConfig(imds));
+    const ctx = await contextFor(root.dir, { ...workerConfig(imds), metrics: { textfileDir: '/var/lib/prometheus/node-exporter' } });
     const out = await runTerminate({ ctx, budget: new Budget(40_000), env: {} });
 
     expect(out.event).toBe('terminate');
     expect(out.classification.source).toBe('imds autoscaling/target-lifecycle-state=Terminated');
+    // The run as metrics for node_exporter (docs/metrics.md), under the root.
+    const metrics = readSamples(metricsFile(root.at('/var/lib/prometheus/node-exporter'), 'terminate'));
+    expect(metrics.get('zdt_agent_terminate_last_run_result')).toEqual([{ labels: { event: 'terminate', result: 'ok' }, value: 1 }]);
+    expect(metrics.get('zdt_agent_terminate_phase_result')).toContainEqual({ labels: { phase: 'drain', result: 'ok' }, value: 1 });
     const p = out.record.phases;
     expect(p.hooks).toMatchObject({ result: 'ok', detail: '10-env=ok 20-broken=failed 30-after=ok' });
     expect(p.hooks!.error).toMatch(/20-broken/);

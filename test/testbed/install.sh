@@ -4,6 +4,7 @@
 # ready machine takes a second or two. Called by `make testbed-deps` and CI.
 #
 #   Debian packages   etcd 3.4, sshd, qemu-user-static, shellcheck, mkfs/blkid/losetup, …
+#                     prometheus-node-exporter and prometheus (promtool), without starting their services
 #   moto_server       pip install 'moto[server]' (the fidelity proxy was measured on 5.2.1)
 #   AEMM              amazon-ec2-metadata-mock, go install into $ZDT_CACHE_DIR/bin
 #   k8s, etcd 3.6     k8s/build.sh (kube-apiserver, kubeadm) and etcd36/build.sh (etcd, etcdctl,
@@ -44,6 +45,31 @@ done
 if ((${#missing[@]})); then
   log "installing Debian packages: ${missing[*]}"
   apt_install "${missing[@]}"
+fi
+
+# --- Prometheus tools ----------------------------------------------------------------------
+# prometheus-node-exporter (its textfile collector reads the agent's metrics files) and
+# prometheus (for promtool). Both packages enable and start a service in their postinst; the
+# tests start node_exporter themselves on a loopback port, so the installation runs with a
+# policy-rc.d that denies every service start (invoke-rc.d and deb-systemd-invoke ask it),
+# unless the machine already has one, which is then left as it is.
+prom_missing=()
+for p in prometheus-node-exporter prometheus; do
+  [[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null) == installed ]] || prom_missing+=("$p")
+done
+if ((${#prom_missing[@]})); then
+  log "installing Debian packages (services not started): ${prom_missing[*]}"
+  policy=/usr/sbin/policy-rc.d
+  if [[ -e ${policy} ]]; then
+    apt_install "${prom_missing[@]}"
+  else
+    printf '#!/bin/sh\n# zdt-agent testbed: no service starts while packages install\nexit 101\n' >"${policy}"
+    chmod 755 "${policy}"
+    trap 'rm -f "${policy}"' EXIT
+    apt_install "${prom_missing[@]}"
+    rm -f "${policy}"
+    trap - EXIT
+  fi
 fi
 
 # --- moto ---------------------------------------------------------------------------------
