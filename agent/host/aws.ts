@@ -72,7 +72,12 @@ export function makeAws(o: AwsOptions): Aws {
     return {
       region: await region(),
       maxAttempts: o.aws.maxAttempts,
-      retryMode: 'adaptive' as const,
+      // Standard, not adaptive: adaptive mode's client-side rate limiter starts a fresh
+      // process at its minimum rate (0.5 requests/s), so every throttled retry waited about
+      // 2 s; two IAM throttles outlasted ssh.deadline (5 s) and a login failed that the
+      // third attempt would have let in (test/faults/ssh-keys.faults.test.ts). The agent's
+      // processes are short-lived and make few calls: exponential backoff with jitter is enough.
+      retryMode: 'standard' as const,
       // Without throwOnRequestTimeout the SDK only logs a warning when requestTimeout passes,
       // and a hung call waits forever.
       requestHandler: { connectionTimeout: o.aws.connectTimeoutMs, requestTimeout: o.aws.requestTimeoutMs, throwOnRequestTimeout: true },

@@ -60,7 +60,7 @@ describe('AWS client factory', () => {
     expect((await s3.send(new ListBucketsCommand({}))).Buckets ?? []).toEqual([]);
   });
 
-  it('retries throttling (adaptive mode) and succeeds', async () => {
+  it('retries throttling (standard mode: backoff with jitter) and succeeds', async () => {
     proxy.inject({ action: 'DescribeVolumes', kind: 'throttle', times: 2 });
     const aws = makeAws({ aws: awsConfig({ region: 'eu-west-1', endpoint: proxy.endpoint }), region: async () => 'unused' });
     const out = await (await aws.ec2()).send(new DescribeVolumesCommand({}));
