@@ -62,6 +62,29 @@ export interface Aws {
   region(): Promise<string>;
 }
 
+/**
+ * A failed call carries what it was (`awsOperation: 'S3 UploadPart'`): an SDK error names
+ * neither the service nor the call (a HEAD that failed says only `UnknownError`), and the
+ * one line an operator reads must say what failed (asAgentError in errors.ts).
+ */
+type Handler = (args: unknown) => Promise<unknown>;
+const nameFailedCalls = (next: Handler, context: { clientName?: string; commandName?: string }) => async (args: unknown) => {
+  try {
+    return await next(args);
+  } catch (err) {
+    if (err && typeof err === 'object' && !('awsOperation' in err)) {
+      const service = (context.clientName ?? '').replace(/Client$/, '');
+      Object.assign(err, { awsOperation: `${service} ${(context.commandName ?? 'call').replace(/Command$/, '')}`.trim() });
+    }
+    throw err;
+  }
+};
+
+function named<C extends { middlewareStack: { add: (mw: never, o: { step: 'initialize'; name: string }) => void } }>(client: C): C {
+  client.middlewareStack.add(nameFailedCalls as never, { step: 'initialize', name: 'zdtNameFailedCalls' });
+  return client;
+}
+
 export function makeAws(o: AwsOptions): Aws {
   let regionP: Promise<string> | undefined;
   const region = () => (regionP ??= o.aws.region ? Promise.resolve(o.aws.region) : o.region());
@@ -99,7 +122,7 @@ export function makeAws(o: AwsOptions): Aws {
 
   return {
     region,
-    ec2: () => cached('ec2', async () => new (await sdk.ec2()).EC2Client(await common('ec2'))),
+    ec2: () => cached('ec2', async () => named(new (await sdk.ec2()).EC2Client(await common('ec2')))),
     s3: () =>
       cached('s3', async () => {
         const { S3Client } = await sdk.s3();
@@ -108,22 +131,22 @@ export function makeAws(o: AwsOptions): Aws {
         // fresh connection and waited a round trip for `100 Continue` before sending. Without
         // it the 33 parts of a 256 MiB backup went up about 0.3 s faster against moto. A
         // refused request (auth, missing bucket) now costs one part's bytes on the wire.
-        return new S3Client({ ...(await common('s3')), forcePathStyle: o.aws.s3ForcePathStyle, expectContinueHeader: false });
+        return named(new S3Client({ ...(await common('s3')), forcePathStyle: o.aws.s3ForcePathStyle, expectContinueHeader: false }));
       }),
-    sns: () => cached('sns', async () => new (await sdk.sns()).SNSClient(await common('sns'))),
+    sns: () => cached('sns', async () => named(new (await sdk.sns()).SNSClient(await common('sns')))),
     iam: (credentials) => {
       const make = async () => {
         const c = await common('iam');
-        return new (await sdk.iam()).IAMClient(credentials ? { ...c, credentials } : c);
+        return named(new (await sdk.iam()).IAMClient(credentials ? { ...c, credentials } : c));
       };
       return credentials ? make() : cached('iam', make);
     },
-    sts: () => cached('sts', async () => new (await sdk.sts()).STSClient(await common('sts'))),
-    kms: () => cached('kms', async () => new (await sdk.kms()).KMSClient(await common('kms'))),
+    sts: () => cached('sts', async () => named(new (await sdk.sts()).STSClient(await common('sts')))),
+    kms: () => cached('kms', async () => named(new (await sdk.kms()).KMSClient(await common('kms')))),
     autoscaling: () =>
-      cached('autoscaling', async () => new (await sdk.autoscaling()).AutoScalingClient(await common('autoscaling'))),
+      cached('autoscaling', async () => named(new (await sdk.autoscaling()).AutoScalingClient(await common('autoscaling')))),
     cloudformation: () =>
-      cached('cloudformation', async () => new (await sdk.cloudformation()).CloudFormationClient(await common('cloudformation'))),
-    route53: () => cached('route53', async () => new (await sdk.route53()).Route53Client(await common('route53'))),
+      cached('cloudformation', async () => named(new (await sdk.cloudformation()).CloudFormationClient(await common('cloudformation')))),
+    route53: () => cached('route53', async () => named(new (await sdk.route53()).Route53Client(await common('route53')))),
   };
 }

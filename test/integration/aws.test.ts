@@ -1,7 +1,8 @@
 import { DescribeVolumesCommand } from '@aws-sdk/client-ec2';
-import { ListBucketsCommand } from '@aws-sdk/client-s3';
+import { HeadObjectCommand, ListBucketsCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { awsSchema } from '../../agent/config/schema.js';
+import { asAgentError } from '../../agent/errors.js';
 import { makeAws } from '../../agent/host/aws.js';
 import { Imds } from '../../agent/host/imds.js';
 import { silentLogger } from '../../agent/log/logger.js';
@@ -66,6 +67,21 @@ describe('AWS client factory', () => {
     const out = await (await aws.ec2()).send(new DescribeVolumesCommand({}));
     expect(out.Volumes).toEqual([]);
     proxy.clearFaults();
+  });
+
+  it('a failed call names its service and operation in the one line (an SDK error names neither)', async () => {
+    proxy.inject({ action: 'DescribeVolumes', kind: '500' });
+    proxy.inject({ action: 's3:HeadObject', kind: '503' });
+    try {
+      const aws = makeAws({ aws: awsConfig({ region: 'eu-west-1', endpoint: proxy.endpoint, maxAttempts: 1, s3ForcePathStyle: true }), region: async () => 'unused' });
+      const ec2Err = await (await aws.ec2()).send(new DescribeVolumesCommand({})).catch((e: unknown) => e);
+      expect(asAgentError(ec2Err).oneLine()).toMatch(/^AwsCallFailed: EC2 DescribeVolumes: InternalError: injected 500 by the fidelity proxy \(HTTP 500\); check the instance role/);
+      // A HEAD error has no body: the SDK knows only the status.
+      const s3Err = await (await aws.s3()).send(new HeadObjectCommand({ Bucket: 'b', Key: 'k' })).catch((e: unknown) => e);
+      expect(asAgentError(s3Err).message).toBe('S3 HeadObject: HTTP 503');
+    } finally {
+      proxy.clearFaults();
+    }
   });
 
   it('a hanging call ends at the request timeout instead of waiting forever', async () => {
