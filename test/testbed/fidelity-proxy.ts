@@ -34,6 +34,8 @@ export type Fault = {
   action: string;
   /** How many calls fail; all of them until `clearFaults()` when omitted. */
   times?: number;
+  /** How many calls of `action` go through before the fault starts (the third part of an upload). */
+  after?: number;
 } & (
   | { kind: 'throttle' | '500' | '503' | 'reset' | 'hang' }
   /** Each call is held `ms` (1000 when omitted) before it is forwarded. */
@@ -50,9 +52,17 @@ export interface RecordedCall {
 
 export type RecordedAction = 'CompleteLifecycleAction' | 'RecordLifecycleActionHeartbeat' | 'SignalResource';
 
+/** A call as the proxy saw it: every call, forwarded or answered by a fault. */
+export interface SeenCall extends RecordedCall {
+  /** The injected fault that answered it (`latency` calls were forwarded after the delay). */
+  fault?: Fault['kind'] | undefined;
+}
+
 export interface FidelityProxy {
   endpoint: string;
   recorded(action: RecordedAction): RecordedCall[];
+  /** Every call of `action` so far (e.g. to see that a client gave up instead of retrying in a storm). */
+  calls(action: string): SeenCall[];
   inject(fault: Fault): void;
   clearFaults(): void;
   setAttachDelayMs(ms: number): void;
@@ -103,8 +113,9 @@ const FAULT_ERRORS: Record<'throttle' | '500' | '503', Record<Protocol, [number,
 export async function startFidelityProxy(o: { target: string; attachDelayMs?: number }): Promise<FidelityProxy> {
   const target = new URL(o.target);
   let attachDelayMs = o.attachDelayMs ?? 0;
-  let faults: (Fault & { times: number })[] = [];
+  let faults: (Fault & { times: number; after: number })[] = [];
   const recorded = new Map<string, RecordedCall[]>();
+  const seen = new Map<string, SeenCall[]>();
   const transitions = new Map<string, Transition>();
 
   const upstream = (method: string, path: string, headers: http.IncomingHttpHeaders, body: Buffer): Promise<Reply> =>
@@ -218,7 +229,12 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
   /** The next fault for this call, counted down; undefined when the call goes through. */
   function takeFault(action: string): Fault | undefined {
     const fault = faults.find((f) => f.action === action && f.times > 0);
-    if (fault) fault.times -= 1;
+    if (!fault) return undefined;
+    if (fault.after > 0) {
+      fault.after -= 1;
+      return undefined;
+    }
+    fault.times -= 1;
     return fault;
   }
 
@@ -227,6 +243,9 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
     for await (const c of req) chunks.push(c as Buffer);
     const call = identify(req, Buffer.concat(chunks));
     const fault = takeFault(call.action);
+    const list = seen.get(call.action) ?? [];
+    list.push({ params: Object.fromEntries(call.params), at: new Date(), fault: fault?.kind });
+    seen.set(call.action, list);
     if (fault?.kind === 'reset') return void req.socket.resetAndDestroy();
     if (fault?.kind === 'hang') return; // never answered; the client times out, or stop() closes it
     if (fault?.kind === 'latency') await sleep(fault.ms ?? 1000);
@@ -253,7 +272,8 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
   return {
     endpoint: `http://127.0.0.1:${port}`,
     recorded: (action) => [...(recorded.get(action) ?? [])],
-    inject: (fault) => void faults.push({ ...fault, times: fault.times ?? Infinity }),
+    calls: (action) => [...(seen.get(action) ?? [])],
+    inject: (fault) => void faults.push({ ...fault, times: fault.times ?? Infinity, after: fault.after ?? 0 }),
     clearFaults: () => void (faults = []),
     setAttachDelayMs: (ms) => void (attachDelayMs = ms),
     stop: () =>
@@ -291,7 +311,7 @@ function s3Operation(req: http.IncomingMessage, url: URL): string {
   const verb = VERB[req.method ?? 'GET'] ?? req.method ?? 'Get';
   const sub = [...q.keys()].find((k) => S3_SUBRESOURCES.includes(k));
   if (!bucket) return 'ListBuckets';
-  if (q.has('uploads')) return 'CreateMultipartUpload';
+  if (q.has('uploads')) return req.method === 'POST' ? 'CreateMultipartUpload' : 'ListMultipartUploads';
   if (q.has('uploadId')) return { PUT: 'UploadPart', POST: 'CompleteMultipartUpload', DELETE: 'AbortMultipartUpload' }[req.method ?? ''] ?? 'ListParts';
   if (req.method === 'POST' && q.has('delete')) return 'DeleteObjects';
   if (sub) return `${verb}${onObject ? 'Object' : 'Bucket'}${sub.split('-').map((w) => w[0]!.toUpperCase() + w.slice(1)).join('')}`;
