@@ -27,18 +27,30 @@ export async function mountFullDisk(dir: string, o: { sizeKiB?: number; keep?: R
   };
   try {
     for (const [name, text] of Object.entries(o.keep ?? {})) fs.writeFileSync(`${dir}/${name}`, text);
-    const fd = fs.openSync(`${dir}/.filler`, 'w');
-    const chunk = Buffer.alloc(4096);
-    try {
-      for (;;) fs.writeSync(fd, chunk);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err;
-    } finally {
-      fs.closeSync(fd);
-    }
+    fillUp(dir);
   } catch (err) {
     await unmount();
     throw err;
   }
   return { dir, unmount };
+}
+
+/** Writes `dir/.filler` until the file system answers ENOSPC, and syncs it (what is left is full). */
+export function fillUp(dir: string): void {
+  const fd = fs.openSync(`${dir}/.filler`, 'w');
+  const chunk = Buffer.alloc(64 * 1024);
+  try {
+    for (;;) fs.writeSync(fd, chunk);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err;
+  }
+  // The last partial blocks, then what delayed allocation still holds.
+  try {
+    for (;;) fs.writeSync(fd, chunk.subarray(0, 512));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err;
+  } finally {
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+  }
 }
