@@ -3,13 +3,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { CreateBucketCommand, GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { CreateTopicCommand, SNSClient } from '@aws-sdk/client-sns';
-import { afterAll, afterEach, beforeAll, describe, expect } from 'vitest';
+import { afterAll, beforeAll, describe, expect } from 'vitest';
 import type { ConfigInput } from '../../agent/config/schema.js';
 import { fillUp, mountFullDisk } from '../testbed/full-disk.js';
 import { kubeApiserverAvailable, startKube, type Kube } from '../testbed/kube.js';
 import { readRecords } from '../testbed/standins.js';
 import { REGION, awsSection, credentials, startAwsWorld, startController00, writeConfig, type AwsWorld, type BinaryController00 } from '../support/boot-env.js';
-import { errorLine, faultTable, runScenarioAgent, strayTempFiles, type Outcome } from './scenario.js';
+import { errorLine, faultTable, runScenarioAgent, snsEvents, strayTempFiles, undoAfterEachScenario, type Outcome } from './scenario.js';
 
 /**
  * Fault injection for controller 00's `zdt-agent boot` (a process, as cloud-init runs it) on
@@ -30,8 +30,7 @@ let kube: Kube;
 let topicArn: string;
 let direct: S3Client;
 let clusters = 0;
-const cleanups: Array<() => Promise<void>> = [];
-const stopped: number[] = [];
+const undo = undoAfterEachScenario(() => w?.proxy);
 
 beforeAll(async () => {
   if (!apiserver) return;
@@ -42,13 +41,6 @@ beforeAll(async () => {
   topicArn = (await new SNSClient(common).send(new CreateTopicCommand({ Name: 'zdt-fault-controller-events' }))).TopicArn!;
   direct = new S3Client({ region: REGION, endpoint: w.moto.endpoint, credentials, forcePathStyle: true });
 }, 180_000);
-
-afterEach(async () => {
-  w?.proxy.clearFaults();
-  w?.proxy.setAttachDelayMs(0);
-  for (const pid of stopped.splice(0)) process.kill(pid, 'SIGCONT');
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
 
 afterAll(async () => {
   await kube?.stop();
@@ -80,13 +72,12 @@ async function controller00(o: { etcd?: Record<string, unknown>; bootstrap?: boo
     boot: { controlPlaneWait: 4, dnsWait: 0, kubeadmTimeout: 30 },
   };
   const node = await startController00(w, { config, adminKubeconfig: kube.adminKubeconfig });
-  cleanups.push(() => node.stop());
+  undo.later(() => node.stop());
   writeConfig(node.root.dir, {
     ...config,
     aws: { ...awsSection(w.proxy.endpoint), maxAttempts: 3, requestTimeoutMs: 2000, connectTimeoutMs: 1000, imdsEndpoint: node.imds.endpoint, imdsTimeout: 5, ...o.aws },
   });
   const env = { ...node.env, AWS_EC2_METADATA_DISABLED: 'true' };
-  const sent = w.proxy.calls('Publish').length;
   return {
     ...node,
     cluster,
@@ -107,13 +98,9 @@ async function controller00(o: { etcd?: Record<string, unknown>; bootstrap?: boo
       }
     },
     events: () =>
-      w.proxy
-        .calls('Publish')
-        .slice(sent)
-        .filter((c) => c.fault === undefined)
-        .map((c) => JSON.parse(c.params.Message ?? '{}') as { event?: string; cluster?: string })
+      snsEvents(w.proxy)
         .filter((m) => m.cluster === cluster)
-        .map((m) => m.event ?? '?'),
+        .map((m) => m.event),
   };
 }
 
@@ -157,6 +144,7 @@ describe.skipIf(!apiserver)('controller 00 boot under EC2 faults around its etcd
   scenario('the attach takes 3 s (attaching) and every DescribeVolumes is slowed by 0.5 s', 'exit 0 (etcd.volume.attachTimeout 10 s); formatted once', async (t) => {
     const c = await controller00({ etcd: { volume: { attachTimeout: 10 } } });
     w.proxy.setAttachDelayMs(3000);
+    undo.later(() => w.proxy.setAttachDelayMs(0));
     w.proxy.inject({ action: 'DescribeVolumes', kind: 'latency', ms: 500 });
     const r = await c.boot();
     t.observe(await observed(c, r));
@@ -210,10 +198,7 @@ describe.skipIf(!apiserver)('controller 00 boot after kubeadm init', () => {
       const c = await controller00();
       const pid = kube.apiserverPid()!;
       process.kill(pid, 'SIGSTOP');
-      stopped.push(pid);
-      const r = await c.boot();
-      process.kill(pid, 'SIGCONT');
-      stopped.splice(stopped.indexOf(pid), 1);
+      const r = await c.boot().finally(() => process.kill(pid, 'SIGCONT'));
       c.asKubeadmLeftIt();
       const again = await c.boot();
       t.observe(`${await observed(c, r)}; then ${again.summary}: ${again.record?.phases['control-plane']?.detail ?? ''}`);
@@ -266,7 +251,7 @@ describe.skipIf(!apiserver)('controller 00 boot on full disks', () => {
     async (t) => {
       const c = await controller00();
       const disk = await mountFullDisk(c.root.at('/var/lib/zdt-agent'));
-      cleanups.push(() => disk.unmount());
+      undo.later(() => disk.unmount());
       const r = await c.boot();
       t.observe(await observed(c, r));
       // Waits for the `secrets` helper's fixes (issue 11: a boot that cannot record its state;

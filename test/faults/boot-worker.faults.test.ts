@@ -3,7 +3,7 @@ import type http from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CreateBucketCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { CreateTopicCommand, SNSClient } from '@aws-sdk/client-sns';
-import { afterAll, afterEach, beforeAll, describe, expect } from 'vitest';
+import { afterAll, beforeAll, describe, expect } from 'vitest';
 import type { ConfigInput } from '../../agent/config/schema.js';
 import { mountFullDisk } from '../testbed/full-disk.js';
 import { startHttpTap, type TapAnswer } from '../testbed/http-tap.js';
@@ -13,7 +13,7 @@ import { freePort, silentListener } from '../testbed/ports.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
 import { readRecords, standinEnv } from '../testbed/standins.js';
 import { AZ, REGION, credentials, launchInstance, startAwsWorld, writeConfig, type AwsWorld } from '../support/boot-env.js';
-import { errorLine, faultTable, runScenarioAgent, strayTempFiles, type Outcome } from './scenario.js';
+import { errorLine, faultTable, runScenarioAgent, snsEvents, strayTempFiles, undoAfterEachScenario, type Outcome } from './scenario.js';
 
 /**
  * Fault injection for a worker's `zdt-agent boot` (a process, as cloud-init runs it): IMDS
@@ -34,8 +34,7 @@ const TAGS = { 'aws:autoscaling:groupName': 'prod-workers', 'aws:cloudformation:
 let w: AwsWorld;
 let kube: Kube;
 let topicArn: string;
-const cleanups: Array<() => Promise<void>> = [];
-const stopped: number[] = [];
+const undo = undoAfterEachScenario(() => w?.proxy);
 
 beforeAll(async () => {
   if (!apiserver) return;
@@ -48,12 +47,6 @@ beforeAll(async () => {
   await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: 'prod/pki/ca.crt', Body: fs.readFileSync(kube.caFile) }));
   topicArn = (await new SNSClient(common).send(new CreateTopicCommand({ Name: 'zdt-fault-events' }))).TopicArn!;
 }, 180_000);
-
-afterEach(async () => {
-  w?.proxy.clearFaults();
-  for (const pid of stopped.splice(0)) process.kill(pid, 'SIGCONT');
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
 
 afterAll(async () => {
   await kube?.stop();
@@ -79,7 +72,7 @@ interface Worker {
  */
 async function worker(o: { imds?: ((req: http.IncomingMessage) => TapAnswer) | { endpoint: string }; aws?: Record<string, unknown> } = {}): Promise<Worker & { imdsServer: () => Promise<Imds> }> {
   const root = await makeTempRoot();
-  cleanups.push(() => root.cleanup());
+  undo.later(() => root.cleanup());
   const inst = await launchInstance(w, { tags: TAGS });
   const identity = { instanceId: inst.instanceId, region: REGION, availabilityZone: AZ, instanceType: 'm5.large', privateIp: inst.privateIp, tags: TAGS };
   let endpoint: string;
@@ -89,17 +82,17 @@ async function worker(o: { imds?: ((req: http.IncomingMessage) => TapAnswer) | {
     // Started by the scenario, on the port the endpoint names (IMDS late).
     imdsServer = async () => {
       const imds = await startImds({ ...identity, port: Number(new URL(endpoint).port) });
-      cleanups.push(() => imds.stop());
+      undo.later(() => imds.stop());
       return imds;
     };
   } else {
     const imds = await startImds(identity);
-    cleanups.push(() => imds.stop());
+    undo.later(() => imds.stop());
     imdsServer = async () => imds;
     endpoint = imds.endpoint;
     if (o.imds) {
       const tap = await startHttpTap(imds.endpoint, o.imds);
-      cleanups.push(() => tap.stop());
+      undo.later(() => tap.stop());
       endpoint = tap.endpoint;
     }
   }
@@ -126,12 +119,9 @@ async function worker(o: { imds?: ((req: http.IncomingMessage) => TapAnswer) | {
         ...w.proxy.recorded('CompleteLifecycleAction').filter((c) => c.params.InstanceId === id).map((c) => `hook ${c.params.LifecycleActionResult}`),
       ].join(', ') || 'no signal',
     events: () =>
-      w.proxy
-        .calls('Publish')
-        .filter((c) => c.fault === undefined || c.fault === 'latency')
-        .map((c) => JSON.parse(c.params.Message ?? '{}') as { event?: string; instance?: { id?: string } })
-        .filter((m) => m.instance?.id === id)
-        .map((m) => m.event ?? '?'),
+      snsEvents(w.proxy)
+        .filter((m) => m.instance.id === id)
+        .map((m) => m.event),
   };
 }
 
@@ -191,7 +181,7 @@ describe.skipIf(!apiserver)('worker boot under IMDS faults', () => {
 
   scenario('IMDS accepts connections and never answers', 'exit 3 (ImdsUnavailable) after aws.imdsTimeout; nothing joined, nothing signalled', async (t) => {
     const silent = await silentListener();
-    cleanups.push(async () => silent.close());
+    undo.later(async () => silent.close());
     const n = await worker({ imds: { endpoint: silent.endpoint } });
     const r = await n.boot();
     t.observe(await observed(n, r));
@@ -313,9 +303,7 @@ describe.skipIf(!apiserver)('worker boot under AWS faults', () => {
 describe.skipIf(!apiserver)('worker boot when the API server or the disk fail', () => {
   scenario('the API server is stopped (SIGSTOP: accepts, never answers)', 'exit 3 (ControlPlaneWaitTimeout) within the wait; no join; FAILURE, ABANDON', async (t) => {
     const n = await worker();
-    const pid = kube.apiserverPid()!;
-    process.kill(pid, 'SIGSTOP');
-    stopped.push(pid);
+    undo.sigstop(kube.apiserverPid()!);
     const r = await n.boot();
     t.observe(await observed(n, r));
     expect(r.code).toBe(3);
@@ -327,7 +315,7 @@ describe.skipIf(!apiserver)('worker boot when the API server or the disk fail', 
   scenario('/etc/kubernetes is full (a real full tmpfs) when join.yaml is written', 'exit 1 naming join.yaml; no join; no temp file left; FAILURE, ABANDON', async (t) => {
     const n = await worker();
     const disk = await mountFullDisk(n.root.at('/etc/kubernetes'));
-    cleanups.push(() => disk.unmount());
+    undo.later(() => disk.unmount());
     const r = await n.boot();
     t.observe(await observed(n, r));
     expect(r.code).toBe(1);

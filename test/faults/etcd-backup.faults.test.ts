@@ -1,13 +1,11 @@
-import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ListMultipartUploadsCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { afterAll, afterEach, beforeAll, describe, expect } from 'vitest';
+import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect } from 'vitest';
 import { stringify } from 'yaml';
 import type { ConfigInput } from '../../agent/config/schema.js';
-import { startEtcd, type EtcdMember } from '../testbed/etcd.js';
+import { fillEtcd, startEtcd, type EtcdMember } from '../testbed/etcd.js';
 import { startFidelityProxy, type FidelityProxy } from '../testbed/fidelity-proxy.js';
 import { mountFullDisk } from '../testbed/full-disk.js';
 import { startImds, type Imds } from '../testbed/imds.js';
@@ -16,7 +14,7 @@ import { freePort, silentListener } from '../testbed/ports.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
 import { startTcpRelay, type TcpRelay } from '../testbed/tcp-relay.js';
 import { REGION, makeBucket, makeKmsKey, testClients, useTestCredentials, writeFakePki } from '../support/terminate-env.js';
-import { errorLine, faultTable, runScenarioAgent, type Outcome } from './scenario.js';
+import { errorLine, faultTable, runScenarioAgent, s3Leftovers, undoAfterEachScenario, type Outcome } from './scenario.js';
 
 /**
  * Fault injection for the hourly `zdt-agent etcd backup` (a process, as the periodic job runs
@@ -39,10 +37,8 @@ let kmsKeyId: string;
 let etcd: EtcdMember;
 let etcdDir: string;
 let imds: Imds;
-const roots: TempRoot[] = [];
-const relays: TcpRelay[] = [];
-const stopped: number[] = [];
 let clusters = 0;
+const undo = undoAfterEachScenario(() => proxy);
 
 beforeAll(async () => {
   useTestCredentials();
@@ -57,23 +53,14 @@ beforeAll(async () => {
   etcdDir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-etcd-faults-'));
   etcd = await startEtcd({ dir: path.join(etcdDir, 'data'), name: 'etcd00' });
   // About 11 MiB of data: the backup goes up in three parts of 5 MiB.
-  for (let i = 0; i < 12; i++) {
-    execFileSync('etcdctl', [`--endpoints=${etcd.clientUrl}`, 'put', `/registry/blob/${i}`], { env: { ...process.env, ETCDCTL_API: '3' }, input: randomBytes(700 * 1024).toString('base64') });
-  }
+  fillEtcd(etcd.clientUrl, 12);
 }, 180_000);
 
-afterEach(() => {
-  proxy.clearFaults();
-  for (const pid of stopped.splice(0)) process.kill(pid, 'SIGCONT');
-});
-
 afterAll(async () => {
-  for (const r of relays) await r.stop();
   await etcd?.stop();
   await imds?.stop();
   await proxy?.stop();
   await moto?.stop();
-  for (const r of roots) await r.cleanup();
   if (etcdDir) fs.rmSync(etcdDir, { recursive: true, force: true });
 });
 
@@ -90,7 +77,7 @@ interface Controller {
 /** A controller of its own cluster (its own key prefix), backing up the shared etcd. */
 async function controller(o: { clientUrl?: string; backup?: Record<string, unknown>; aws?: Record<string, unknown> } = {}): Promise<Controller> {
   const root = await makeTempRoot();
-  roots.push(root);
+  undo.later(() => root.cleanup());
   writeFakePki(root.dir);
   const cluster = `faults${++clusters}`;
   const config: ConfigInput = {
@@ -107,8 +94,8 @@ async function controller(o: { clientUrl?: string; backup?: Record<string, unkno
     root,
     cluster,
     backup: (limitMs = 60_000) => runScenarioAgent({ root: root.dir, args: ['etcd', 'backup', '--root', root.dir], env, limitMs }),
-    objects: async () => ((await direct.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: prefix }))).Contents ?? []).map((c) => c.Key!),
-    openUploads: async () => ((await direct.send(new ListMultipartUploadsCommand({ Bucket: BUCKET, Prefix: prefix }))).Uploads ?? []).map((u) => u.Key!),
+    objects: async () => (await s3Leftovers(direct, BUCKET, prefix)).objects,
+    openUploads: async () => (await s3Leftovers(direct, BUCKET, prefix)).openUploads,
   };
 }
 
@@ -253,17 +240,17 @@ describe('etcd backup when etcd, IMDS or the disk fail', () => {
     let relay: TcpRelay | undefined = undefined;
     relay = await startTcpRelay(new URL(etcd.clientUrl).host, (bytes) => {
       // About 2 MiB into the snapshot: etcd stops, and nothing more of what it sent arrives.
-      if (bytes > 2 * 1024 * 1024 && !stopped.includes(etcd.pid)) {
-        process.kill(etcd.pid, 'SIGSTOP');
-        stopped.push(etcd.pid);
+      if (bytes > 2 * 1024 * 1024 && !undo.isStopped(etcd.pid)) {
+        undo.sigstop(etcd.pid);
         relay!.freeze();
       }
     });
-    relays.push(relay);
+    const started = relay;
+    undo.later(() => started.stop());
     const c = await controller({ clientUrl: `http://${relay.hostPort}`, backup: { timeout: 6 } });
     const r = await c.backup();
     t.observe(`${await observed(c, r)}; etcd stopped after ${(relay.bytesFromTarget() / 1048576).toFixed(1)} MiB`);
-    expect(stopped).toContain(etcd.pid);
+    expect(undo.isStopped(etcd.pid)).toBe(true);
     expect(r.code).toBe(3);
     expect(await c.objects()).toEqual([]);
     // Waits for the `secrets` helper's fix (issue 11: abort on failure) if it fails here.

@@ -1,7 +1,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterAll, expect, it } from 'vitest';
+import { ListMultipartUploadsCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import { afterAll, afterEach, expect, it } from 'vitest';
 import { readState, type RunRecord } from '../../agent/log/state.js';
+import type { AgentEvent } from '../../agent/notify/events.js';
+import type { FidelityProxy } from '../testbed/fidelity-proxy.js';
 import { ROOT_DIR, runAgent, type AgentRun } from '../support/boot-env.js';
 
 /**
@@ -131,4 +134,51 @@ export function strayTempFiles(dir: string): string[] {
   };
   walk(dir);
   return out;
+}
+
+export interface ScenarioUndo {
+  /** Runs `fn` after the scenario (newest first): servers, roots, mounts it started. */
+  later(fn: () => Promise<void> | void): void;
+  /** SIGSTOPs a server (accepts connections, never answers); it is continued after the scenario. */
+  sigstop(pid: number): void;
+  isStopped(pid: number): boolean;
+}
+
+/**
+ * Undoes what each scenario did, after it: the proxy's faults cleared, stopped servers
+ * continued, then `later` steps newest first. Call once per file, at the top level.
+ */
+export function undoAfterEachScenario(proxy: () => FidelityProxy | undefined): ScenarioUndo {
+  const steps: Array<() => Promise<void> | void> = [];
+  const stopped: number[] = [];
+  afterEach(async () => {
+    proxy()?.clearFaults();
+    for (const pid of stopped.splice(0)) process.kill(pid, 'SIGCONT');
+    for (const step of steps.splice(0).reverse()) await step();
+  });
+  return {
+    later: (fn) => void steps.push(fn),
+    sigstop: (pid) => {
+      process.kill(pid, 'SIGSTOP');
+      stopped.push(pid);
+    },
+    isStopped: (pid) => stopped.includes(pid),
+  };
+}
+
+/** The SNS events the agent sent through the proxy (calls a fault answered did not reach SNS). */
+export function snsEvents(proxy: FidelityProxy): AgentEvent[] {
+  return proxy
+    .calls('Publish')
+    .filter((c) => c.fault === undefined || c.fault === 'latency')
+    .map((c) => JSON.parse(c.params.Message ?? '{}') as AgentEvent);
+}
+
+/** Keys of the objects under `prefix`, and of the multipart uploads under it that were neither completed nor aborted. */
+export async function s3Leftovers(s3: S3Client, bucket: string, prefix: string): Promise<{ objects: string[]; openUploads: string[] }> {
+  const [objects, uploads] = await Promise.all([
+    s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix })),
+    s3.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: prefix })),
+  ]);
+  return { objects: (objects.Contents ?? []).map((c) => c.Key!), openUploads: (uploads.Uploads ?? []).map((u) => u.Key!) };
 }

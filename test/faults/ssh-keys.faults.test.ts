@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import { AddUserToGroupCommand, CreateGroupCommand, CreateUserCommand, IAMClient, UploadSSHPublicKeyCommand } from '@aws-sdk/client-iam';
 import { AssumeRoleCommand, STSClient } from '@aws-sdk/client-sts';
-import { afterAll, afterEach, beforeAll, describe, expect } from 'vitest';
+import { afterAll, beforeAll, describe, expect } from 'vitest';
 import { stringify } from 'yaml';
 import { startFidelityProxy, type FidelityProxy } from '../testbed/fidelity-proxy.js';
 import { mountFullDisk } from '../testbed/full-disk.js';
@@ -9,7 +9,7 @@ import { startMoto, type Moto } from '../testbed/moto.js';
 import { freePort } from '../testbed/ports.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
 import { tempKey, tmpdir } from '../testbed/sshd.js';
-import { faultTable, runScenarioAgent, strayTempFiles } from './scenario.js';
+import { faultTable, runScenarioAgent, strayTempFiles, undoAfterEachScenario } from './scenario.js';
 
 /**
  * Fault injection for `zdt-agent ssh-keys USER` as sshd runs it (a process; stdout is what
@@ -27,7 +27,7 @@ let proxy: FidelityProxy;
 let keyDir: string;
 let alicePub: string;
 let frankPub: string;
-const roots: TempRoot[] = [];
+const undo = undoAfterEachScenario(() => proxy);
 
 async function seed(iam: IAMClient, group: string, user: string, pub: string): Promise<void> {
   await iam.send(new CreateGroupCommand({ GroupName: group }));
@@ -49,19 +49,16 @@ beforeAll(async () => {
   await seed(central, 'central-ops', 'frank', frankPub);
 }, 120_000);
 
-afterEach(() => proxy.clearFaults());
-
 afterAll(async () => {
   await proxy?.stop();
   await moto?.stop();
-  for (const r of roots) await r.cleanup();
   if (keyDir) fs.rmSync(keyDir, { recursive: true, force: true });
 });
 
 /** A bastion's root with its config: IAM through the proxy (or `endpoint`), 2 s requests, 3 attempts. */
 async function bastion(ssh: Record<string, unknown> = {}, endpoint?: string): Promise<TempRoot> {
   const root = await makeTempRoot();
-  roots.push(root);
+  undo.later(() => root.cleanup());
   fs.mkdirSync(root.at('/etc/zdt-agent'), { recursive: true });
   const config = {
     node: { role: 'bastion' },

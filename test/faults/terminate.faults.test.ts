@@ -1,16 +1,14 @@
-import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AutoScalingClient, CreateAutoScalingGroupCommand, CreateLaunchConfigurationCommand, PutLifecycleHookCommand } from '@aws-sdk/client-auto-scaling';
-import { ListMultipartUploadsCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
 import { CreateTopicCommand, SNSClient } from '@aws-sdk/client-sns';
-import { afterAll, afterEach, beforeAll, describe, expect } from 'vitest';
+import { afterAll, beforeAll, describe, expect } from 'vitest';
 import type { ConfigInput } from '../../agent/config/schema.js';
 import type { AgentEvent } from '../../agent/notify/events.js';
-import { startEtcd, type EtcdMember } from '../testbed/etcd.js';
+import { fillEtcd, startEtcd, type EtcdMember } from '../testbed/etcd.js';
 import { startFidelityProxy, type FidelityProxy } from '../testbed/fidelity-proxy.js';
 import { mountFullDisk } from '../testbed/full-disk.js';
 import { startImds, type Imds } from '../testbed/imds.js';
@@ -20,7 +18,7 @@ import { freePort, silentListener } from '../testbed/ports.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
 import { startTcpRelay, type TcpRelay } from '../testbed/tcp-relay.js';
 import { REGION, awsConfig, makeBucket, makeKmsKey, testClients, useTestCredentials, writeFakePki } from '../support/terminate-env.js';
-import { errorLine, faultTable, runScenarioAgent, strayTempFiles, type Outcome } from './scenario.js';
+import { errorLine, faultTable, runScenarioAgent, s3Leftovers, snsEvents, strayTempFiles, undoAfterEachScenario, type Outcome } from './scenario.js';
 
 /**
  * Fault injection for `zdt-agent terminate` (a process, as OpenRC runs it at shutdown), for a
@@ -48,8 +46,7 @@ let kube: Kube;
 let etcd: EtcdMember;
 let etcdDir: string;
 let instances = 0;
-const cleanups: Array<() => Promise<void>> = [];
-const stopped: number[] = [];
+const undo = undoAfterEachScenario(() => proxy);
 
 const common = (endpoint: string) => ({ region: REGION, endpoint, credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' } });
 
@@ -69,21 +66,13 @@ beforeAll(async () => {
   etcdDir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-etcd-term-faults-'));
   etcd = await startEtcd({ dir: path.join(etcdDir, 'data'), name: 'etcd00' });
   // About 11 MiB: the emergency backup goes up in three parts of 5 MiB.
-  for (let i = 0; i < 12; i++) {
-    execFileSync('etcdctl', [`--endpoints=${etcd.clientUrl}`, 'put', `/registry/blob/${i}`], { env: { ...process.env, ETCDCTL_API: '3' }, input: randomBytes(700 * 1024).toString('base64') });
-  }
+  fillEtcd(etcd.clientUrl, 12);
   if (available) {
     kube = await startKube();
     await ensureNamespace(kube.admin, 'app');
     await applyNodeSelfDeleteRbac(kube.admin);
   }
 }, 180_000);
-
-afterEach(async () => {
-  proxy.clearFaults();
-  for (const pid of stopped.splice(0)) process.kill(pid, 'SIGCONT');
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
 
 afterAll(async () => {
   await kube?.stop();
@@ -92,11 +81,6 @@ afterAll(async () => {
   await moto?.stop();
   if (etcdDir) fs.rmSync(etcdDir, { recursive: true, force: true });
 });
-
-function sigstop(pid: number): void {
-  process.kill(pid, 'SIGSTOP');
-  stopped.push(pid);
-}
 
 interface Node {
   root: TempRoot;
@@ -110,7 +94,7 @@ interface Node {
 async function newNode(o: { config: (imdsEndpoint: string) => ConfigInput; imds?: { endpoint: string }; lifecycle?: boolean; tags?: Record<string, string> }): Promise<Node> {
   const instanceId = `i-0fault${String(++instances).padStart(11, '0')}`;
   const root = await makeTempRoot();
-  cleanups.push(() => root.cleanup());
+  undo.later(() => root.cleanup());
   let endpoint = o.imds?.endpoint;
   if (!endpoint) {
     const imds: Imds = await startImds({
@@ -122,7 +106,7 @@ async function newNode(o: { config: (imdsEndpoint: string) => ConfigInput; imds?
       tags: { Name: instanceId, ...o.tags },
       ...(o.lifecycle ? { targetLifecycleState: 'Terminated' as const } : {}),
     });
-    cleanups.push(() => imds.stop());
+    undo.later(() => imds.stop());
     endpoint = imds.endpoint;
   }
   const config = o.config(endpoint);
@@ -134,12 +118,7 @@ async function newNode(o: { config: (imdsEndpoint: string) => ConfigInput; imds?
     instanceId,
     terminate: (t = {}) =>
       runScenarioAgent({ root: root.dir, args: ['terminate', '--root', root.dir, ...(t.event ? ['--event', t.event] : [])], env, record: 'terminate', limitMs: t.limitMs ?? 60_000 }),
-    finished: () =>
-      proxy
-        .calls('Publish')
-        .filter((c) => c.fault === undefined)
-        .map((c) => JSON.parse(c.params.Message ?? '{}') as AgentEvent)
-        .find((m) => m.event === 'terminate.finished' && m.instance.id === instanceId),
+    finished: () => snsEvents(proxy).find((m) => m.event === 'terminate.finished' && m.instance.id === instanceId),
     completes: () =>
       proxy
         .recorded('CompleteLifecycleAction')
@@ -164,7 +143,7 @@ async function worker(o: { terminate?: Record<string, unknown>; imds?: { endpoin
   });
   const nodeName = `ip-10-0-1-${instances}.${REGION}.compute.internal`;
   const kubelet: FakeKubelet = await startFakeKubelet(kube, nodeName, { finaliseAfterMs: o.finaliseAfterMs ?? 0 });
-  cleanups.push(() => kubelet.stop());
+  undo.later(() => kubelet.stop());
   await createPod(kube.admin, { namespace: 'app', name: `shop-${instances}`, node: nodeName, owner: { kind: 'ReplicaSet', name: 'shop' } });
   await kube.writeNodeKubeconfig(nodeName, n.root.at('/etc/kubernetes/kubelet.conf'));
   return { ...n, nodeName, nodeExists: async () => (await kube.admin.raw('GET', `/api/v1/nodes/${nodeName}`)).status === 200 };
@@ -187,8 +166,8 @@ async function controller(o: { clientUrl?: string; backup?: Record<string, unkno
   const prefix = `etcd-backups/solo${instances}/`;
   return {
     ...n,
-    objects: async () => ((await direct.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: prefix }))).Contents ?? []).map((c) => c.Key!),
-    openUploads: async () => ((await direct.send(new ListMultipartUploadsCommand({ Bucket: BUCKET, Prefix: prefix }))).Uploads ?? []).map((u) => u.Key!),
+    objects: async () => (await s3Leftovers(direct, BUCKET, prefix)).objects,
+    openUploads: async () => (await s3Leftovers(direct, BUCKET, prefix)).openUploads,
   };
 }
 
@@ -216,7 +195,7 @@ const scenario = faultTable('terminate');
 describe.skipIf(!available)('a retiring worker under faults', () => {
   scenario('IMDS accepts connections and never answers', 'exit 3 inside the budget: identity deadline, event unknown: drained, the Node kept, nothing completed', async (t) => {
     const silent = await silentListener();
-    cleanups.push(async () => silent.close());
+    undo.later(async () => silent.close());
     const n = await worker({ imds: { endpoint: silent.endpoint } });
     const r = await n.terminate();
     t.observe(observed(n, r, [`Node ${(await n.nodeExists()) ? 'kept' : 'deleted'}`]));
@@ -292,7 +271,7 @@ describe.skipIf(!available)('a retiring worker under faults', () => {
   scenario('the log directory is full (a real full tmpfs)', 'exit 0: drained, Node deleted, CONTINUE', async (t) => {
     const n = await worker();
     const disk = await mountFullDisk(n.root.at('/var/log'));
-    cleanups.push(() => disk.unmount());
+    undo.later(() => disk.unmount());
     const r = await n.terminate();
     t.observe(observed(n, r));
     expect(r.code).toBe(0);
@@ -302,7 +281,7 @@ describe.skipIf(!available)('a retiring worker under faults', () => {
   scenario('the state directory is full (a real full tmpfs)', 'exit 1 with a line naming the state file, after the drain, the Node deletion and CONTINUE; no temp file left', async (t) => {
     const n = await worker();
     const disk = await mountFullDisk(n.root.at('/var/lib/zdt-agent'));
-    cleanups.push(() => disk.unmount());
+    undo.later(() => disk.unmount());
     const r = await n.terminate();
     t.observe(observed(n, r, [`Node ${(await n.nodeExists()) ? 'kept' : 'deleted'}`]));
     expect(await n.nodeExists()).toBe(false);
@@ -319,7 +298,7 @@ describe.skipIf(!available)('a retiring worker under faults', () => {
     'exit 3 inside the budget: drain deadline and listed as unfinished (not failed, no podsLeft 0); CONTINUE still sent',
     async (t) => {
       const n = await worker({ terminate: { budget: 12, drainTimeout: 10 } });
-      sigstop(kube.apiserverPid()!);
+      undo.sigstop(kube.apiserverPid()!);
       const r = await n.terminate();
       const f = n.finished();
       t.observe(observed(n, r, [`drain=${phase(r, 'drain')}`, `podsLeft=${f?.details.podsLeft}`]));
@@ -411,17 +390,17 @@ describe('a single controller\'s emergency backup under faults', () => {
   scenario('etcd is stopped (SIGSTOP) in the middle of the snapshot stream', 'exit 3 inside the budget: etcd-backup deadline; no object', async (t) => {
     let relay: TcpRelay | undefined = undefined;
     relay = await startTcpRelay(new URL(etcd.clientUrl).host, (bytes) => {
-      if (bytes > 2 * 1024 * 1024 && !stopped.includes(etcd.pid)) {
-        sigstop(etcd.pid);
+      if (bytes > 2 * 1024 * 1024 && !undo.isStopped(etcd.pid)) {
+        undo.sigstop(etcd.pid);
         relay!.freeze();
       }
     });
-    const r0 = relay;
-    cleanups.push(() => r0.stop());
+    const started = relay;
+    undo.later(() => started.stop());
     const c = await controller({ clientUrl: `http://${relay.hostPort}` });
     const r = await c.terminate({ event: 'terminate' });
     t.observe(observed(c, r, [`etcd stopped after ${(relay.bytesFromTarget() / 1048576).toFixed(1)} MiB`, `${(await c.objects()).length} object(s)`]));
-    expect(stopped).toContain(etcd.pid);
+    expect(undo.isStopped(etcd.pid)).toBe(true);
     expect(r.code).toBe(3);
     expect(phase(r, 'etcd-backup')).toBe('deadline');
     expect(await c.objects()).toEqual([]);
@@ -450,7 +429,7 @@ describe('a single controller\'s emergency backup under faults', () => {
 
   scenario('IMDS accepts connections and never answers (no --event)', 'exit 3: identity deadline, event unknown: the emergency backup is still taken', async (t) => {
     const silent = await silentListener();
-    cleanups.push(async () => silent.close());
+    undo.later(async () => silent.close());
     const c = await controller({ imds: { endpoint: silent.endpoint } });
     const r = await c.terminate();
     t.observe(observed(c, r, [`${(await c.objects()).length} object(s)`]));
