@@ -73,7 +73,8 @@ function awsCallOf(err: unknown): string | undefined {
   const e = err as { awsOperation?: unknown; name?: unknown; message?: unknown; $metadata?: { httpStatusCode?: number } } | null;
   if (typeof e?.awsOperation !== 'string') return undefined;
   const name = typeof e.name === 'string' ? e.name : 'Error';
-  const message = typeof e.message === 'string' ? (e.message.split('\n')[0] ?? '') : '';
+  // The SDK's own request timeout reads `@smithy/node-http-handler - [ERROR] a request has …`.
+  const message = typeof e.message === 'string' ? (e.message.split('\n')[0] ?? '').replace(/^@smithy\/[\w-]+ - \[\w+\] /, '') : '';
   const status = e.$metadata?.httpStatusCode;
   // An error without a body (any HEAD) is `Unknown: UnknownError`: only the status says anything.
   if (name === 'Unknown' && status) return `${e.awsOperation}: HTTP ${status}`;

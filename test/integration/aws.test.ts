@@ -88,8 +88,9 @@ describe('AWS client factory', () => {
     proxy.inject({ action: 'DescribeVolumes', kind: 'hang' });
     const aws = makeAws({ aws: awsConfig({ region: 'eu-west-1', endpoint: proxy.endpoint, requestTimeoutMs: 500, maxAttempts: 1 }), region: async () => 'unused' });
     const started = Date.now();
-    await expect((await aws.ec2()).send(new DescribeVolumesCommand({}))).rejects.toThrow();
+    const err = await (await aws.ec2()).send(new DescribeVolumesCommand({})).catch((e: unknown) => e);
     expect(Date.now() - started).toBeLessThan(20_000);
+    expect(asAgentError(err).message).toBe('EC2 DescribeVolumes: TimeoutError: a request has exceeded the configured 500 ms requestTimeout.');
     proxy.clearFaults();
   });
 });
