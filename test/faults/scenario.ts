@@ -166,10 +166,11 @@ export function undoAfterEachScenario(proxy: () => FidelityProxy | undefined): S
   };
 }
 
-/** The SNS events the agent sent through the proxy (calls a fault answered did not reach SNS). */
-export function snsEvents(proxy: FidelityProxy): AgentEvent[] {
+/** The SNS events the agent sent through the proxy since its `since`th Publish call (calls a fault answered did not reach SNS). */
+export function snsEvents(proxy: FidelityProxy, since = 0): AgentEvent[] {
   return proxy
     .calls('Publish')
+    .slice(since)
     .filter((c) => c.fault === undefined || c.fault === 'latency')
     .map((c) => JSON.parse(c.params.Message ?? '{}') as AgentEvent);
 }

@@ -113,12 +113,14 @@ async function newNode(o: { config: (imdsEndpoint: string) => ConfigInput; imds?
   fs.mkdirSync(root.at('/etc/zdt-agent'), { recursive: true });
   fs.writeFileSync(root.at('/etc/zdt-agent/config.yaml'), JSON.stringify(config));
   const env = { ...process.env, AWS_EC2_METADATA_DISABLED: 'true' };
+  const sentBefore = proxy.calls('Publish').length;
   return {
     root,
     instanceId,
     terminate: (t = {}) =>
       runScenarioAgent({ root: root.dir, args: ['terminate', '--root', root.dir, ...(t.event ? ['--event', t.event] : [])], env, record: 'terminate', limitMs: t.limitMs ?? 60_000 }),
-    finished: () => snsEvents(proxy).find((m) => m.event === 'terminate.finished' && m.instance.id === instanceId),
+    // A node that could not learn its identity reports as instance 'unknown'.
+    finished: () => snsEvents(proxy, sentBefore).find((m) => m.event === 'terminate.finished' && [instanceId, 'unknown'].includes(m.instance.id)),
     completes: () =>
       proxy
         .recorded('CompleteLifecycleAction')
