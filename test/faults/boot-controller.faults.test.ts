@@ -246,17 +246,20 @@ describe.skipIf(!apiserver)('controller 00 boot after kubeadm init', () => {
 describe.skipIf(!apiserver)('controller 00 boot on full disks', () => {
   scenario(
     'the state directory is full (a real full tmpfs)',
-    'exit 1 with a line naming the state file; boot.failed sent; no temp file left',
+    'exit 1 (StateNotRecorded naming the state file); no work phase: the volume untouched, no kubeadm; boot.failed sent; no temp file left',
     async (t) => {
       const c = await controller00();
       const disk = await mountFullDisk(c.root.at('/var/lib/zdt-agent'));
       undo.later(() => disk.unmount());
       const r = await c.boot();
       t.observe(await observed(c, r));
-      // Waits for the `secrets` helper's fixes (issue 11: a boot that cannot record its state;
-      // writeFileAtomic's temp files on ENOSPC; ENOSPC messages naming the file).
+      // Waits for the `secrets` helper's fixes (issue 11, docs/boot.md "When the state cannot
+      // be written": a boot that cannot record its state fails before any work phase;
+      // writeFileAtomic's temp files on ENOSPC).
       expect(r.code).toBe(1);
-      expect(errorLine(r)).toMatch(/state\.json/);
+      expect(errorLine(r)).toMatch(/StateNotRecorded: .*state\.json/);
+      expect(c.filesystem()).toBe('');
+      expect(await c.kubeadmInits()).toBe(0);
       expect(c.events()).toEqual(['boot.failed']);
       expect(strayTempFiles(c.root.at('/var/lib/zdt-agent'))).toEqual([]);
     },

@@ -232,10 +232,10 @@ describe.skipIf(!apiserver)('worker boot under AWS faults', () => {
 
   scenario('S3 GetObject answers 500 for good', 'exit 3 (ControlPlaneWaitTimeout naming the S3 object) within the wait; no join; FAILURE, ABANDON, boot.failed; no retry storm', async (t) => {
     const n = await worker();
-    const before = w.proxy.calls('s3:GetObject').length;
+    const before = w.proxy.calls('s3:GetObject');
     w.proxy.inject({ action: 's3:GetObject', kind: '500' });
     const r = await n.boot();
-    const gets = w.proxy.calls('s3:GetObject').length - before;
+    const gets = w.proxy.calls('s3:GetObject') - before;
     t.observe(`${await observed(n, r)}; ${gets} GetObject calls`);
     expect(r.code).toBe(3);
     expect(errorLine(r)).toMatch(/ControlPlaneWaitTimeout: .*s3:\/\/zdt-fault-bootstrap\/prod\/pki\/ca\.crt/);

@@ -119,7 +119,7 @@ describe('etcd backup under S3 faults', () => {
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(verified);
     expect(await c.objects()).toHaveLength(1);
-    expect(proxy.calls('s3:UploadPart').filter((x) => x.fault === '500')).toHaveLength(2);
+    expect(proxy.seen('s3:UploadPart').filter((x) => x.fault === '500')).toHaveLength(2);
   });
 
   scenario('an UploadPart resets the connection once', 'exit 0, one verified object', async (t) => {
@@ -259,12 +259,12 @@ describe('etcd backup when etcd, IMDS or the disk fail', () => {
 
   scenario('etcd is not running (connection refused)', 'exit 1 (EtcdUnavailable), nothing uploaded', async (t) => {
     const c = await controller({ clientUrl: `http://127.0.0.1:${await freePort()}` });
-    const before = proxy.calls('s3:CreateMultipartUpload').length + proxy.calls('s3:PutObject').length;
+    const before = proxy.calls('s3:CreateMultipartUpload') + proxy.calls('s3:PutObject');
     const r = await c.backup();
     t.observe(await observed(c, r));
     expect(r.code).toBe(1);
     expect(errorLine(r)).toMatch(/EtcdUnavailable/);
-    expect(proxy.calls('s3:CreateMultipartUpload').length + proxy.calls('s3:PutObject').length).toBe(before);
+    expect(proxy.calls('s3:CreateMultipartUpload') + proxy.calls('s3:PutObject')).toBe(before);
   });
 
   scenario('IMDS accepts connections and never answers (the backup needs the instance id)', 'exit 3 (ImdsUnavailable) after aws.imdsTimeout, nothing uploaded', async (t) => {

@@ -169,7 +169,7 @@ export function undoAfterEachScenario(proxy: () => FidelityProxy | undefined): S
 /** The SNS events the agent sent through the proxy since its `since`th Publish call (calls a fault answered did not reach SNS). */
 export function snsEvents(proxy: FidelityProxy, since = 0): AgentEvent[] {
   return proxy
-    .calls('Publish')
+    .seen('Publish')
     .slice(since)
     .filter((c) => c.fault === undefined || c.fault === 'latency')
     .map((c) => JSON.parse(c.params.Message ?? '{}') as AgentEvent);

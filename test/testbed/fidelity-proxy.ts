@@ -61,8 +61,10 @@ export interface SeenCall extends RecordedCall {
 export interface FidelityProxy {
   endpoint: string;
   recorded(action: RecordedAction): RecordedCall[];
-  /** Every call of `action` so far (e.g. to see that a client gave up instead of retrying in a storm). */
-  calls(action: string): SeenCall[];
+  /** How many calls of `action` (named as for `inject`) reached the proxy, faults included. */
+  calls(action: string): number;
+  /** Every call of `action` so far, with its parameters and the fault that answered it. */
+  seen(action: string): SeenCall[];
   inject(fault: Fault): void;
   clearFaults(): void;
   setAttachDelayMs(ms: number): void;
@@ -272,7 +274,8 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
   return {
     endpoint: `http://127.0.0.1:${port}`,
     recorded: (action) => [...(recorded.get(action) ?? [])],
-    calls: (action) => [...(seen.get(action) ?? [])],
+    calls: (action) => seen.get(action)?.length ?? 0,
+    seen: (action) => [...(seen.get(action) ?? [])],
     inject: (fault) => void faults.push({ ...fault, times: fault.times ?? Infinity, after: fault.after ?? 0 }),
     clearFaults: () => void (faults = []),
     setAttachDelayMs: (ms) => void (attachDelayMs = ms),
@@ -311,7 +314,7 @@ function s3Operation(req: http.IncomingMessage, url: URL): string {
   const verb = VERB[req.method ?? 'GET'] ?? req.method ?? 'Get';
   const sub = [...q.keys()].find((k) => S3_SUBRESOURCES.includes(k));
   if (!bucket) return 'ListBuckets';
-  if (q.has('uploads')) return req.method === 'POST' ? 'CreateMultipartUpload' : 'ListMultipartUploads';
+  if (q.has('uploads')) return req.method === 'GET' ? 'ListMultipartUploads' : 'CreateMultipartUpload';
   if (q.has('uploadId')) return { PUT: 'UploadPart', POST: 'CompleteMultipartUpload', DELETE: 'AbortMultipartUpload' }[req.method ?? ''] ?? 'ListParts';
   if (req.method === 'POST' && q.has('delete')) return 'DeleteObjects';
   if (sub) return `${verb}${onObject ? 'Object' : 'Bucket'}${sub.split('-').map((w) => w[0]!.toUpperCase() + w.slice(1)).join('')}`;
