@@ -153,6 +153,7 @@ async function initControlPlane(ctx: BootContext, volume: MountedVolume, version
   const generated = !token;
   token ??= newBootstrapToken();
   addSecret(token);
+  const ignore = restore ? [dirAvailableCheck(dataDir)] : [];
   // Published before kubeadm init: a boot that fails after it (the PKI upload, the grant)
   // leaves a node whose next boot only sees kubeadm's files, and the others still need the
   // token; one that fails before init uses this token at the next try.
@@ -160,7 +161,6 @@ async function initControlPlane(ctx: BootContext, volume: MountedVolume, version
     await writeBootstrapObject(ctx, 'token', `${token}\n`);
     log.info('published the join token', { to: config.cluster.bootstrap.s3Uri });
   }
-  const ignore = restore ? [dirAvailableCheck(dataDir)] : [];
   const initYaml = renderInitConfig({
     node: nodeRegistrationFor(config, identity, ignore),
     cluster: clusterSettingsFor(config, { kubernetesVersion: version, etcdDataDir: dataDir }),
