@@ -63,11 +63,11 @@ export interface FidelityProxy {
   recorded(action: RecordedAction): RecordedCall[];
   /** How many calls of `action` (named as for `inject`) reached the proxy, faults included. */
   calls(action: string): number;
-  /** Every call of `action` so far, with its parameters and the fault that answered it. */
-  seen(action: string): SeenCall[];
   inject(fault: Fault): void;
   clearFaults(): void;
   setAttachDelayMs(ms: number): void;
+  /** Every call of `action` so far, with its parameters and the fault that answered it. */
+  seen(action: string): SeenCall[];
   stop(): Promise<void>;
 }
 
@@ -115,9 +115,10 @@ const FAULT_ERRORS: Record<'throttle' | '500' | '503', Record<Protocol, [number,
 export async function startFidelityProxy(o: { target: string; attachDelayMs?: number }): Promise<FidelityProxy> {
   const target = new URL(o.target);
   let attachDelayMs = o.attachDelayMs ?? 0;
-  let faults: (Fault & { times: number; after: number })[] = [];
-  const recorded = new Map<string, RecordedCall[]>();
+  let faults: (Fault & { times: number })[] = [];
   const seen = new Map<string, SeenCall[]>();
+  const recorded = new Map<string, RecordedCall[]>();
+  const counted = new Map<string, number>();
   const transitions = new Map<string, Transition>();
 
   const upstream = (method: string, path: string, headers: http.IncomingHttpHeaders, body: Buffer): Promise<Reply> =>
@@ -232,7 +233,7 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
   function takeFault(action: string): Fault | undefined {
     const fault = faults.find((f) => f.action === action && f.times > 0);
     if (!fault) return undefined;
-    if (fault.after > 0) {
+    if (fault.after) {
       fault.after -= 1;
       return undefined;
     }
@@ -244,6 +245,7 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
     const chunks: Buffer[] = [];
     for await (const c of req) chunks.push(c as Buffer);
     const call = identify(req, Buffer.concat(chunks));
+    counted.set(call.action, (counted.get(call.action) ?? 0) + 1);
     const fault = takeFault(call.action);
     const list = seen.get(call.action) ?? [];
     list.push({ params: Object.fromEntries(call.params), at: new Date(), fault: fault?.kind });
@@ -274,9 +276,9 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
   return {
     endpoint: `http://127.0.0.1:${port}`,
     recorded: (action) => [...(recorded.get(action) ?? [])],
-    calls: (action) => seen.get(action)?.length ?? 0,
+    calls: (action) => counted.get(action) ?? 0,
+    inject: (fault) => void faults.push({ ...fault, times: fault.times ?? Infinity }),
     seen: (action) => [...(seen.get(action) ?? [])],
-    inject: (fault) => void faults.push({ ...fault, times: fault.times ?? Infinity, after: fault.after ?? 0 }),
     clearFaults: () => void (faults = []),
     setAttachDelayMs: (ms) => void (attachDelayMs = ms),
     stop: () =>
