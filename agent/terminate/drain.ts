@@ -225,11 +225,25 @@ export async function drainNode(o: DrainOptions, report: DrainReport = emptyDrai
   let lastProgress = Date.now();
   const pollMs = o.pollMs ?? 500;
   const skippedSeen = new Set<string>();
-  try {
-    await drainLoop();
-  } catch (err) {
-    // Out of time: the report says how far the drain got.
-    if (!signal.aborted) throw err;
+  for (let lost = false; ; ) {
+    try {
+      await drainLoop();
+      break;
+    } catch (err) {
+      // Out of time: the report says how far the drain got.
+      if (signal.aborted) break;
+      // The API server answered the cordon: once the drain has begun, losing it (a restart, a
+      // load balancer flap) is waited out until the drain window ends, not given up at once.
+      // The pods evicted so far stay tracked.
+      if (!lostApiServer(err)) throw err;
+      if (!lost) log.warn('lost the API server during the drain; trying again until the drain window ends', { err: (err as Error).message });
+      lost = true;
+      const waited = await sleep(pollMs, signal).then(
+        () => true,
+        () => false,
+      );
+      if (!waited) break;
+    }
   }
   report.remaining = [...tracked.values()].map((t) => podName(t.pod));
   log.info(report.complete ? 'drained' : 'drain incomplete', {
@@ -243,22 +257,8 @@ export async function drainNode(o: DrainOptions, report: DrainReport = emptyDrai
   return report;
 
   async function drainLoop(): Promise<void> {
-    let outage: string | undefined;
     for (;;) {
-      let pods: Pod[];
-      try {
-        pods = await podsOn(kube, nodeName, signal);
-        if (outage) log.info('the API server answers again', { after: outage });
-        outage = undefined;
-      } catch (err) {
-        // The API server answered the cordon: once the drain has begun, losing it (a restart,
-        // a load balancer flap) is waited out until the drain window ends, not given up at once.
-        if (signal.aborted || !lostApiServer(err)) throw err;
-        if (!outage) log.warn('lost the API server during the drain; trying again until the drain window ends', { err: (err as Error).message });
-        outage ??= (err as Error).message;
-        await sleep(pollMs, signal);
-        continue;
-      }
+      const pods = await podsOn(kube, nodeName, signal);
       const present = new Set<string>();
       for (const p of pods) {
         const owner = controllerOf(p);
