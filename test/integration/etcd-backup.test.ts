@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -14,7 +14,7 @@ import { scheduledBackup } from '../../agent/etcd/scheduled.js';
 import { readTar } from '../../agent/etcd/tar.js';
 import type { ConfigInput } from '../../agent/config/schema.js';
 import { AgentError } from '../../agent/errors.js';
-import { fillEtcd, startEtcd, startEtcdCluster, type EtcdCluster, type EtcdMember } from '../testbed/etcd.js';
+import { startEtcd, startEtcdCluster, type EtcdCluster, type EtcdMember } from '../testbed/etcd.js';
 import { startFidelityProxy, type FidelityProxy } from '../testbed/fidelity-proxy.js';
 import { makeTestCa, type TestCa } from '../testbed/pki.js';
 import { startMoto, type Moto } from '../testbed/moto.js';
@@ -92,7 +92,9 @@ beforeAll(async () => {
   etcdDir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-etcd-single-'));
   etcd = await startEtcd({ dir: path.join(etcdDir, 'data'), name: 'etcd00' });
   // ~12 MiB of data, so the archive goes up in several 5 MiB parts.
-  fillEtcd(etcd.clientUrl, 12);
+  for (let i = 0; i < 12; i++) {
+    execFileSync('etcdctl', [`--endpoints=${etcd.clientUrl}`, 'put', `/registry/blob/${i}`], { env: { ...process.env, ETCDCTL_API: '3' }, input: randomBytes(700 * 1024).toString('base64') });
+  }
   etcdctl(etcd.clientUrl, 'put', '/registry/marker', 'before-backup');
 });
 
