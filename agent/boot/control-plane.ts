@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { AgentError } from '../errors.js';
+import { AgentError, DeadlineError } from '../errors.js';
 import { upsertStableName } from '../host/dns.js';
 import { KubeApiError } from '../host/kube.js';
 import { renderEtcdPatch, renderInitConfig, renderJoinConfig } from '../host/kubeadm.js';
@@ -247,6 +247,9 @@ async function grantNodeSelfDelete(ctx: BootContext, admin: AdminKube | undefine
  */
 function apiStillStarting(err: unknown): boolean {
   if (err instanceof KubeApiError) return err.status === 404 || err.status === 409 || err.status === 429 || err.status >= 500;
+  // A request the API server did not answer in time: one that is starting, or stopped for a
+  // while; the wait (boot.controlPlaneWait) decides, and its error names the grant.
+  if (err instanceof DeadlineError) return true;
   return !(err instanceof AgentError);
 }
 
