@@ -62,29 +62,6 @@ export interface Aws {
   region(): Promise<string>;
 }
 
-/**
- * A failed call carries what it was (`awsOperation: 'S3 UploadPart'`): an SDK error names
- * neither the service nor the call (a HEAD that failed says only `UnknownError`), and the
- * one line an operator reads must say what failed (asAgentError in errors.ts).
- */
-type Handler = (args: unknown) => Promise<unknown>;
-const nameFailedCalls = (next: Handler, context: { clientName?: string; commandName?: string }) => async (args: unknown) => {
-  try {
-    return await next(args);
-  } catch (err) {
-    if (err && typeof err === 'object' && !('awsOperation' in err)) {
-      const service = (context.clientName ?? '').replace(/Client$/, '');
-      Object.assign(err, { awsOperation: `${service} ${(context.commandName ?? 'call').replace(/Command$/, '')}`.trim() });
-    }
-    throw err;
-  }
-};
-
-function named<C extends { middlewareStack: { add: (mw: never, o: { step: 'initialize'; name: string }) => void } }>(client: C): C {
-  client.middlewareStack.add(nameFailedCalls as never, { step: 'initialize', name: 'zdtNameFailedCalls' });
-  return client;
-}
-
 export function makeAws(o: AwsOptions): Aws {
   let regionP: Promise<string> | undefined;
   const region = () => (regionP ??= o.aws.region ? Promise.resolve(o.aws.region) : o.region());
@@ -149,4 +126,27 @@ export function makeAws(o: AwsOptions): Aws {
       cached('cloudformation', async () => named(new (await sdk.cloudformation()).CloudFormationClient(await common('cloudformation')))),
     route53: () => cached('route53', async () => named(new (await sdk.route53()).Route53Client(await common('route53')))),
   };
+}
+
+/**
+ * A failed call carries what it was (`awsOperation: 'S3 UploadPart'`): an SDK error names
+ * neither the service nor the call (a HEAD that failed says only `UnknownError`), and the
+ * one line an operator reads must say what failed (asAgentError in errors.ts).
+ */
+type Handler = (args: unknown) => Promise<unknown>;
+const nameFailedCalls = (next: Handler, context: { clientName?: string; commandName?: string }) => async (args: unknown) => {
+  try {
+    return await next(args);
+  } catch (err) {
+    if (err && typeof err === 'object' && !('awsOperation' in err)) {
+      const service = (context.clientName ?? '').replace(/Client$/, '');
+      Object.assign(err, { awsOperation: `${service} ${(context.commandName ?? 'call').replace(/Command$/, '')}`.trim() });
+    }
+    throw err;
+  }
+};
+
+function named<C extends { middlewareStack: { add: (mw: never, o: { step: 'initialize'; name: string }) => void } }>(client: C): C {
+  client.middlewareStack.add(nameFailedCalls as never, { step: 'initialize', name: 'zdtNameFailedCalls' });
+  return client;
 }

@@ -71,7 +71,7 @@ interface Worker {
  * `imds` puts something else where the config names IMDS: a fault tap in front of AEMM
  * (`(req) => answer`), a silent listener, or a port AEMM starts on later.
  */
-async function worker(o: { imds?: ((req: http.IncomingMessage) => TapAnswer) | { endpoint: string }; aws?: Record<string, unknown> } = {}): Promise<Worker & { imdsServer: () => Promise<Imds> }> {
+async function worker(o: { imds?: ((req: http.IncomingMessage) => number | TapAnswer | undefined) | { endpoint: string }; aws?: Record<string, unknown> } = {}): Promise<Worker & { imdsServer: () => Promise<Imds> }> {
   const root = await makeTempRoot();
   undo.later(() => root.cleanup());
   const inst = await launchInstance(w, { tags: TAGS });
@@ -202,7 +202,8 @@ describe.skipIf(!apiserver)('worker boot under IMDS faults', () => {
   });
 
   scenario('IMDS metadata tags hang (tags read with DescribeInstances instead)', 'exit 0, joined, the stack and ASG signalled', async (t) => {
-    const n = await worker({ imds: (req) => (req.url?.startsWith('/latest/meta-data/tags/') ? 'hang' : undefined) });
+    // Headers, then a body that never ends: the IMDS client's request timeout has to end it.
+    const n = await worker({ imds: (req) => (req.url?.startsWith('/latest/meta-data/tags/') ? { status: 200, write: () => undefined } : undefined) });
     const r = await n.boot();
     t.observe(await observed(n, r));
     expect(r.code).toBe(0);

@@ -6,20 +6,35 @@ export interface HttpTap {
   stop(): Promise<void>;
 }
 
-/** What `onRequest` decides: go on to the target (undefined), answer with this status, or never answer. */
-export type TapAnswer = number | 'hang' | void;
+/**
+ * An answer of the tap's own: a status, with a body, or with `write` streaming one (for
+ * answers that never end).
+ */
+export interface TapAnswer {
+  status: number;
+  body?: string | Buffer;
+  write?: (res: http.ServerResponse) => void;
+}
 
 /**
  * A pass-through HTTP proxy on a free loopback port that shows every request to `onRequest`
- * first (to count what a client sends); `onRequest` may answer itself by returning a status,
- * or hold the request unanswered ('hang': the connection stays open until the client gives
- * up or `stop()`), and the request then goes no further.
+ * first (to count what a client sends); `onRequest` may answer itself by returning a status
+ * or a TapAnswer, and the request then goes no further.
+ *
+ * The IMDS tests put it in front of amazon-ec2-metadata-mock to serve what AEMM cannot: a
+ * body that is not JSON, `null`, an answer of megabytes or one that never ends. AEMM serves
+ * its identity document from typed fields and user data from base64 config, so the real
+ * token handshake goes through AEMM and only the answer under test is replaced.
  */
-export async function startHttpTap(target: string, onRequest: (req: http.IncomingMessage) => TapAnswer): Promise<HttpTap> {
+export async function startHttpTap(target: string, onRequest: (req: http.IncomingMessage) => number | TapAnswer | void): Promise<HttpTap> {
   const server = http.createServer((req, res) => {
     const answer = onRequest(req);
-    if (answer === 'hang') return;
-    if (answer !== undefined) return void res.writeHead(answer).end();
+    if (typeof answer === 'number') return void res.writeHead(answer).end();
+    if (answer !== undefined) {
+      res.writeHead(answer.status);
+      if (answer.write) return answer.write(res);
+      return void res.end(answer.body);
+    }
     const up = http.request(`${target}${req.url}`, { method: req.method, headers: req.headers }, (r) => {
       res.writeHead(r.statusCode ?? 502, r.headers);
       r.pipe(res);
