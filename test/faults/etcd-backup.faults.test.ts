@@ -26,7 +26,7 @@ import { errorLine, faultTable, runScenarioAgent, s3Leftovers, undoAfterEachScen
  */
 
 const BUCKET = 'zdt-fault-backups';
-const INSTANCE = 'i-0backup0faults001';
+const INSTANCE = 'i-0bac0f00000000001';
 
 let moto: Moto;
 let proxy: FidelityProxy;

@@ -92,7 +92,7 @@ interface Node {
 }
 
 async function newNode(o: { config: (imdsEndpoint: string) => ConfigInput; imds?: { endpoint: string }; lifecycle?: boolean; tags?: Record<string, string> }): Promise<Node> {
-  const instanceId = `i-0fault${String(++instances).padStart(11, '0')}`;
+  const instanceId = `i-0fa${String(++instances).padStart(14, '0')}`;
   const root = await makeTempRoot();
   undo.later(() => root.cleanup());
   let endpoint = o.imds?.endpoint;
