@@ -55,9 +55,33 @@ export class DeadlineError extends AgentError {
  */
 export function asAgentError(err: unknown, logFile = '/var/log/zdt-agent.log'): AgentError {
   if (err instanceof AgentError) return err;
+  const call = awsCallOf(err);
+  if (call) {
+    return new AgentError('AwsCallFailed', call, {
+      hint: "check the instance role's permission for this call, the endpoint (aws.endpoint, aws.endpoints) and the service's health",
+      cause: err,
+    });
+  }
   const message = err instanceof Error ? err.message : String(err);
   return new AgentError('Unexpected', message.split('\n')[0] ?? message, {
     hint: `see ${logFile} for the detail`,
     cause: err,
   });
+}
+
+/**
+ * `S3 HeadObject: NotFound (HTTP 404)` for an error of an AWS call (host/aws.ts names each
+ * failed call), undefined for anything else.
+ */
+function awsCallOf(err: unknown): string | undefined {
+  const e = err as { awsOperation?: unknown; name?: unknown; message?: unknown; $metadata?: { httpStatusCode?: number } } | null;
+  if (typeof e?.awsOperation !== 'string') return undefined;
+  const name = typeof e.name === 'string' ? e.name : 'Error';
+  // The SDK's own request timeout reads `@smithy/node-http-handler - [ERROR] a request has …`.
+  const message = typeof e.message === 'string' ? (e.message.split('\n')[0] ?? '').replace(/^@smithy\/[\w-]+ - \[\w+\] /, '') : '';
+  const status = e.$metadata?.httpStatusCode;
+  // An error without a body (any HEAD) is `Unknown: UnknownError`: only the status says anything.
+  if (name === 'Unknown' && status) return `${e.awsOperation}: HTTP ${status}`;
+  const what = message && message !== name ? `${name}: ${message}` : name;
+  return `${e.awsOperation}: ${what}${status ? ` (HTTP ${status})` : ''}`;
 }

@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { AgentError } from '../errors.js';
+import { AgentError, DeadlineError } from '../errors.js';
 import { upsertStableName } from '../host/dns.js';
 import { KubeApiError } from '../host/kube.js';
 import { renderEtcdPatch, renderInitConfig, renderJoinConfig } from '../host/kubeadm.js';
@@ -49,6 +49,8 @@ import { clusterSettingsFor, nodeNameOf, nodeRegistrationFor, stableEtcdName } f
 const BIND_PORT = 6443;
 /** State fact: controller 00 applied the node self-delete grant from this node. */
 const NODE_RBAC_FACT = 'nodeSelfDeleteRbac';
+/** State fact: controller 00 published the PKI kubeadm init generated to cluster.bootstrap.s3Uri. */
+const PKI_PUBLISHED_FACT = 'bootstrapPkiPublished';
 
 export const controlPlanePhase: BootPhase = {
   name: 'control-plane',
@@ -69,10 +71,12 @@ async function bringUpControlPlane(ctx: BootContext): Promise<PhaseOutcome> {
     ctx.shared.joinMode = 'already-joined';
     const started = await ensureServiceRunning(ctx.exec, 'kubelet');
     recordVersionOnVolume(volume, version);
-    // A boot cut off between kubeadm init and the grant (or one of an older agent) grants now.
+    // A boot cut off between kubeadm init and the grant or the PKI upload (or one of an older
+    // agent) does them now: nothing else would, once kubeadm's files are in place.
     const granted = isFirstController(config) && ctx.state.facts[NODE_RBAC_FACT] !== true;
     if (granted) await withAdminKube(ctx, (admin) => grantNodeSelfDelete(ctx, admin));
-    const did = [started && 'started kubelet', granted && `applied ${NODE_SELF_DELETE}`].filter(Boolean);
+    const published = isFirstController(config) && ctx.state.facts[PKI_PUBLISHED_FACT] !== true ? await publishSharedPki(ctx) : [];
+    const did = [started && 'started kubelet', granted && `applied ${NODE_SELF_DELETE}`, published.length > 0 && `published the cluster PKI (${published.join(' ')})`].filter(Boolean);
     return { detail: ['already a control-plane node', ...did].join('; '), changed: did.length > 0 };
   }
 
@@ -197,6 +201,13 @@ async function initControlPlane(ctx: BootContext, volume: MountedVolume, version
   token ??= newBootstrapToken();
   registerSecret(token, 'bootstrap-token');
   const ignore = restore ? [dirAvailableCheck(dataDir)] : [];
+  // Published before kubeadm init: a boot that fails after it (the PKI upload, the grant)
+  // leaves a node whose next boot only sees kubeadm's files, and the others still need the
+  // token; one that fails before init uses this token at the next try.
+  if (generated && config.cluster?.bootstrap.s3Uri) {
+    await writeBootstrapObject(ctx, 'token', `${token}\n`);
+    log.info('published the join token', { to: config.cluster.bootstrap.s3Uri });
+  }
   const initYaml = renderInitConfig({
     node: nodeRegistrationFor(config, identity, ignore),
     cluster: clusterSettingsFor(config, { kubernetesVersion: version, etcdDataDir: dataDir }),
@@ -215,13 +226,20 @@ async function initControlPlane(ctx: BootContext, volume: MountedVolume, version
   fs.rmSync(initMarker(ctx), { force: true });
 
   // Others join with what controller 00 used: publish what S3 does not have yet.
-  if (config.cluster?.bootstrap.s3Uri) {
-    const uploaded = await uploadSharedPki(ctx);
-    if (generated) await writeBootstrapObject(ctx, 'token', `${token}\n`);
-    if (uploaded.length || generated) log.info('published the bootstrap material', { pki: uploaded.join(' ') || 'none', token: generated });
-  } else if (generated) {
-    log.warn('no cluster.bootstrap.s3Uri: workers and other controllers cannot learn the join token');
-  }
+  if (config.cluster?.bootstrap.s3Uri) await publishSharedPki(ctx);
+  else if (generated) log.warn('no cluster.bootstrap.s3Uri: workers and other controllers cannot learn the join token');
+}
+
+/**
+ * Uploads the PKI files S3 does not have yet (what kubeadm init generated) and records that
+ * it did; a failed upload fails the phase, and the next boot uploads again. Returns the files.
+ */
+async function publishSharedPki(ctx: BootContext): Promise<string[]> {
+  if (!ctx.config.cluster?.bootstrap.s3Uri) return [];
+  const uploaded = await uploadSharedPki(ctx);
+  ctx.state.facts[PKI_PUBLISHED_FACT] = true;
+  if (uploaded.length) ctx.log.info('published the cluster PKI', { files: uploaded.join(' '), to: ctx.config.cluster.bootstrap.s3Uri });
+  return uploaded;
 }
 
 async function withAdminKube<T>(ctx: BootContext, fn: (admin: AdminKube | undefined) => Promise<T>): Promise<T> {
@@ -280,6 +298,9 @@ async function grantNodeSelfDelete(ctx: BootContext, admin: AdminKube | undefine
  */
 function apiStillStarting(err: unknown): boolean {
   if (err instanceof KubeApiError) return err.status === 404 || err.status === 409 || err.status === 429 || err.status >= 500;
+  // A request the API server did not answer in time: one that is starting, or stopped for a
+  // while; the wait (boot.controlPlaneWait) decides, and its error names the grant.
+  if (err instanceof DeadlineError) return true;
   return !(err instanceof AgentError);
 }
 

@@ -121,7 +121,12 @@ export function makeAws(o: AwsOptions): Aws {
     return {
       region: await region(),
       maxAttempts: o.aws.maxAttempts,
-      retryMode: 'adaptive' as const,
+      // Standard, not adaptive: adaptive mode's client-side rate limiter starts a fresh
+      // process at its minimum rate (0.5 requests/s), so every throttled retry waited about
+      // 2 s; two IAM throttles outlasted ssh.deadline (5 s) and a login failed that the
+      // third attempt would have let in (test/faults/ssh-keys.faults.test.ts). The agent's
+      // processes are short-lived and make few calls: exponential backoff with jitter is enough.
+      retryMode: 'standard' as const,
       // Without throwOnRequestTimeout the SDK only logs a warning when requestTimeout passes,
       // and a hung call waits forever.
       requestHandler: { connectionTimeout: o.aws.connectTimeoutMs, requestTimeout: o.aws.requestTimeoutMs, throwOnRequestTimeout: true },
@@ -143,7 +148,7 @@ export function makeAws(o: AwsOptions): Aws {
 
   return {
     region,
-    ec2: () => cached('ec2', async () => new (await sdk.ec2()).EC2Client(await common('ec2'))),
+    ec2: () => cached('ec2', async () => named(new (await sdk.ec2()).EC2Client(await common('ec2')))),
     s3: () =>
       cached('s3', async () => {
         const { S3Client } = await sdk.s3();
@@ -152,22 +157,45 @@ export function makeAws(o: AwsOptions): Aws {
         // fresh connection and waited a round trip for `100 Continue` before sending. Without
         // it the 33 parts of a 256 MiB backup went up about 0.3 s faster against moto. A
         // refused request (auth, missing bucket) now costs one part's bytes on the wire.
-        return new S3Client({ ...(await common('s3')), forcePathStyle: o.aws.s3ForcePathStyle, expectContinueHeader: false });
+        return named(new S3Client({ ...(await common('s3')), forcePathStyle: o.aws.s3ForcePathStyle, expectContinueHeader: false }));
       }),
-    sns: () => cached('sns', async () => new (await sdk.sns()).SNSClient(await common('sns'))),
+    sns: () => cached('sns', async () => named(new (await sdk.sns()).SNSClient(await common('sns')))),
     iam: (credentials) => {
       const make = async () => {
         const c = await common('iam');
-        return new (await sdk.iam()).IAMClient(credentials ? { ...c, credentials } : c);
+        return named(new (await sdk.iam()).IAMClient(credentials ? { ...c, credentials } : c));
       };
       return credentials ? make().then(registerResolvedCredentials) : cached('iam', make);
     },
-    sts: () => cached('sts', async () => new (await sdk.sts()).STSClient(await common('sts'))),
-    kms: () => cached('kms', async () => new (await sdk.kms()).KMSClient(await common('kms'))),
+    sts: () => cached('sts', async () => named(new (await sdk.sts()).STSClient(await common('sts')))),
+    kms: () => cached('kms', async () => named(new (await sdk.kms()).KMSClient(await common('kms')))),
     autoscaling: () =>
-      cached('autoscaling', async () => new (await sdk.autoscaling()).AutoScalingClient(await common('autoscaling'))),
+      cached('autoscaling', async () => named(new (await sdk.autoscaling()).AutoScalingClient(await common('autoscaling')))),
     cloudformation: () =>
-      cached('cloudformation', async () => new (await sdk.cloudformation()).CloudFormationClient(await common('cloudformation'))),
-    route53: () => cached('route53', async () => new (await sdk.route53()).Route53Client(await common('route53'))),
+      cached('cloudformation', async () => named(new (await sdk.cloudformation()).CloudFormationClient(await common('cloudformation')))),
+    route53: () => cached('route53', async () => named(new (await sdk.route53()).Route53Client(await common('route53')))),
   };
+}
+
+/**
+ * A failed call carries what it was (`awsOperation: 'S3 UploadPart'`): an SDK error names
+ * neither the service nor the call (a HEAD that failed says only `UnknownError`), and the
+ * one line an operator reads must say what failed (asAgentError in errors.ts).
+ */
+type Handler = (args: unknown) => Promise<unknown>;
+const nameFailedCalls = (next: Handler, context: { clientName?: string; commandName?: string }) => async (args: unknown) => {
+  try {
+    return await next(args);
+  } catch (err) {
+    if (err && typeof err === 'object' && !('awsOperation' in err)) {
+      const service = (context.clientName ?? '').replace(/Client$/, '');
+      Object.assign(err, { awsOperation: `${service} ${(context.commandName ?? 'call').replace(/Command$/, '')}`.trim() });
+    }
+    throw err;
+  }
+};
+
+function named<C extends { middlewareStack: { add: (mw: never, o: { step: 'initialize'; name: string }) => void } }>(client: C): C {
+  client.middlewareStack.add(nameFailedCalls as never, { step: 'initialize', name: 'zdtNameFailedCalls' });
+  return client;
 }

@@ -145,6 +145,12 @@ async function podsOn(kube: KubeClient, nodeName: string, signal: AbortSignal): 
   return res.body.items ?? [];
 }
 
+/** No answer, or one a server that is (re)starting or overloaded gives (5xx, 429): worth another try. */
+function lostApiServer(err: unknown): boolean {
+  if (err instanceof KubeApiError) return err.status === 429 || err.status >= 500;
+  return !(err instanceof AgentError);
+}
+
 /** Runs `fn` over `items`, at most `limit` at once. */
 async function pool<T>(items: T[], limit: number, fn: (t: T) => Promise<void>): Promise<void> {
   let next = 0;
@@ -195,18 +201,30 @@ export async function drainNode(o: DrainOptions, report: DrainReport = emptyDrai
     return Math.max(1, Math.min(p.spec.terminationGracePeriodSeconds ?? 30, left));
   };
 
+  const retryLater = (t: Tracked, reason: string) => {
+    t.reason = reason;
+    t.backoffMs = Math.min(t.backoffMs * 2, 5000);
+    t.nextTry = Date.now() + jitter(t.backoffMs);
+  };
+
   const evict = async (t: Tracked) => {
     const p = t.pod;
     const path = `/api/v1/namespaces/${encodeURIComponent(p.metadata.namespace)}/pods/${encodeURIComponent(p.metadata.name)}/eviction`;
-    const res = await kube.raw<{ message?: string }>('POST', path, {
-      body: {
-        apiVersion: 'policy/v1',
-        kind: 'Eviction',
-        metadata: { name: p.metadata.name, namespace: p.metadata.namespace },
-        deleteOptions: { gracePeriodSeconds: graceFor(p), preconditions: { uid: p.metadata.uid } },
-      },
-      signal,
-    });
+    let res: { status: number; body: { message?: string } };
+    try {
+      res = await kube.raw<{ message?: string }>('POST', path, {
+        body: {
+          apiVersion: 'policy/v1',
+          kind: 'Eviction',
+          metadata: { name: p.metadata.name, namespace: p.metadata.namespace },
+          deleteOptions: { gracePeriodSeconds: graceFor(p), preconditions: { uid: p.metadata.uid } },
+        },
+        signal,
+      });
+    } catch (err) {
+      if (signal.aborted) throw err;
+      return retryLater(t, `the API server did not answer: ${(err as Error).message}`);
+    }
     if (res.status === 201 || res.status === 200 || res.status === 404) {
       t.state = 'terminating';
       if (res.status !== 404) report.evicted.push(podName(p));
@@ -215,9 +233,7 @@ export async function drainNode(o: DrainOptions, report: DrainReport = emptyDrai
     const message = typeof res.body === 'object' && res.body ? (res.body.message ?? '') : String(res.body ?? '');
     if (res.status === 403) throw permissionError(new KubeApiError('POST', path, 403, 'Forbidden', message), nodeName, `create pods/eviction for ${podName(p)}`);
     // 429: a PodDisruptionBudget allows no disruption now; retried with backoff until evictUntil.
-    t.reason = res.status === 429 ? `blocked by a PodDisruptionBudget: ${message}` : `HTTP ${res.status}: ${message}`;
-    t.backoffMs = Math.min(t.backoffMs * 2, 5000);
-    t.nextTry = Date.now() + jitter(t.backoffMs);
+    retryLater(t, res.status === 429 ? `blocked by a PodDisruptionBudget: ${message}` : `HTTP ${res.status}: ${message}`);
   };
 
   const remove = async (t: Tracked) => {
@@ -240,11 +256,25 @@ export async function drainNode(o: DrainOptions, report: DrainReport = emptyDrai
   let lastProgress = Date.now();
   const pollMs = o.pollMs ?? 500;
   const skippedSeen = new Set<string>();
-  try {
-    await drainLoop();
-  } catch (err) {
-    // Out of time: the report says how far the drain got.
-    if (!signal.aborted) throw err;
+  for (let lost = false; ; ) {
+    try {
+      await drainLoop();
+      break;
+    } catch (err) {
+      // Out of time: the report says how far the drain got.
+      if (signal.aborted) break;
+      // The API server answered the cordon: once the drain has begun, losing it (a restart, a
+      // load balancer flap) is waited out until the drain window ends, not given up at once.
+      // The pods evicted so far stay tracked.
+      if (!lostApiServer(err)) throw err;
+      if (!lost) log.warn('lost the API server during the drain; trying again until the drain window ends', { err: (err as Error).message });
+      lost = true;
+      const waited = await sleep(pollMs, signal).then(
+        () => true,
+        () => false,
+      );
+      if (!waited) break;
+    }
   }
   report.remaining = [...tracked.values()].map((t) => podName(t.pod));
   log.info(report.complete ? 'drained' : 'drain incomplete', {

@@ -1,7 +1,8 @@
 import { DescribeVolumesCommand } from '@aws-sdk/client-ec2';
-import { ListBucketsCommand } from '@aws-sdk/client-s3';
+import { HeadObjectCommand, ListBucketsCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { awsSchema } from '../../agent/config/schema.js';
+import { asAgentError } from '../../agent/errors.js';
 import { makeAws } from '../../agent/host/aws.js';
 import { Imds } from '../../agent/host/imds.js';
 import { silentLogger } from '../../agent/log/logger.js';
@@ -63,7 +64,7 @@ describe('AWS client factory', () => {
     expect((await s3.send(new ListBucketsCommand({}))).Buckets ?? []).toEqual([]);
   });
 
-  it('retries throttling (adaptive mode) and succeeds', async () => {
+  it('retries throttling (standard mode: backoff with jitter) and succeeds', async () => {
     proxy.inject({ action: 'DescribeVolumes', kind: 'throttle', times: 2 });
     const aws = makeAws({ aws: awsConfig({ region: 'eu-west-1', endpoint: proxy.endpoint }), region: async () => 'unused' });
     const out = await (await aws.ec2()).send(new DescribeVolumesCommand({}));
@@ -71,12 +72,28 @@ describe('AWS client factory', () => {
     proxy.clearFaults();
   });
 
+  it('a failed call names its service and operation in the one line (an SDK error names neither)', async () => {
+    proxy.inject({ action: 'DescribeVolumes', kind: '500' });
+    proxy.inject({ action: 's3:HeadObject', kind: '503' });
+    try {
+      const aws = makeAws({ aws: awsConfig({ region: 'eu-west-1', endpoint: proxy.endpoint, maxAttempts: 1, s3ForcePathStyle: true }), region: async () => 'unused' });
+      const ec2Err = await (await aws.ec2()).send(new DescribeVolumesCommand({})).catch((e: unknown) => e);
+      expect(asAgentError(ec2Err).oneLine()).toMatch(/^AwsCallFailed: EC2 DescribeVolumes: InternalError: injected 500 by the fidelity proxy \(HTTP 500\); check the instance role/);
+      // A HEAD error has no body: the SDK knows only the status.
+      const s3Err = await (await aws.s3()).send(new HeadObjectCommand({ Bucket: 'b', Key: 'k' })).catch((e: unknown) => e);
+      expect(asAgentError(s3Err).message).toBe('S3 HeadObject: HTTP 503');
+    } finally {
+      proxy.clearFaults();
+    }
+  });
+
   it('a hanging call ends at the request timeout instead of waiting forever', async () => {
     proxy.inject({ action: 'DescribeVolumes', kind: 'hang' });
     const aws = makeAws({ aws: awsConfig({ region: 'eu-west-1', endpoint: proxy.endpoint, requestTimeoutMs: 500, maxAttempts: 1 }), region: async () => 'unused' });
     const started = Date.now();
-    await expect((await aws.ec2()).send(new DescribeVolumesCommand({}))).rejects.toThrow();
+    const err = await (await aws.ec2()).send(new DescribeVolumesCommand({})).catch((e: unknown) => e);
     expect(Date.now() - started).toBeLessThan(20_000);
+    expect(asAgentError(err).message).toBe('EC2 DescribeVolumes: TimeoutError: a request has exceeded the configured 500 ms requestTimeout.');
     proxy.clearFaults();
   });
 });

@@ -1,4 +1,5 @@
-import { randomUUID } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -189,4 +190,14 @@ function serves(url: string): Promise<boolean> {
 
 function asMember(m: Omit<EtcdMember, 'pid' | 'stop'>, server: ServerProcess): EtcdMember {
   return { ...m, pid: server.pid, stop: () => server.stop() };
+}
+
+/**
+ * Puts `blobs` keys of random data (about 0.93 MiB each, base64 of 700 KiB) under
+ * /registry/blob/: 12 make a snapshot of about 11 MiB, three backup parts of 5 MiB.
+ */
+export function fillEtcd(clientUrl: string, blobs: number): void {
+  for (let i = 0; i < blobs; i++) {
+    execFileSync('etcdctl', [`--endpoints=${clientUrl}`, 'put', `/registry/blob/${i}`], { env: { ...process.env, ETCDCTL_API: '3' }, input: randomBytes(700 * 1024).toString('base64') });
+  }
 }

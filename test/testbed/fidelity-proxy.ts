@@ -36,6 +36,8 @@ export type Fault = {
   action: string;
   /** How many calls fail; all of them until `clearFaults()` when omitted. */
   times?: number;
+  /** How many calls of `action` go through before the fault starts (the third part of an upload). */
+  after?: number;
 } & (
   | { kind: 'throttle' | '500' | '503' | 'reset' | 'hang' }
   /** Each call is held `ms` (1000 when omitted) before it is forwarded. */
@@ -52,6 +54,12 @@ export interface RecordedCall {
 
 export type RecordedAction = 'CompleteLifecycleAction' | 'RecordLifecycleActionHeartbeat' | 'SignalResource';
 
+/** A call as the proxy saw it: every call, forwarded or answered by a fault. */
+export interface SeenCall extends RecordedCall {
+  /** The injected fault that answered it (`latency` calls were forwarded after the delay). */
+  fault?: Fault['kind'] | undefined;
+}
+
 export interface FidelityProxy {
   endpoint: string;
   recorded(action: RecordedAction): RecordedCall[];
@@ -60,6 +68,8 @@ export interface FidelityProxy {
   inject(fault: Fault): void;
   clearFaults(): void;
   setAttachDelayMs(ms: number): void;
+  /** Every call of `action` so far, with its parameters and the fault that answered it. */
+  seen(action: string): SeenCall[];
   stop(): Promise<void>;
 }
 
@@ -108,6 +118,7 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
   const target = new URL(o.target);
   let attachDelayMs = o.attachDelayMs ?? 0;
   let faults: (Fault & { times: number })[] = [];
+  const seen = new Map<string, SeenCall[]>();
   const recorded = new Map<string, RecordedCall[]>();
   const counted = new Map<string, number>();
   const transitions = new Map<string, Transition>();
@@ -243,7 +254,12 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
   /** The next fault for this call, counted down; undefined when the call goes through. */
   function takeFault(action: string): Fault | undefined {
     const fault = faults.find((f) => f.action === action && f.times > 0);
-    if (fault) fault.times -= 1;
+    if (!fault) return undefined;
+    if (fault.after) {
+      fault.after -= 1;
+      return undefined;
+    }
+    fault.times -= 1;
     return fault;
   }
 
@@ -253,6 +269,9 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
     const call = identify(req, Buffer.concat(chunks));
     counted.set(call.action, (counted.get(call.action) ?? 0) + 1);
     const fault = takeFault(call.action);
+    const list = seen.get(call.action) ?? [];
+    list.push({ params: Object.fromEntries(call.params), at: new Date(), fault: fault?.kind });
+    seen.set(call.action, list);
     if (fault?.kind === 'reset') return void req.socket.resetAndDestroy();
     if (fault?.kind === 'hang') return; // never answered; the client times out, or stop() closes it
     if (fault?.kind === 'latency') await sleep(fault.ms ?? 1000);
@@ -281,6 +300,7 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
     recorded: (action) => [...(recorded.get(action) ?? [])],
     calls: (action) => counted.get(action) ?? 0,
     inject: (fault) => void faults.push({ ...fault, times: fault.times ?? Infinity }),
+    seen: (action) => [...(seen.get(action) ?? [])],
     clearFaults: () => void (faults = []),
     setAttachDelayMs: (ms) => {
       attachDelayMs = ms;
