@@ -1,6 +1,6 @@
 import yargs, { type Argv } from 'yargs';
 import type { GlobalOptions } from './context.js';
-import { AgentError, ExitCode, asAgentError } from './errors.js';
+import { AgentError, ExitCode, exitCodeOf } from './errors.js';
 import { LOG_FORMATS, LOG_LEVELS } from './log/logger.js';
 import { redact } from './log/redact.js';
 
@@ -14,17 +14,6 @@ type Handler = (args: Record<string, unknown> & GlobalOptions) => Promise<number
 const EPILOG = `Exit codes: 0 ok, 1 failed, 2 usage or config error (nothing was changed), 3 a deadline was exceeded.
 Docs: README.md and docs/ (config reference: docs/config.md).`;
 
-/** A command's exit code; an error becomes its one line on stderr and its exit code. */
-async function runHandler(h: Handler, args: Record<string, unknown> & GlobalOptions): Promise<number> {
-  try {
-    return await h(args);
-  } catch (err) {
-    const e = asAgentError(err);
-    process.stderr.write(`zdt-agent: ${e.oneLine()}\n`);
-    return e.exitCode;
-  }
-}
-
 const bootHandler: Handler = async (a) => (await import('./commands/boot.js')).runBoot(a);
 
 /**
@@ -33,7 +22,7 @@ const bootHandler: Handler = async (a) => (await import('./commands/boot.js')).r
  * a first boot about 15 ms (its set-up, and the help text it renders for every command run).
  */
 export function runBootCommand(args: GlobalOptions): Promise<number> {
-  return runHandler(bootHandler, { ...args });
+  return exitCodeOf(() => bootHandler({ ...args }));
 }
 
 export async function runCli(argv: string[]): Promise<number> {
@@ -43,7 +32,7 @@ export async function runCli(argv: string[]): Promise<number> {
     (h: Handler) =>
     async (args: Record<string, unknown>): Promise<void> => {
       if (usageError !== undefined) return;
-      code = await runHandler(h, args as Record<string, unknown> & GlobalOptions);
+      code = await exitCodeOf(() => h(args as Record<string, unknown> & GlobalOptions));
     };
 
   const cli = yargs(argv)

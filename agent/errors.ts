@@ -58,3 +58,14 @@ export function asAgentError(err: unknown): AgentError {
     cause: err,
   });
 }
+
+/** A command's exit code; an error becomes its one line on stderr and its exit code (the CLI and main.ts's own paths). */
+export async function exitCodeOf(run: () => Promise<number>): Promise<number> {
+  try {
+    return await run();
+  } catch (err) {
+    const e = asAgentError(err);
+    process.stderr.write(`zdt-agent: ${e.oneLine()}\n`);
+    return e.exitCode;
+  }
+}

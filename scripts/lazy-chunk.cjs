@@ -76,7 +76,7 @@ async function makeCache(name, chunkFile, out, calls, args) {
   const write = { out: process.stdout.write, err: process.stderr.write };
   process.stdout.write = process.stderr.write = () => true;
   try {
-    await chunk.runCli(args);
+    if (args.length > 0) await chunk.runCli(args);
     for (const fn of calls) {
       if (typeof chunk[fn] !== 'function') throw new Error(`chunk ${name} exports no function ${fn}`);
       await chunk[fn]();

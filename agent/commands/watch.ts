@@ -1,31 +1,37 @@
-import fs from 'node:fs';
-import { buildContext, type CommandContext, type GlobalOptions } from '../context.js';
-import { asAgentError } from '../errors.js';
-import { readIdentity, type Identity } from '../host/identity.js';
+import type { CommandContext } from '../context.js';
+import { exitCodeOf } from '../errors.js';
 import { Imds } from '../host/imds.js';
-import { KubeClient, loadKubeconfig } from '../host/kube.js';
 import { readBootId } from '../host/paths.js';
-import { readState } from '../log/state.js';
-import { buildEvent, publishEvent } from '../notify/events.js';
-import { Budget } from '../terminate/budget.js';
-import { cordon, isSchedulable, nodeNameOf, uncordon } from '../terminate/drain.js';
-import { fallbackIdentity, runTerminate } from '../terminate/run.js';
+import { loadContext, type GlobalOptions, type LoadedContext } from '../load-context.js';
 import { agentVersion } from '../version.js';
 import { watch, type NodeActions } from '../watch/run.js';
 
 /**
  * `zdt-agent watch`, the supervised daemon (openrc/zdt-agent-watch, units/zdt-agent-watch.service):
- * wires the watcher (agent/watch/) to what acts on the node: terminate's runner for a retire,
- * cordon and uncordon with the node's own credentials, SNS. Runs until SIGTERM.
+ * wires the watcher (agent/watch/) to what acts on the node (./watch-actions.ts: terminate's
+ * runner for a retire, cordon and uncordon with the node's own credentials, SNS). Runs until
+ * SIGTERM.
+ *
+ * This module is the binary's `watch` chunk (main.ts loads it without the CLI chunk), and
+ * what it imports is what an idle watcher keeps in memory: the config loader, the logger,
+ * IMDS and the state file. The acting code (the terminate runner, the Kubernetes client, the
+ * AWS SDK) is the chunk `watch-actions`, loaded on the first action (docs/watch.md, the RSS
+ * figures; docs/packaging.md).
  */
 
-const KUBE_CALL_MS = 15_000;
-const IDENTITY_MS = 5_000;
-const NOTIFY_MS = 5_000;
+type WatchArgs = GlobalOptions & { maxPolls?: number | undefined };
 
-export async function runWatch(args: GlobalOptions & { maxPolls?: number | undefined }): Promise<number> {
+/**
+ * main.ts's entry: runWatch with its errors mapped to their line and exit code here, in the
+ * chunk, whose AgentError class is not the main script's.
+ */
+export function runWatchCommand(args: WatchArgs): Promise<number> {
+  return exitCodeOf(() => runWatch(args));
+}
+
+export async function runWatch(args: WatchArgs): Promise<number> {
   // Config from local files and the sources boot cached: no IMDS wait before polling starts.
-  const ctx = await buildContext(args, { instance: 'cached' });
+  const ctx = await loadContext(args, { instance: 'cached' });
   const { config, log, paths } = ctx;
   const stop = new AbortController();
   const onSignal = (sig: NodeJS.Signals) => {
@@ -53,84 +59,18 @@ export async function runWatch(args: GlobalOptions & { maxPolls?: number | undef
   return 0;
 }
 
-/** The node-side actions of the watcher: terminate's runner, cordon and uncordon, SNS (exported for the tests). */
-export function nodeActions(ctx: CommandContext): NodeActions {
-  const { config, log, paths } = ctx;
-  let identity: Identity | undefined;
-  const whoAmI = async (): Promise<Identity> => {
-    if (identity) return identity;
-    try {
-      const quick = new Imds({ endpoint: config.aws.imdsEndpoint, log, requiredTimeoutMs: IDENTITY_MS, requestTimeoutMs: 2000 });
-      identity = await readIdentity(quick, { log, tags: ctx.instance?.tags, aws: ctx.aws });
-      return identity;
-    } catch (err) {
-      log.warn('watch: identity from IMDS unavailable; using what boot recorded', { err: asAgentError(err).oneLine() });
-      return fallbackIdentity(readState(paths.stateFile, agentVersion), ctx);
-    }
-  };
-  /** The node's own credentials and Node name, per action (kubelet.conf may appear after the watcher starts). */
-  const withNode = async <T>(what: string, fn: (kube: KubeClient, nodeName: string, signal: AbortSignal) => Promise<T>, none: T): Promise<T> => {
-    const file = paths.at(config.terminate.kubeconfig);
-    if (!fs.existsSync(file)) {
-      log.warn(`watch: cannot ${what}: no ${config.terminate.kubeconfig} (the node never joined)`);
-      return none;
-    }
-    const creds = loadKubeconfig(file, paths.at);
-    const nodeName = nodeNameOf(creds) ?? (await whoAmI()).privateDns;
-    if (!nodeName) {
-      log.warn(`watch: cannot ${what}: the Node name is unknown`);
-      return none;
-    }
-    const kube = new KubeClient(creds);
-    try {
-      return await fn(kube, nodeName, AbortSignal.timeout(KUBE_CALL_MS));
-    } finally {
-      kube.close();
-    }
-  };
-
+/**
+ * The node-side actions of the watcher, loaded on the first call, when a loaded context gets
+ * its AWS and exec clients (exported for the tests, which hand in a whole context).
+ */
+export function nodeActions(ctx: LoadedContext | CommandContext): NodeActions {
+  let loaded: Promise<NodeActions> | undefined;
+  const actions = () => (loaded ??= import('./watch-actions.js').then((m) => m.nodeActions('aws' in ctx ? ctx : m.completeContext(ctx))));
   return {
-    retire: async (event, trigger) => {
-      const budget = new Budget(config.terminate.budget * 1000);
-      try {
-        const out = await runTerminate({ ctx, budget, flag: event, trigger });
-        const summary = Object.entries(out.record.phases)
-          .map(([name, p]) => `${name}=${p.result}`)
-          .join(' ');
-        return { result: out.record.result ?? 'failed', detail: summary };
-      } finally {
-        budget.dispose();
-      }
-    },
-    cordon: () =>
-      withNode(
-        'cordon',
-        async (kube, name, signal) => {
-          const before = await isSchedulable(kube, name, signal);
-          if (before === undefined) return 'gone' as const;
-          if (!before) return 'already' as const;
-          return (await cordon(kube, name, signal)) ? ('cordoned' as const) : ('gone' as const);
-        },
-        'gone' as const,
-      ),
-    uncordon: () => withNode('uncordon', (kube, name, signal) => uncordon(kube, name, signal), false),
-    schedulable: () => withNode('read the Node', (kube, name, signal) => isSchedulable(kube, name, signal), undefined),
-    noticed: async (n, action) => {
-      if (!config.notify.snsTopicArn) return;
-      const id = await whoAmI();
-      await publishEvent(
-        ctx.aws,
-        config.notify.snsTopicArn,
-        buildEvent({
-          event: 'interruption.noticed',
-          config,
-          identity: id,
-          phases: {},
-          details: { kind: n.kind, notice: n.text, eventId: n.id, action, ...(n.time ? { noticeTime: n.time } : {}), ...(n.state ? { state: n.state } : {}) },
-        }),
-        log,
-        NOTIFY_MS,
-      );
-    },
+    retire: async (event, trigger) => (await actions()).retire(event, trigger),
+    cordon: async () => (await actions()).cordon(),
+    uncordon: async () => (await actions()).uncordon(),
+    schedulable: async () => (await actions()).schedulable(),
+    noticed: async (n, action) => (await actions()).noticed(n, action),
   };
 }
