@@ -62,8 +62,11 @@ export async function runCli(argv: string[]): Promise<number> {
     .command(
       'watch',
       'Act on interruption notices before the shutdown: poll IMDS, retire or cordon once per notice (a supervised daemon)',
-      (y: Argv) => y.option('max-polls', { type: 'number', hidden: true, describe: 'Stop after this many polls (tests, benchmarks)' }),
-      wrap(async (a) => (await import('./commands/watch.js')).runWatch(a)),
+      (y: Argv) =>
+        y
+          .option('max-polls', { type: 'number', hidden: true, describe: 'Stop after this many polls (tests, benchmarks)' })
+          .option('print-config', { type: 'boolean', hidden: true, describe: "Print the watcher's settings from the validated config as JSON (the watcher runs this as a child)" }),
+      wrap(async (a) => (a.printConfig ? (await import('./commands/watch-config.js')).printWatchConfig(a) : (await import('./commands/watch.js')).runWatch(a))),
     )
     .command(
       'ssh-keys <user> [fingerprint]',

@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import type { CommandContext } from '../context.js';
-export { completeContext } from '../context.js';
+export { buildContext } from '../context.js';
 import { asAgentError } from '../errors.js';
 import { readIdentity, type Identity } from '../host/identity.js';
 import { Imds } from '../host/imds.js';
