@@ -81,7 +81,7 @@ const wrapper = `#!/bin/sh
 echo "$RC_SVCNAME: zdt-agent $1 begins (going down: \${RC_GOINGDOWN:-NO})" >> "$order"
 case "$1" in
   boot) exit 0 ;;
-  watch) echo "$RC_SVCNAME: NODE_OPTIONS=\${NODE_OPTIONS:-}" >> "$order"; exec "$zdt_agent_real" "$@" ;;
+  watch) exec "$zdt_agent_real" "$@" ;;
 esac
 "$zdt_agent_real" "$@"
 rc=$?
@@ -157,8 +157,6 @@ describe.skipIf(!ready)('the OpenRC services under real OpenRC (private namespac
     expect(o.indexOf('start kubelet')).toBeLessThan(o.indexOf('zdt-agent-watch: zdt-agent watch begins (going down: NO)'));
     await until('the watcher to poll', () => state().watch?.lastPollAt);
     expect((await rc.sh('rc-service zdt-agent-watch status')).out).toMatch(/started/);
-    // The daemon's V8 flags reach it through supervise-daemon.
-    expect(o).toContain('zdt-agent-watch: NODE_OPTIONS=--max-semi-space-size=1');
   });
 
   it('supervise-daemon starts a killed watcher again', async () => {
