@@ -1,6 +1,5 @@
 import fs from 'node:fs';
 import type { CommandContext } from '../context.js';
-export { buildContext } from '../context.js';
 import { asAgentError } from '../errors.js';
 import { readIdentity, type Identity } from '../host/identity.js';
 import { Imds } from '../host/imds.js';
@@ -18,6 +17,10 @@ import type { NodeActions } from '../watch/run.js';
  * action, so an idle watcher never loads it): terminate's runner for a retire, cordon and
  * uncordon with the node's own credentials, SNS.
  */
+
+// The watcher builds its whole context here, on its first action: context.ts brings the AWS
+// clients, which the idle daemon's chunk must not carry.
+export { buildContext } from '../context.js';
 
 const KUBE_CALL_MS = 15_000;
 const IDENTITY_MS = 5_000;

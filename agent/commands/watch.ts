@@ -101,8 +101,10 @@ async function resolveSettings(args: WatchArgs): Promise<WatchSettings | number>
 export function nodeActions(ctx: CommandContext | (() => Promise<CommandContext>)): NodeActions {
   let loaded: Promise<NodeActions> | undefined;
   const actions = (): Promise<NodeActions> => {
-    loaded ??= import('./watch-actions.js').then(async (m) => m.nodeActions(typeof ctx === 'function' ? await ctx() : ctx));
-    loaded.catch(() => (loaded = undefined));
+    if (!loaded) {
+      loaded = import('./watch-actions.js').then(async (m) => m.nodeActions(typeof ctx === 'function' ? await ctx() : ctx));
+      loaded.catch(() => (loaded = undefined));
+    }
     return loaded;
   };
   return {
