@@ -1,6 +1,6 @@
 import yargs, { type Argv } from 'yargs';
 import type { GlobalOptions } from './context.js';
-import { AgentError, ConfigError, ExitCode, asAgentError } from './errors.js';
+import { AgentError, ConfigError, ExitCode, exitCodeOf } from './errors.js';
 import { makePaths } from './host/paths.js';
 import type { SshKeysArgs } from './ssh/warm.js';
 import { LOG_FORMATS, LOG_LEVELS } from './log/logger.js';
@@ -16,17 +16,6 @@ type Handler = (args: Record<string, unknown> & GlobalOptions) => Promise<number
 const EPILOG = `Exit codes: 0 ok, 1 failed, 2 usage or config error (nothing was changed), 3 a deadline was exceeded.
 Docs: README.md and docs/ (config reference: docs/config.md).`;
 
-/** A command's exit code; an error becomes its one line on stderr and its exit code. */
-async function runHandler(h: Handler, args: Record<string, unknown> & GlobalOptions): Promise<number> {
-  try {
-    return await h(args);
-  } catch (err) {
-    const e = asAgentError(err, makePaths(args.root).logFile);
-    process.stderr.write(`zdt-agent: ${e.oneLine()}\n`);
-    return e.exitCode;
-  }
-}
-
 const bootHandler: Handler = async (a) => (await import('./commands/boot.js')).runBoot(a);
 
 /**
@@ -35,7 +24,7 @@ const bootHandler: Handler = async (a) => (await import('./commands/boot.js')).r
  * a first boot about 15 ms (its set-up, and the help text it renders for every command run).
  */
 export function runBootCommand(args: GlobalOptions): Promise<number> {
-  return runHandler(bootHandler, { ...args });
+  return exitCodeOf(() => bootHandler({ ...args }), makePaths(args.root).logFile);
 }
 
 /**
@@ -60,7 +49,7 @@ export async function runCli(argv: string[]): Promise<number> {
     (h: Handler) =>
     async (args: Record<string, unknown>): Promise<void> => {
       if (usageError !== undefined) return;
-      code = await runHandler(h, args as Record<string, unknown> & GlobalOptions);
+      code = await exitCodeOf(() => h(args as Record<string, unknown> & GlobalOptions), makePaths(args.root as string | undefined).logFile);
     };
 
   const cli = yargs(argv)
@@ -90,8 +79,11 @@ export async function runCli(argv: string[]): Promise<number> {
     .command(
       'watch',
       'Act on interruption notices before the shutdown: poll IMDS, retire or cordon once per notice (a supervised daemon)',
-      (y: Argv) => y.option('max-polls', { type: 'number', hidden: true, describe: 'Stop after this many polls (tests, benchmarks)' }),
-      wrap(async (a) => (await import('./commands/watch.js')).runWatch(a)),
+      (y: Argv) =>
+        y
+          .option('max-polls', { type: 'number', hidden: true, describe: 'Stop after this many polls (tests, benchmarks)' })
+          .option('print-config', { type: 'boolean', hidden: true, describe: "Print the watcher's settings from the validated config as JSON (the watcher runs this as a child)" }),
+      wrap(async (a) => (a.printConfig ? (await import('./commands/watch-config.js')).printWatchConfig(a) : (await import('./commands/watch.js')).runWatch(a))),
     )
     .command(
       'ssh-keys <user> [fingerprint]',

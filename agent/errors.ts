@@ -85,3 +85,14 @@ function awsCallOf(err: unknown): string | undefined {
   const what = message && message !== name ? `${name}: ${message}` : name;
   return `${e.awsOperation}: ${what}${status ? ` (HTTP ${status})` : ''}`;
 }
+
+/** A command's exit code; an error becomes its one line on stderr and its exit code (the CLI and main.ts's own paths). */
+export async function exitCodeOf(run: () => Promise<number>, logFile?: string): Promise<number> {
+  try {
+    return await run();
+  } catch (err) {
+    const e = asAgentError(err, logFile);
+    process.stderr.write(`zdt-agent: ${e.oneLine()}\n`);
+    return e.exitCode;
+  }
+}

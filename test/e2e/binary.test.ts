@@ -94,6 +94,55 @@ describe('the bundles keep command modules lazy', () => {
   });
 });
 
+describe('zdt-agent watch, the daemon', () => {
+  /** A node root whose config points the watcher at a closed loopback port: every poll fails at once. */
+  function watchRoot(): string {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-e2e-watch-'));
+    fs.mkdirSync(path.join(root, 'etc/zdt-agent'), { recursive: true });
+    fs.writeFileSync(
+      path.join(root, 'etc/zdt-agent/config.yaml'),
+      'cluster: { name: e2e }\nnode: { role: worker }\naws: { region: eu-central-1, imdsEndpoint: "http://127.0.0.1:9" }\nwatch: { interval: 0.01, backoffMax: 0.1 }\n',
+    );
+    return root;
+  }
+
+  it('runs from its own chunk: not the CLI chunk, and the acting code only on a first action', () => {
+    const root = watchRoot();
+    try {
+      // Global options before and after the command, as the services and operators write them.
+      const r = run(BIN, ['--log-level', 'warn', 'watch', `--root=${root}`, '--max-polls', '2'], { ZDT_TRACE_CHUNKS: '1' });
+      expect(r.status, r.stderr).toBe(0);
+      const chunks = [...r.stderr.matchAll(/^zdt-agent: chunk (\S+): (.*), [\d.]+ ms$/gm)].map((m) => `${m[1]}: ${m[2]}`);
+      expect(chunks).toEqual(['watch: sea, code cache accepted']);
+      expect(r.stderr).toMatch(/IMDS does not answer/);
+      const state = JSON.parse(fs.readFileSync(path.join(root, 'var/lib/zdt-agent/state.json'), 'utf8'));
+      expect(state.watch.imdsDownSince).toEqual(expect.any(String));
+    } finally {
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it('a config error exits 2 with its one line, as through the CLI', () => {
+    const root = watchRoot();
+    try {
+      fs.writeFileSync(path.join(root, 'etc/zdt-agent/config.yaml'), 'watch: { interval: 0 }\n');
+      const r = run(BIN, ['watch', '--root', root], { ZDT_TRACE_CHUNKS: '1' });
+      expect(r.status).toBe(2);
+      expect(r.stderr).toMatch(/^zdt-agent: chunk watch: /);
+      expect(r.stderr).toMatch(/watch\.interval/);
+    } finally {
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it('--help and options it does not know go to the CLI', () => {
+    for (const args of [['watch', '--help'], ['watch', '--max-polls', '1e9', '--root', emptyRoot, '--config', '/nonexistent.yaml']]) {
+      const r = run(BIN, args, { ZDT_TRACE_CHUNKS: '1' });
+      expect(r.stderr, args.join(' ')).toMatch(/^zdt-agent: chunk cli: sea, code cache accepted/);
+    }
+  });
+});
+
 describe('dist/zdt-agent-arm64 under qemu-aarch64-static', () => {
   const cacheDir = process.env.ZDT_CACHE_DIR ?? path.join(os.homedir(), '.cache/zdt-agent');
   const sysroot = path.join(cacheDir, 'arm64-sysroot');
