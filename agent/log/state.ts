@@ -22,11 +22,28 @@ export interface RunRecord {
   phases: Record<string, PhaseRecord>;
 }
 
+/** What the takeover phase of a service host (bastion, nat, vpngw) did last (docs/takeover.md). */
+export interface TakeoverRecord {
+  at: string;
+  result: 'ok' | 'stood-down' | 'failed';
+  /** Each resource moved, from which instance (or gateway, or nothing), ms after the phase started. */
+  moved: Array<{ what: string; from: string; atMs: number }>;
+  /** The instances anything was taken from. */
+  from: string[];
+  readyMs?: number | undefined;
+  /** From the first change away from the previous holder to the verified state pointing here. */
+  interruptionMs?: number | undefined;
+  lastMoveMs?: number | undefined;
+  totalMs: number;
+  error?: string | undefined;
+}
+
 export interface AgentState {
   schema: 1;
   agentVersion: string;
   boot?: RunRecord | undefined;
   terminate?: RunRecord | undefined;
+  takeover?: TakeoverRecord | undefined;
   /** Facts later phases and commands rely on (volume id, device, neuron devices, …). */
   facts: Record<string, string | number | boolean>;
 }
@@ -76,6 +93,13 @@ export function formatState(state: AgentState): string {
   };
   run('boot', state.boot);
   run('terminate', state.terminate);
+  const t = state.takeover;
+  if (t) {
+    const timings = [t.readyMs !== undefined ? `ready after ${t.readyMs} ms` : '', t.interruptionMs !== undefined ? `interruption ${t.interruptionMs} ms` : '', `total ${t.totalMs} ms`];
+    lines.push(`takeover: ${t.result} at ${t.at}${t.from.length ? ` from ${t.from.join(', ')}` : ''}; ${timings.filter(Boolean).join(', ')}`);
+    for (const m of t.moved) lines.push(`  +${String(m.atMs).padStart(6)} ms  ${m.what} from ${m.from}`);
+    if (t.error) lines.push(`  error: ${t.error}`);
+  }
   const facts = Object.entries(state.facts);
   if (facts.length) {
     lines.push('facts:');

@@ -12,7 +12,7 @@ import { agentVersion } from '../version.js';
  */
 
 export const EVENT_SCHEMA = 'zdt-agent/event/v1';
-export type EventName = 'boot.succeeded' | 'boot.failed' | 'terminate.started' | 'terminate.finished';
+export type EventName = 'boot.succeeded' | 'boot.failed' | 'takeover.succeeded' | 'takeover.failed' | 'terminate.started' | 'terminate.finished';
 
 export interface AgentEvent {
   schema: typeof EVENT_SCHEMA;
