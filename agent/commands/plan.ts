@@ -2,6 +2,7 @@ import type { GlobalOptions } from '../cli.js';
 import { planBoot, type PhaseDecision } from '../boot/plan.js';
 import { buildContext } from '../context.js';
 import { readIdentity } from '../host/identity.js';
+import { planTakeover, takesOver } from '../boot/takeover.js';
 import { checkSshdInstall, formatInstallChecks } from '../ssh/install-check.js';
 import { planTerminate, type ShutdownEvent } from '../terminate/plan.js';
 
@@ -13,7 +14,8 @@ function table(title: string, rows: PhaseDecision[]): string {
 
 /**
  * Dry run: reads config and IMDS (and EC2 tags if IMDS has none); changes nothing. On a
- * bastion it also checks the sshd installation (agent/ssh/install-check.ts).
+ * bastion it also checks the sshd installation (agent/ssh/install-check.ts); a service host
+ * with a takeover section describes who holds its Elastic IP, ENI and routes now.
  */
 export async function runPlan(args: GlobalOptions & { event?: ShutdownEvent }): Promise<number> {
   const ctx = await buildContext(args, { instance: 'imds', logToFile: false });
@@ -29,6 +31,7 @@ export async function runPlan(args: GlobalOptions & { event?: ShutdownEvent }): 
   const sections = [head.join('\n'), table('boot would:', planBoot(facts)), table(`terminate (event ${event}) would:`, planTerminate(facts, event))];
   // A bastion is only useful if sshd really asks ssh-keys, and agrees to run it.
   if (c.node.role === 'bastion') sections.push(formatInstallChecks(checkSshdInstall(ctx.paths)));
+  if (takesOver(c)) sections.push(await planTakeover(ctx, identity));
   process.stdout.write(`${sections.join('\n\n')}\n`);
   return 0;
 }

@@ -13,17 +13,21 @@ import {
   DescribeRouteTablesCommand,
   RunInstancesCommand,
 } from '@aws-sdk/client-ec2';
+import { CreateTopicCommand, SNSClient, SubscribeCommand } from '@aws-sdk/client-sns';
+import { CreateQueueCommand, GetQueueAttributesCommand, ReceiveMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { runPlan } from '../../agent/commands/plan.js';
+import type { AgentEvent } from '../../agent/notify/events.js';
 import { runBoot } from '../../agent/boot/run.js';
 import { takeoverPhase } from '../../agent/boot/takeover.js';
 import type { ConfigInput } from '../../agent/config/schema.js';
 import { AgentError } from '../../agent/errors.js';
-import { readState } from '../../agent/log/state.js';
+import { formatState, readState } from '../../agent/log/state.js';
 import { startImds, type Imds } from '../testbed/imds.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
 import { contextFor } from '../support/terminate-env.js';
-import { AZ, REGION, awsSection, bootDepsFor, identityOf, phaseContext, startAwsWorld, type AwsWorld } from '../support/boot-env.js';
+import { AZ, REGION, awsSection, credentials, bootDepsFor, identityOf, phaseContext, startAwsWorld, type AwsWorld } from '../support/boot-env.js';
 
 /**
  * NAT takeover (agent/boot/takeover.ts) against moto behind the fidelity proxy: a predecessor
@@ -37,9 +41,20 @@ const roots: TempRoot[] = [];
 const imdses: Imds[] = [];
 let subnetId: string;
 let world = 0;
+let topicArn: string;
+let queueUrl: string;
+let sqs: SQSClient;
 
 beforeAll(async () => {
   w = await startAwsWorld();
+  const common = { region: REGION, endpoint: w.proxy.endpoint, credentials };
+  sqs = new SQSClient(common);
+  const sns = new SNSClient(common);
+  topicArn = (await sns.send(new CreateTopicCommand({ Name: 'takeover-events' }))).TopicArn!;
+  queueUrl = (await sqs.send(new CreateQueueCommand({ QueueName: 'takeover-events' }))).QueueUrl!;
+  const queueArn = (await sqs.send(new GetQueueAttributesCommand({ QueueUrl: queueUrl, AttributeNames: ['QueueArn'] }))).Attributes!.QueueArn!;
+  await sns.send(new SubscribeCommand({ TopicArn: topicArn, Protocol: 'sqs', Endpoint: queueArn }));
+  sns.destroy();
   const vpc = (await w.ec2.send(new CreateVpcCommand({ CidrBlock: '10.20.0.0/16' }))).Vpc!.VpcId!;
   subnetId = (await w.ec2.send(new CreateSubnetCommand({ VpcId: vpc, CidrBlock: '10.20.1.0/24', AvailabilityZone: AZ }))).Subnet!.SubnetId!;
 });
@@ -50,6 +65,7 @@ afterEach(async () => {
   for (const i of imdses.splice(0)) await i.stop();
 });
 afterAll(async () => {
+  sqs?.destroy();
   await w?.stop();
 });
 
@@ -128,6 +144,20 @@ async function where(r: Resources) {
     return x ? x.InstanceId || owner(x.NetworkInterfaceId) : undefined;
   };
   return { eip: addr.InstanceId || owner(addr.NetworkInterfaceId), eni: eni.Attachment?.InstanceId, defaultRoute: route('0.0.0.0/0'), otherRoute: route('10.99.0.0/16') };
+}
+
+/** The SNS events of the given instance published so far (through the subscribed queue). */
+async function eventsOf(instanceId: string, n: number): Promise<AgentEvent[]> {
+  const out: AgentEvent[] = [];
+  const deadline = Date.now() + 20_000;
+  while (out.length < n && Date.now() < deadline) {
+    const r = await sqs.send(new ReceiveMessageCommand({ QueueUrl: queueUrl, MaxNumberOfMessages: 10, WaitTimeSeconds: 1 }));
+    for (const m of r.Messages ?? []) {
+      const ev = JSON.parse((JSON.parse(m.Body!) as { Message: string }).Message) as AgentEvent;
+      if (ev.instance.id === instanceId) out.push(ev);
+    }
+  }
+  return out;
 }
 
 async function sourceDestCheck(instanceId: string): Promise<boolean | undefined> {
@@ -258,7 +288,7 @@ describe('coordination without a lock', () => {
 });
 
 describe('boot with a launch lifecycle hook', () => {
-  async function boot(instanceId: string, config: ConfigInput) {
+  async function node(instanceId: string, config: ConfigInput) {
     const imds = await startImds({
       instanceId,
       region: REGION,
@@ -270,8 +300,22 @@ describe('boot with a launch lifecycle hook', () => {
     imdses.push(imds);
     const root = await makeTempRoot();
     roots.push(root);
-    const deps = await bootDepsFor(root.dir, { ...config, aws: { ...config.aws, imdsEndpoint: imds.endpoint } });
+    return bootDepsFor(root.dir, { ...config, aws: { ...config.aws, imdsEndpoint: imds.endpoint } });
+  }
+  async function boot(instanceId: string, config: ConfigInput) {
+    const deps = await node(instanceId, config);
     return { result: await runBoot(deps), state: readState(deps.paths.stateFile, 'test') };
+  }
+  async function planOf(instanceId: string, config: ConfigInput): Promise<string> {
+    const deps = await node(instanceId, config);
+    const out: string[] = [];
+    const spy = vi.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => out.push(String(chunk)) > 0);
+    try {
+      expect(await runPlan({ root: deps.paths.root })).toBe(0);
+    } finally {
+      spy.mockRestore();
+    }
+    return out.join('');
   }
   const hookCalls = (instanceId: string) =>
     w.proxy
@@ -279,14 +323,32 @@ describe('boot with a launch lifecycle hook', () => {
       .filter((c) => c.params.InstanceId === instanceId)
       .map((c) => c.params.LifecycleActionResult);
 
-  it('CONTINUE after the verified takeover; status records what moved from whom', async () => {
+  it('plan shows what would be taken over and from whom; boot completes CONTINUE after the verified takeover; SNS and status name what moved from which instance', async () => {
     const r = await predecessorHoldingEverything();
     const fresh = await launch();
-    const { result, state } = await boot(fresh.id, natConfig(r, { boot: { launchLifecycleHook: 'launching' } }));
+    const config = { ...natConfig(r, { boot: { launchLifecycleHook: 'launching' } }), notify: { snsTopicArn: topicArn } };
+
+    const plan = await planOf(fresh.id, config);
+    expect(plan).toMatch(/run\s+takeover/);
+    expect(plan).toContain(`take    Elastic IP`);
+    expect(plan).toContain(`take from ${r.old.id}`);
+    expect(plan).toContain(`route 10.99.0.0/16 in ${r.tableId}: take from nothing (no route)`);
+    expect(await where(r)).toMatchObject({ eip: r.old.id, defaultRoute: r.old.id });
+
+    const { result, state } = await boot(fresh.id, config);
     expect(result.ok).toBe(true);
     expect(hookCalls(fresh.id)).toEqual(['CONTINUE']);
     expect(state.boot!.phases.takeover!.result).toBe('ok');
     expect(state.takeover).toMatchObject({ result: 'ok', from: [r.old.id] });
+    expect(formatState(state)).toContain(`takeover: ok at ${state.takeover!.at} from ${r.old.id}`);
+
+    const events = await eventsOf(fresh.id, 2);
+    expect(events.map((e) => e.event).sort()).toEqual(['boot.succeeded', 'takeover.succeeded']);
+    const ev = events.find((e) => e.event === 'takeover.succeeded')!;
+    expect(ev.role).toBe('nat');
+    expect(ev.details.takeoverFrom).toBe(r.old.id);
+    expect(ev.details.takeoverMoved).toContain(`route 0.0.0.0/0 in ${r.tableId} from ${r.old.id}`);
+    expect(typeof ev.details.takeoverInterruptionMs).toBe('number');
   }, 120_000);
 
   it('a readiness command that never succeeds: nothing moves, ABANDON', async () => {
@@ -294,16 +356,18 @@ describe('boot with a launch lifecycle hook', () => {
     const fresh = await launch();
     const calls = () => ['AssociateAddress', 'ReplaceRoute', 'CreateRoute', 'ModifyInstanceAttribute', 'DetachNetworkInterface'].map((a) => w.proxy.calls(a));
     const before = calls();
-    const { result, state } = await boot(
-      fresh.id,
-      natConfig(r, { staticEni: true, takeover: { readinessCommand: ['false'], readinessTimeout: 3 }, boot: { launchLifecycleHook: 'launching' } }),
-    );
+    const { result, state } = await boot(fresh.id, {
+      ...natConfig(r, { staticEni: true, takeover: { readinessCommand: ['false'], readinessTimeout: 3 }, boot: { launchLifecycleHook: 'launching' } }),
+      notify: { snsTopicArn: topicArn },
+    });
     expect(result.ok).toBe(false);
     expect(result.failedPhase).toBe('takeover');
     expect(result.error?.code).toBe('TakeoverNotReady');
     expect(calls()).toEqual(before);
     expect(hookCalls(fresh.id)).toEqual(['ABANDON']);
     expect(state.takeover?.result).toBe('failed');
+    const [ev] = (await eventsOf(fresh.id, 2)).filter((e) => e.event === 'takeover.failed');
+    expect(ev?.failure?.error).toMatch(/^TakeoverNotReady/);
     expect(await where(r)).toEqual({ eip: r.old.id, eni: r.old.id, defaultRoute: r.old.id, otherRoute: undefined });
     expect(await sourceDestCheck(fresh.id)).not.toBe(false);
   }, 120_000);
