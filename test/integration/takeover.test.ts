@@ -1,21 +1,6 @@
-import {
-  AllocateAddressCommand,
-  AssociateAddressCommand,
-  AttachNetworkInterfaceCommand,
-  CreateNetworkInterfaceCommand,
-  CreateRouteCommand,
-  CreateRouteTableCommand,
-  CreateSubnetCommand,
-  CreateVpcCommand,
-  DescribeAddressesCommand,
-  DescribeInstancesCommand,
-  DescribeNetworkInterfacesCommand,
-  DescribeRouteTablesCommand,
-  RunInstancesCommand,
-} from '@aws-sdk/client-ec2';
+import { DescribeInstancesCommand } from '@aws-sdk/client-ec2';
 import { CreateTopicCommand, SNSClient, SubscribeCommand } from '@aws-sdk/client-sns';
 import { CreateQueueCommand, GetQueueAttributesCommand, ReceiveMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { runPlan } from '../../agent/commands/plan.js';
 import type { AgentEvent } from '../../agent/notify/events.js';
@@ -27,6 +12,7 @@ import { formatState, readState } from '../../agent/log/state.js';
 import { startImds, type Imds } from '../testbed/imds.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
 import { contextFor } from '../support/terminate-env.js';
+import { createSubnet, launchNat, predecessorHoldingEverything, whereNatPoints, type NatResources } from '../support/takeover-env.js';
 import { AZ, REGION, awsSection, credentials, bootDepsFor, identityOf, phaseContext, startAwsWorld, type AwsWorld } from '../support/boot-env.js';
 
 /**
@@ -40,7 +26,6 @@ let w: AwsWorld;
 const roots: TempRoot[] = [];
 const imdses: Imds[] = [];
 let subnetId: string;
-let world = 0;
 let topicArn: string;
 let queueUrl: string;
 let sqs: SQSClient;
@@ -55,8 +40,7 @@ beforeAll(async () => {
   const queueArn = (await sqs.send(new GetQueueAttributesCommand({ QueueUrl: queueUrl, AttributeNames: ['QueueArn'] }))).Attributes!.QueueArn!;
   await sns.send(new SubscribeCommand({ TopicArn: topicArn, Protocol: 'sqs', Endpoint: queueArn }));
   sns.destroy();
-  const vpc = (await w.ec2.send(new CreateVpcCommand({ CidrBlock: '10.20.0.0/16' }))).Vpc!.VpcId!;
-  subnetId = (await w.ec2.send(new CreateSubnetCommand({ VpcId: vpc, CidrBlock: '10.20.1.0/24', AvailabilityZone: AZ }))).Subnet!.SubnetId!;
+  subnetId = await createSubnet(w);
 });
 afterEach(async () => {
   w.proxy.clearFaults();
@@ -69,40 +53,7 @@ afterAll(async () => {
   await w?.stop();
 });
 
-interface Resources {
-  tag: string;
-  allocationId: string;
-  eniId: string;
-  tableId: string;
-}
-
-/** Launched one after another: moto's LaunchTime has whole seconds, and order is the point. */
-async function launch(): Promise<{ id: string; primaryEni: string }> {
-  await sleep(1100);
-  const i = (await w.ec2.send(new RunInstancesCommand({ ImageId: w.imageId, InstanceType: 't3.micro', MinCount: 1, MaxCount: 1, SubnetId: subnetId }))).Instances![0]!;
-  const primaryEni = i.NetworkInterfaces?.find((n) => n.Attachment?.DeviceIndex === 0)?.NetworkInterfaceId;
-  return { id: i.InstanceId!, primaryEni: primaryEni! };
-}
-
-/** A fresh set of resources (own tag), all held by a predecessor launched now. */
-async function predecessorHoldingEverything(): Promise<Resources & { old: { id: string; primaryEni: string } }> {
-  const tag = `nat-${++world}-${process.pid}`;
-  const vpc = (await w.ec2.send(new CreateVpcCommand({ CidrBlock: '10.30.0.0/16' }))).Vpc!.VpcId!;
-  const tableId = (
-    await w.ec2.send(new CreateRouteTableCommand({ VpcId: vpc, TagSpecifications: [{ ResourceType: 'route-table', Tags: [{ Key: 'zdt:nat', Value: tag }] }] }))
-  ).RouteTable!.RouteTableId!;
-  const allocationId = (
-    await w.ec2.send(new AllocateAddressCommand({ Domain: 'vpc', TagSpecifications: [{ ResourceType: 'elastic-ip', Tags: [{ Key: 'zdt:nat', Value: tag }] }] }))
-  ).AllocationId!;
-  const eniId = (await w.ec2.send(new CreateNetworkInterfaceCommand({ SubnetId: subnetId }))).NetworkInterface!.NetworkInterfaceId!;
-  const old = await launch();
-  await w.ec2.send(new AttachNetworkInterfaceCommand({ NetworkInterfaceId: eniId, InstanceId: old.id, DeviceIndex: 1 }));
-  await w.ec2.send(new AssociateAddressCommand({ AllocationId: allocationId, InstanceId: old.id }));
-  await w.ec2.send(new CreateRouteCommand({ RouteTableId: tableId, DestinationCidrBlock: '0.0.0.0/0', NetworkInterfaceId: old.primaryEni }));
-  return { tag, allocationId, eniId, tableId, old };
-}
-
-function natConfig(r: Resources, o: { staticEni?: boolean; takeover?: Record<string, unknown>; boot?: Record<string, unknown> } = {}): ConfigInput {
+function natConfig(r: NatResources, o: { staticEni?: boolean; takeover?: Record<string, unknown>; boot?: Record<string, unknown> } = {}): ConfigInput {
   return {
     node: { role: 'nat' },
     takeover: {
@@ -132,20 +83,6 @@ async function takeover(instanceId: string, config: ConfigInput) {
   }
 }
 
-/** Where each thing points now: the instance holding the EIP, the ENI, and each route. */
-async function where(r: Resources) {
-  const addr = (await w.ec2.send(new DescribeAddressesCommand({ AllocationIds: [r.allocationId] }))).Addresses![0]!;
-  const eni = (await w.ec2.send(new DescribeNetworkInterfacesCommand({ NetworkInterfaceIds: [r.eniId] }))).NetworkInterfaces![0]!;
-  const table = (await w.ec2.send(new DescribeRouteTablesCommand({ RouteTableIds: [r.tableId] }))).RouteTables![0]!;
-  const all = (await w.ec2.send(new DescribeNetworkInterfacesCommand({}))).NetworkInterfaces ?? [];
-  const owner = (eniId: string | undefined) => all.find((n) => n.NetworkInterfaceId === eniId)?.Attachment?.InstanceId;
-  const route = (cidr: string) => {
-    const x = table.Routes?.find((y) => y.DestinationCidrBlock === cidr);
-    return x ? x.InstanceId || owner(x.NetworkInterfaceId) : undefined;
-  };
-  return { eip: addr.InstanceId || owner(addr.NetworkInterfaceId), eni: eni.Attachment?.InstanceId, defaultRoute: route('0.0.0.0/0'), otherRoute: route('10.99.0.0/16') };
-}
-
 /** The SNS events of the given instance published so far (through the subscribed queue). */
 async function eventsOf(instanceId: string, n: number): Promise<AgentEvent[]> {
   const out: AgentEvent[] = [];
@@ -166,12 +103,12 @@ async function sourceDestCheck(instanceId: string): Promise<boolean | undefined>
 
 describe('a NAT replacement takes over from its predecessor', () => {
   it('moves the ENI, the Elastic IP and the routes (replacing one, creating the missing one), turns source/dest check off, verifies; a re-run changes nothing', async () => {
-    const r = await predecessorHoldingEverything();
-    const fresh = await launch();
+    const r = await predecessorHoldingEverything(w, subnetId);
+    const fresh = await launchNat(w, subnetId);
     const first = await takeover(fresh.id, natConfig(r, { staticEni: true }));
     expect(first.error).toBeUndefined();
     expect(first.outcome!.changed).toBe(true);
-    expect(await where(r)).toEqual({ eip: fresh.id, eni: fresh.id, defaultRoute: fresh.id, otherRoute: fresh.id });
+    expect(await whereNatPoints(w, r)).toEqual({ eip: fresh.id, eni: fresh.id, defaultRoute: fresh.id, otherRoute: fresh.id });
     expect(await sourceDestCheck(fresh.id)).toBe(false);
     // In the issue's order: the ENI first, then the address, then the routes.
     expect(first.record.moved.map((m) => m.what.split(' ')[0])).toEqual(['ENI', 'Elastic', 'route', 'route']);
@@ -186,11 +123,11 @@ describe('a NAT replacement takes over from its predecessor', () => {
   });
 
   it('with the route target the primary ENI (no static ENI): routes point at the new instance', async () => {
-    const r = await predecessorHoldingEverything();
-    const fresh = await launch();
+    const r = await predecessorHoldingEverything(w, subnetId);
+    const fresh = await launchNat(w, subnetId);
     const run = await takeover(fresh.id, natConfig(r));
     expect(run.error).toBeUndefined();
-    const now = await where(r);
+    const now = await whereNatPoints(w, r);
     expect(now).toMatchObject({ eip: fresh.id, defaultRoute: fresh.id, otherRoute: fresh.id });
     // The static ENI is not configured: it stays where it was.
     expect(now.eni).toBe(r.old.id);
@@ -199,66 +136,66 @@ describe('a NAT replacement takes over from its predecessor', () => {
 
 describe('faults mid-way, and the re-run converging', () => {
   it('association done, then route replace throttled a few times: retried with backoff, the same run converges', async () => {
-    const r = await predecessorHoldingEverything();
-    const fresh = await launch();
+    const r = await predecessorHoldingEverything(w, subnetId);
+    const fresh = await launchNat(w, subnetId);
     w.proxy.inject({ action: 'ReplaceRoute', kind: 'throttle', times: 6 });
     const run = await takeover(fresh.id, natConfig(r));
     expect(run.error).toBeUndefined();
-    expect(await where(r)).toMatchObject({ eip: fresh.id, defaultRoute: fresh.id });
+    expect(await whereNatPoints(w, r)).toMatchObject({ eip: fresh.id, defaultRoute: fresh.id });
   });
 
   it('association done, then route replace throttled without end: the phase fails with the address moved, the re-run moves only the routes', async () => {
-    const r = await predecessorHoldingEverything();
-    const fresh = await launch();
+    const r = await predecessorHoldingEverything(w, subnetId);
+    const fresh = await launchNat(w, subnetId);
     w.proxy.inject({ action: 'ReplaceRoute', kind: 'throttle' });
     const failed = await takeover(fresh.id, natConfig(r, { takeover: { budget: 20 } }));
     expect(failed.error?.code).toBe('TakeoverCallFailed');
     expect(failed.error?.message).toMatch(/RequestLimitExceeded|injected throttle/);
     expect(failed.record.result).toBe('failed');
-    expect(await where(r)).toMatchObject({ eip: fresh.id, defaultRoute: r.old.id });
+    expect(await whereNatPoints(w, r)).toMatchObject({ eip: fresh.id, defaultRoute: r.old.id });
 
     w.proxy.clearFaults();
     const rerun = await takeover(fresh.id, natConfig(r));
     expect(rerun.error).toBeUndefined();
     expect(rerun.record.moved.map((m) => m.what)).toEqual([`route 0.0.0.0/0 in ${r.tableId}`, `route 10.99.0.0/16 in ${r.tableId}`]);
-    expect(await where(r)).toMatchObject({ eip: fresh.id, defaultRoute: fresh.id, otherRoute: fresh.id });
+    expect(await whereNatPoints(w, r)).toMatchObject({ eip: fresh.id, defaultRoute: fresh.id, otherRoute: fresh.id });
   });
 
   it('the ENI stays attached to the old instance for 20 s after the detach: the replacement waits, never attaches while it is in use, then takes everything', async () => {
-    const r = await predecessorHoldingEverything();
-    const fresh = await launch();
+    const r = await predecessorHoldingEverything(w, subnetId);
+    const fresh = await launchNat(w, subnetId);
     w.proxy.setEniDetachDelayMs(20_000);
     const attachesBefore = w.proxy.calls('AttachNetworkInterface');
     const run = await takeover(fresh.id, natConfig(r, { staticEni: true }));
     expect(run.error).toBeUndefined();
     expect(w.proxy.calls('AttachNetworkInterface') - attachesBefore).toBe(1);
-    expect(await where(r)).toEqual({ eip: fresh.id, eni: fresh.id, defaultRoute: fresh.id, otherRoute: fresh.id });
+    expect(await whereNatPoints(w, r)).toEqual({ eip: fresh.id, eni: fresh.id, defaultRoute: fresh.id, otherRoute: fresh.id });
   }, 120_000);
 
   it('an ENI release slower than eniReleaseTimeout fails before the address and routes move; the re-run converges', async () => {
-    const r = await predecessorHoldingEverything();
-    const fresh = await launch();
+    const r = await predecessorHoldingEverything(w, subnetId);
+    const fresh = await launchNat(w, subnetId);
     w.proxy.setEniDetachDelayMs(20_000);
     const failed = await takeover(fresh.id, natConfig(r, { staticEni: true, takeover: { eniReleaseTimeout: 3 } }));
     expect(failed.error?.code).toBe('TakeoverEniNotReleased');
-    expect(await where(r)).toMatchObject({ eip: r.old.id, defaultRoute: r.old.id });
+    expect(await whereNatPoints(w, r)).toMatchObject({ eip: r.old.id, defaultRoute: r.old.id });
     w.proxy.setEniDetachDelayMs(0);
     const rerun = await takeover(fresh.id, natConfig(r, { staticEni: true }));
     expect(rerun.error).toBeUndefined();
-    expect(await where(r)).toEqual({ eip: fresh.id, eni: fresh.id, defaultRoute: fresh.id, otherRoute: fresh.id });
+    expect(await whereNatPoints(w, r)).toEqual({ eip: fresh.id, eni: fresh.id, defaultRoute: fresh.id, otherRoute: fresh.id });
   }, 120_000);
 });
 
 describe('coordination without a lock', () => {
   it('two replacements: the later-launched wins; the earlier one, interrupted mid-way, stands down on its re-run; the predecessor never takes anything back', async () => {
-    const r = await predecessorHoldingEverything();
-    const earlier = await launch();
-    const later = await launch();
+    const r = await predecessorHoldingEverything(w, subnetId);
+    const earlier = await launchNat(w, subnetId);
+    const later = await launchNat(w, subnetId);
     // The earlier replacement gets the address, then its route replace is refused.
     w.proxy.inject({ action: 'ReplaceRoute', kind: 'error', status: 400, code: 'UnauthorizedOperation', message: 'injected', times: 1 });
     const a1 = await takeover(earlier.id, natConfig(r));
     expect(a1.error?.message).toContain('injected');
-    expect(await where(r)).toMatchObject({ eip: earlier.id, defaultRoute: r.old.id });
+    expect(await whereNatPoints(w, r)).toMatchObject({ eip: earlier.id, defaultRoute: r.old.id });
 
     // The later one takes the address from the earlier one and the routes from the predecessor.
     const b = await takeover(later.id, natConfig(r));
@@ -272,18 +209,18 @@ describe('coordination without a lock', () => {
 
     const old = await takeover(r.old.id, natConfig(r));
     expect(old.error?.code).toBe('TakeoverStoodDown');
-    expect(await where(r)).toMatchObject({ eip: later.id, defaultRoute: later.id, otherRoute: later.id });
+    expect(await whereNatPoints(w, r)).toMatchObject({ eip: later.id, defaultRoute: later.id, otherRoute: later.id });
   }, 120_000);
 
   it('run at the same time, the later-launched replacement ends up holding everything', async () => {
-    const r = await predecessorHoldingEverything();
-    const earlier = await launch();
-    const later = await launch();
+    const r = await predecessorHoldingEverything(w, subnetId);
+    const earlier = await launchNat(w, subnetId);
+    const later = await launchNat(w, subnetId);
     const [a, b] = await Promise.all([takeover(earlier.id, natConfig(r)), takeover(later.id, natConfig(r))]);
     expect(b.error).toBeUndefined();
     // The earlier one either finished before the later one began (and was then replaced by it) or stood down.
     if (a.error) expect(a.error.code).toBe('TakeoverStoodDown');
-    expect(await where(r)).toMatchObject({ eip: later.id, defaultRoute: later.id, otherRoute: later.id });
+    expect(await whereNatPoints(w, r)).toMatchObject({ eip: later.id, defaultRoute: later.id, otherRoute: later.id });
   }, 120_000);
 });
 
@@ -324,8 +261,8 @@ describe('boot with a launch lifecycle hook', () => {
       .map((c) => c.params.LifecycleActionResult);
 
   it('plan shows what would be taken over and from whom; boot completes CONTINUE after the verified takeover; SNS and status name what moved from which instance', async () => {
-    const r = await predecessorHoldingEverything();
-    const fresh = await launch();
+    const r = await predecessorHoldingEverything(w, subnetId);
+    const fresh = await launchNat(w, subnetId);
     const config = { ...natConfig(r, { boot: { launchLifecycleHook: 'launching' } }), notify: { snsTopicArn: topicArn } };
 
     const plan = await planOf(fresh.id, config);
@@ -333,7 +270,7 @@ describe('boot with a launch lifecycle hook', () => {
     expect(plan).toContain(`take    Elastic IP`);
     expect(plan).toContain(`take from ${r.old.id}`);
     expect(plan).toContain(`route 10.99.0.0/16 in ${r.tableId}: take from nothing (no route)`);
-    expect(await where(r)).toMatchObject({ eip: r.old.id, defaultRoute: r.old.id });
+    expect(await whereNatPoints(w, r)).toMatchObject({ eip: r.old.id, defaultRoute: r.old.id });
 
     const { result, state } = await boot(fresh.id, config);
     expect(result.ok).toBe(true);
@@ -352,8 +289,8 @@ describe('boot with a launch lifecycle hook', () => {
   }, 120_000);
 
   it('a readiness command that never succeeds: nothing moves, ABANDON', async () => {
-    const r = await predecessorHoldingEverything();
-    const fresh = await launch();
+    const r = await predecessorHoldingEverything(w, subnetId);
+    const fresh = await launchNat(w, subnetId);
     const calls = () => ['AssociateAddress', 'ReplaceRoute', 'CreateRoute', 'ModifyInstanceAttribute', 'DetachNetworkInterface'].map((a) => w.proxy.calls(a));
     const before = calls();
     const { result, state } = await boot(fresh.id, {
@@ -368,7 +305,7 @@ describe('boot with a launch lifecycle hook', () => {
     expect(state.takeover?.result).toBe('failed');
     const [ev] = (await eventsOf(fresh.id, 2)).filter((e) => e.event === 'takeover.failed');
     expect(ev?.failure?.error).toMatch(/^TakeoverNotReady/);
-    expect(await where(r)).toEqual({ eip: r.old.id, eni: r.old.id, defaultRoute: r.old.id, otherRoute: undefined });
+    expect(await whereNatPoints(w, r)).toEqual({ eip: r.old.id, eni: r.old.id, defaultRoute: r.old.id, otherRoute: undefined });
     expect(await sourceDestCheck(fresh.id)).not.toBe(false);
   }, 120_000);
 });
