@@ -23,6 +23,7 @@ import { AZ, type AwsWorld } from './boot-env.js';
 
 export interface NatResources {
   tag: string;
+  subnetId: string;
   allocationId: string;
   eniId: string;
   tableId: string;
@@ -62,7 +63,7 @@ export async function predecessorHoldingEverything(w: AwsWorld, subnetId: string
   await w.ec2.send(new AttachNetworkInterfaceCommand({ NetworkInterfaceId: eniId, InstanceId: old.id, DeviceIndex: 1 }));
   await w.ec2.send(new AssociateAddressCommand({ AllocationId: allocationId, InstanceId: old.id }));
   await w.ec2.send(new CreateRouteCommand({ RouteTableId: tableId, DestinationCidrBlock: '0.0.0.0/0', NetworkInterfaceId: old.primaryEni }));
-  return { tag, allocationId, eniId, tableId, old };
+  return { tag, subnetId, allocationId, eniId, tableId, old };
 }
 
 /** Where each thing points now: the instance holding the Elastic IP, the ENI, and each route. */
