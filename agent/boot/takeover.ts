@@ -319,7 +319,7 @@ export async function takeOver(
     at: new Date().toISOString(),
     result: 'ok',
     moved,
-    from: [...new Set(moved.map((m) => m.from).filter((f) => f.startsWith('i-')).map((f) => f.replace(/ \(gone\)$/, '')))],
+    from: [...new Set(moved.map((m) => m.from.replace(/ \(gone\)$/, '')).filter((f) => f.startsWith('i-') && f !== identity.instanceId))],
     totalMs: since(),
   });
   try {

@@ -320,7 +320,15 @@ export interface CombinationFacts {
   etcd?: unknown;
   ssh?: { mode?: unknown; sharedUser?: unknown; externalId?: unknown; roleArn?: unknown } | undefined;
   terminate?: { budget?: unknown; drainTimeout?: unknown; hookTimeout?: unknown } | undefined;
-  takeover?: { elasticIp?: { allocationId?: unknown; tags?: unknown } | undefined; routeTables?: { ids?: unknown; tags?: unknown } | undefined } | undefined;
+  takeover?:
+    | {
+        elasticIp?: { allocationId?: unknown; tags?: unknown } | undefined;
+        routeTables?: { ids?: unknown; tags?: unknown } | undefined;
+        readinessTimeout?: unknown;
+        eniReleaseTimeout?: unknown;
+        budget?: unknown;
+      }
+    | undefined;
 }
 
 /** Roles that take their function over from a predecessor at boot, and those of them that route traffic. */
@@ -360,6 +368,13 @@ export function combinationProblems(c: CombinationFacts): Array<{ path: string[]
   };
   exactlyOne(t?.elasticIp, 'allocationId', 'tags', ['takeover', 'elasticIp']);
   exactlyOne(t?.routeTables, 'ids', 'tags', ['takeover', 'routeTables']);
+  if (t) {
+    const waits = num(t.readinessTimeout, 120) + num(t.eniReleaseTimeout, 60);
+    const takeoverBudget = num(t.budget, 300);
+    if (waits >= takeoverBudget) {
+      add(['takeover', 'budget'], `takeover.budget (${takeoverBudget}s) must be longer than readinessTimeout + eniReleaseTimeout (${waits}s), or nothing is left to move and verify`);
+    }
+  }
   if (c.cluster?.route53ZoneId && !c.cluster.domain) add(['cluster', 'domain'], 'route53ZoneId needs cluster.domain for the record names');
   return out;
 }

@@ -61,6 +61,7 @@ function natConfig(r: NatResources, o: { staticEni?: boolean; takeover?: Record<
       routeTables: { tags: { 'zdt:nat': r.tag } },
       destinations: ['0.0.0.0/0', '10.99.0.0/16'],
       ...(o.staticEni ? { networkInterfaceId: r.eniId } : {}),
+      readinessTimeout: 10,
       eniReleaseTimeout: 40,
       budget: 120,
       ...o.takeover,
@@ -148,7 +149,7 @@ describe('faults mid-way, and the re-run converging', () => {
     const r = await predecessorHoldingEverything(w, subnetId);
     const fresh = await launchNat(w, subnetId);
     w.proxy.inject({ action: 'ReplaceRoute', kind: 'throttle' });
-    const failed = await takeover(fresh.id, natConfig(r, { takeover: { budget: 20 } }));
+    const failed = await takeover(fresh.id, natConfig(r, { takeover: { readinessTimeout: 5, eniReleaseTimeout: 5, budget: 20 } }));
     expect(failed.error?.code).toBe('TakeoverCallFailed');
     expect(failed.error?.message).toMatch(/RequestLimitExceeded|injected throttle/);
     expect(failed.record.result).toBe('failed');

@@ -44,5 +44,7 @@ describe('takeover config rules', () => {
       'takeover.elasticIp',
     ]);
     expect(msgs({ node: { role: 'nat' }, takeover: { elasticIp: {}, routeTables: { tags: { a: 'b' } } } })).toEqual(['takeover.elasticIp']);
+    expect(msgs({ node: { role: 'nat' }, takeover: { readinessTimeout: 200, budget: 240 } })).toEqual(['takeover.budget']);
+    expect(msgs({ node: { role: 'nat' }, takeover: { readinessTimeout: 60, eniReleaseTimeout: 60, budget: 240 } })).toEqual([]);
   });
 });
