@@ -22,12 +22,12 @@ import { importTs } from './lib/bundle.mjs';
 const { values } = parseArgs({ options: { runs: { type: 'string', default: '5' } } });
 const RUNS = Math.max(1, Number(values.runs));
 
-const { startAwsWorld, awsSection, identityOf, createSubnet, launchNat, predecessorHoldingEverything, whereNatPoints, contextFor, makeTempRoot, takeOver } = await importTs('takeover-lib', [
+const { startAwsWorld, awsSection, identityOf, createSubnet, launchNat, predecessorHoldingEverything, whereNatPoints, contextFor, makeTempRoot, takeOver, newTakeoverRecord } = await importTs('takeover-lib', [
   "export { startAwsWorld, awsSection, identityOf } from './test/support/boot-env.ts';",
   "export { createSubnet, launchNat, predecessorHoldingEverything, whereNatPoints } from './test/support/takeover-env.ts';",
   "export { contextFor } from './test/support/terminate-env.ts';",
   "export { makeTempRoot } from './test/testbed/root.ts';",
-  "export { takeOver } from './agent/boot/takeover.ts';",
+  "export { takeOver, newTakeoverRecord } from './agent/boot/takeover.ts';",
 ]);
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -65,7 +65,8 @@ try {
       }
     })();
     const t0 = performance.now();
-    const { record } = await takeOver(ctx, identityOf({ instanceId: fresh.id }), ctx.log, AbortSignal.timeout(120_000));
+    const record = newTakeoverRecord();
+    await takeOver(ctx, identityOf({ instanceId: fresh.id }), ctx.log, AbortSignal.timeout(120_000), record);
     total.push(performance.now() - t0);
     await Promise.race([observer, new Promise((resolve) => setTimeout(resolve, 10_000))]);
     stop = true;

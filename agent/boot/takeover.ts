@@ -298,42 +298,37 @@ function standDownIfLater(s: Survey): Decision[] {
   return ds;
 }
 
-interface Moved {
-  what: string;
-  from: string;
-  atMs: number;
+/** A takeover that has not moved anything yet; takeOver fills it in as it goes. */
+export function newTakeoverRecord(): TakeoverRecord {
+  return { at: new Date().toISOString(), result: 'failed', moved: [], from: [], totalMs: 0 };
 }
 
-/** The takeover itself; returns what moved. Used by the phase and the tests. */
-export async function takeOver(
-  host: NodeHost,
-  identity: Identity,
-  log: Logger,
-  signal: AbortSignal,
-): Promise<{ record: TakeoverRecord; changed: boolean }> {
+/**
+ * The takeover itself, filling `rec` as it goes, so that after a failure it still says what
+ * had moved. Returns whether anything changed. Used by the phase, the bench and the tests.
+ */
+export async function takeOver(host: NodeHost, identity: Identity, log: Logger, signal: AbortSignal, rec: TakeoverRecord): Promise<{ changed: boolean }> {
   const t = host.config.takeover!;
   const t0 = performance.now();
   const since = () => Math.round(performance.now() - t0);
-  const moved: Moved[] = [];
-  const record = (): TakeoverRecord => ({
-    at: new Date().toISOString(),
-    result: 'ok',
-    moved,
-    from: [...new Set(moved.map((m) => m.from.replace(/ \(gone\)$/, '')).filter((f) => f.startsWith('i-') && f !== identity.instanceId))],
-    totalMs: since(),
-  });
+  const moved = rec.moved;
+  const noteMoved = (what: string, from: string) => {
+    moved.push({ what, from, atMs: since() });
+    const instance = from.replace(/ \(gone\)$/, '');
+    if (instance.startsWith('i-') && instance !== identity.instanceId && !rec.from.includes(instance)) rec.from.push(instance);
+  };
   try {
     return await steps();
   } catch (err) {
     const e = asAgentError(err);
-    throw Object.assign(e, { takeover: { ...record(), result: e.code === 'TakeoverStoodDown' ? 'stood-down' : 'failed', error: e.oneLine() } });
+    Object.assign(rec, { at: new Date().toISOString(), result: e.code === 'TakeoverStoodDown' ? 'stood-down' : 'failed', error: e.oneLine(), totalMs: since() });
+    throw e;
   }
 
-  async function steps(): Promise<{ record: TakeoverRecord; changed: boolean }> {
-    let readyMs: number | undefined;
+  async function steps(): Promise<{ changed: boolean }> {
     if (t.readinessCommand) {
       await waitUntilReady(host, t, log, signal);
-      readyMs = since();
+      rec.readyMs = since();
     }
     const ec2 = await ec2For(host, log, signal, Math.min(60_000, (t.budget * 1000) / 4));
     const c = ec2.commands;
@@ -343,7 +338,7 @@ export async function takeOver(
       firstMoveMs ??= since();
       log.info(`taking over ${d.claim.label}`, { from: d.from });
       await ec2.call(what, fn);
-      moved.push({ what: d.claim.label, from: d.from, atMs: since() });
+      noteMoved(d.claim.label, d.from);
     };
     let sourceDestChanged = false;
     for (let round = 1; round <= 3; round++) {
@@ -382,16 +377,16 @@ export async function takeOver(
       const missing = ds.filter((d) => d.action !== 'keep');
       const srcDst = isRouting(host.config) && v.self.sourceDestCheck;
       if (!missing.length && !srcDst) {
-        const rec = record();
         const verifiedMs = since();
         Object.assign(rec, {
-          readyMs,
+          at: new Date().toISOString(),
+          result: 'ok',
           interruptionMs: firstMoveMs !== undefined ? verifiedMs - firstMoveMs : undefined,
           lastMoveMs,
           totalMs: verifiedMs,
         });
         log.info('takeover verified', { moved: moved.length, interruptionMs: rec.interruptionMs });
-        return { record: rec, changed: moved.length > 0 || sourceDestChanged };
+        return { changed: moved.length > 0 || sourceDestChanged };
       }
       log.warn('takeover not verified yet, another round', { round, pending: missing.map((d) => `${d.claim.label} (${d.from})`).join('; '), sourceDestCheck: srcDst });
     }
@@ -476,28 +471,19 @@ async function waitUntilReady(host: NodeHost, t: TakeoverSettings, log: Logger, 
 }
 
 async function runTakeover(ctx: BootContext): Promise<PhaseOutcome> {
-  let record: TakeoverRecord;
+  const record = newTakeoverRecord();
   let outcome: PhaseOutcome | undefined;
   let failure: AgentError | undefined;
   try {
-    const r = await takeOver(ctx, ctx.identity, ctx.log, ctx.signal);
-    record = r.record;
+    const { changed } = await takeOver(ctx, ctx.identity, ctx.log, ctx.signal, record);
     outcome = {
-      changed: r.changed,
+      changed,
       detail: record.moved.length
         ? `took over ${record.moved.map((m) => `${m.what} from ${m.from}`).join(', ')}; verified, interruption ${record.interruptionMs} ms`
         : 'everything already points here (verified)',
     };
   } catch (err) {
     failure = asAgentError(err);
-    record = (failure as AgentError & { takeover?: TakeoverRecord }).takeover ?? {
-      at: new Date().toISOString(),
-      result: 'failed',
-      moved: [],
-      from: [],
-      totalMs: 0,
-      error: failure.oneLine(),
-    };
   }
   ctx.state.takeover = record;
   // A re-run that found everything in place sends nothing, like boot.succeeded.
