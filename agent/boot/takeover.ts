@@ -94,6 +94,17 @@ export function decide(s: Survey, claim: Claim): Decision {
     : { claim, action: 'stand-down', from: h };
 }
 
+/** Worth another try: throttling and server errors (isRetryableEc2), and a connection that failed or timed out. */
+function isTransient(err: unknown): boolean {
+  const e = err as { name?: string; code?: string; $metadata?: { httpStatusCode?: number } };
+  return (
+    isRetryableEc2(err) ||
+    ['TimeoutError', 'RequestTimeout', 'ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT'].includes(e?.name ?? e?.code ?? '') ||
+    ['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT'].includes(e?.code ?? '') ||
+    (e?.$metadata?.httpStatusCode ?? 0) >= 500
+  );
+}
+
 interface Ec2 {
   client: EC2Client;
   commands: Awaited<ReturnType<typeof sdk.ec2>>;
@@ -118,7 +129,7 @@ async function ec2For(host: NodeHost, log: Logger, signal: AbortSignal, retryMs:
         hint: 'check the EC2 endpoint, API throttling, and the instance role (docs/takeover.md lists the permissions)',
         log,
         signal,
-        retryable: isRetryableEc2,
+        retryable: isTransient,
         check: async () => ({ v: await fn(signal) }),
       });
       return box.v;

@@ -136,9 +136,10 @@ describe('a NAT replacement takes over from its predecessor', () => {
 });
 
 describe('faults mid-way, and the re-run converging', () => {
-  it('association done, then route replace throttled a few times: retried with backoff, the same run converges', async () => {
+  it('connections reset at the association, then route replace throttled a few times: retried with backoff, the same run converges', async () => {
     const r = await predecessorHoldingEverything(w, subnetId);
     const fresh = await launchNat(w, subnetId);
+    w.proxy.inject({ action: 'AssociateAddress', kind: 'reset', times: 4 });
     w.proxy.inject({ action: 'ReplaceRoute', kind: 'throttle', times: 6 });
     const run = await takeover(fresh.id, natConfig(r));
     expect(run.error).toBeUndefined();
