@@ -94,16 +94,20 @@ export function decide(s: Survey, claim: Claim): Decision {
     : { claim, action: 'stand-down', from: h };
 }
 
+const CONNECTION_ERRORS = ['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT'];
+
 /** Worth another try: throttling and server errors (isRetryableEc2), and a connection that failed or timed out. */
 function isTransient(err: unknown): boolean {
-  const e = err as { name?: string; code?: string; $metadata?: { httpStatusCode?: number } };
+  const e = err as { name?: string; code?: string; $metadata?: { httpStatusCode?: number } } | undefined;
   return (
     isRetryableEc2(err) ||
-    ['TimeoutError', 'RequestTimeout', 'ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT'].includes(e?.name ?? e?.code ?? '') ||
-    ['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT'].includes(e?.code ?? '') ||
+    ['TimeoutError', 'RequestTimeout', ...CONNECTION_ERRORS].includes(e?.name ?? '') ||
+    CONNECTION_ERRORS.includes(e?.code ?? '') ||
     (e?.$metadata?.httpStatusCode ?? 0) >= 500
   );
 }
+
+const errorName = (err: unknown): string => (err as { name?: string } | undefined)?.name ?? '';
 
 interface Ec2 {
   client: EC2Client;
@@ -376,8 +380,14 @@ export async function takeOver(host: NodeHost, identity: Identity, log: Logger, 
             const r = d.claim.route!;
             const dest = r.destination.includes(':') ? { DestinationIpv6CidrBlock: r.destination } : { DestinationCidrBlock: r.destination };
             const input = { RouteTableId: r.tableId, NetworkInterfaceId: s.targetEni, ...dest };
+            // A create whose answer was lost and is retried finds its own route: replaced then, as any other.
             await move(d, `${r.missing ? 'CreateRoute' : 'ReplaceRoute'} ${r.destination} in ${r.tableId}`, (abortSignal) =>
-              send(r.missing ? new c.CreateRouteCommand(input) : new c.ReplaceRouteCommand(input), { abortSignal }),
+              r.missing
+                ? send(new c.CreateRouteCommand(input), { abortSignal }).catch((err: unknown) => {
+                    if (errorName(err) !== 'RouteAlreadyExists') throw err;
+                    return send(new c.ReplaceRouteCommand(input), { abortSignal });
+                  })
+                : send(new c.ReplaceRouteCommand(input), { abortSignal }),
             );
           }
         }
@@ -433,8 +443,13 @@ export async function takeOver(host: NodeHost, identity: Identity, log: Logger, 
           check: async () => ((await describeEni())?.Status === 'available' ? true : undefined),
         });
       }
+      // An attach whose answer was lost and is retried finds the ENI in use: by this instance, that is success.
       await move(d, `AttachNetworkInterface ${e.id}`, (abortSignal) =>
-        send(new c.AttachNetworkInterfaceCommand({ NetworkInterfaceId: e.id, InstanceId: identity.instanceId, DeviceIndex: 1 }), { abortSignal }),
+        send(new c.AttachNetworkInterfaceCommand({ NetworkInterfaceId: e.id, InstanceId: identity.instanceId, DeviceIndex: 1 }), { abortSignal }).catch(
+          async (err: unknown) => {
+            if ((await describeEni())?.Attachment?.InstanceId !== identity.instanceId) throw err;
+          },
+        ),
       );
       const now = await waitFor({
         what: `${e.id} to attach here`,

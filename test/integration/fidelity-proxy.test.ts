@@ -4,6 +4,9 @@ import {
   AttachNetworkInterfaceCommand,
   AttachVolumeCommand,
   CreateNetworkInterfaceCommand,
+  CreateRouteCommand,
+  CreateRouteTableCommand,
+  DescribeVpcsCommand,
   CreateVolumeCommand,
   DescribeNetworkInterfacesCommand,
   DescribeSubnetsCommand,
@@ -176,6 +179,20 @@ describe('network interfaces behave as on AWS', () => {
     await until('available', async () => ((await eni()).Status === 'available' ? true : undefined));
     await attachToSuccessor();
     expect((await eni()).Attachment).toMatchObject({ InstanceId: successor });
+  });
+});
+
+describe('routes behave as on AWS', () => {
+  it('answers RouteAlreadyExists to a second route for the same destination; an answer lost after the create leaves the route in place', async () => {
+    const { ec2 } = clients();
+    const vpc = (await ec2.send(new DescribeVpcsCommand({}))).Vpcs![0]!.VpcId!;
+    const table = (await ec2.send(new CreateRouteTableCommand({ VpcId: vpc }))).RouteTable!.RouteTableId!;
+    proxy.inject({ action: 'CreateRoute', kind: 'lost', times: 1 });
+    const subnet = (await ec2.send(new DescribeSubnetsCommand({ Filters: [{ Name: 'vpc-id', Values: [vpc] }] }))).Subnets![0]!.SubnetId!;
+    const eni = (await ec2.send(new CreateNetworkInterfaceCommand({ SubnetId: subnet }))).NetworkInterface!.NetworkInterfaceId!;
+    const route = { RouteTableId: table, DestinationCidrBlock: '10.77.0.0/16', NetworkInterfaceId: eni };
+    await expect(clients({ maxAttempts: 1 }).ec2.send(new CreateRouteCommand(route))).rejects.toThrow();
+    await expect(ec2.send(new CreateRouteCommand(route))).rejects.toMatchObject({ name: 'RouteAlreadyExists' });
   });
 });
 

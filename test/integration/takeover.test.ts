@@ -146,6 +146,20 @@ describe('faults mid-way, and the re-run converging', () => {
     expect(await whereNatPoints(w, r)).toMatchObject({ eip: fresh.id, defaultRoute: fresh.id });
   });
 
+  it('answers lost after the ENI attach and the route create went through: the retries find them done, the same run converges', async () => {
+    const r = await predecessorHoldingEverything(w, subnetId);
+    const fresh = await launchNat(w, subnetId);
+    w.proxy.inject({ action: 'AttachNetworkInterface', kind: 'lost', times: 1 });
+    w.proxy.inject({ action: 'CreateRoute', kind: 'lost', times: 1 });
+    const calls = () => ['AttachNetworkInterface', 'CreateRoute', 'ReplaceRoute'].map((a) => w.proxy.calls(a));
+    const before = calls();
+    const run = await takeover(fresh.id, natConfig(r, { staticEni: true }));
+    expect(run.error).toBeUndefined();
+    // Each lost call was sent again (attach: InUse by this instance; create: RouteAlreadyExists, then replaced).
+    expect(calls().map((n, i) => n - before[i]!)).toEqual([2, 2, 2]);
+    expect(await whereNatPoints(w, r)).toEqual({ eip: fresh.id, eni: fresh.id, defaultRoute: fresh.id, otherRoute: fresh.id });
+  });
+
   it('association done, then route replace throttled without end: the phase fails with the address moved, the re-run moves only the routes', async () => {
     const r = await predecessorHoldingEverything(w, subnetId);
     const fresh = await launchNat(w, subnetId);

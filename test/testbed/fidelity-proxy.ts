@@ -21,6 +21,8 @@ import { freePort } from './ports.js';
  * - ListMultipartUploads shows when each upload was initiated (moto answers the same fixed
  *   2010 date for all), from the time the proxy forwarded its CreateMultipartUpload.
  *
+ * - CreateRoute of a destination the table has a route for answers `RouteAlreadyExists`;
+ *   moto adds a second route.
  * - AttachNetworkInterface of an ENI that is attached (or still detaching) answers
  *   `InvalidNetworkInterface.InUse`; moto moves the attachment silently.
  * - DetachNetworkInterface takes time: for `setEniDetachDelayMs` the call is answered at once
@@ -44,6 +46,8 @@ export type Fault = {
   times?: number;
 } & (
   | { kind: 'throttle' | '500' | '503' | 'reset' | 'hang' }
+  /** The call is forwarded and done, then its connection reset: the caller never hears the answer. */
+  | { kind: 'lost' }
   /** Each call is held `ms` (1000 when omitted) before it is forwarded. */
   | { kind: 'latency'; ms?: number }
   /** Each call is answered with this AWS error, in the shape of the call's protocol. */
@@ -213,6 +217,16 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
     const p = call.params;
     const volumeId = p.get('VolumeId') ?? '';
     switch (call.action) {
+      case 'CreateRoute': {
+        const dest = p.get('DestinationCidrBlock') ?? p.get('DestinationIpv6CidrBlock') ?? '';
+        const body = new URLSearchParams({ Action: 'DescribeRouteTables', Version: p.get('Version') ?? '2016-11-15', 'RouteTableId.1': p.get('RouteTableId') ?? '' });
+        const headers = { authorization: call.req.headers.authorization, 'content-type': 'application/x-www-form-urlencoded; charset=utf-8' };
+        const table = (await upstream('POST', '/', headers, Buffer.from(body.toString()))).body.toString();
+        if (new RegExp(`<destination(Ipv6)?CidrBlock>${dest.replace(/[.]/g, '\\.')}</destination(Ipv6)?CidrBlock>`).test(table)) {
+          return awsError(call, 400, 'RouteAlreadyExists', `The route identified by ${dest} already exists.`);
+        }
+        return forward(call);
+      }
       case 'AttachNetworkInterface': {
         const eniId = p.get('NetworkInterfaceId') ?? '';
         if (eniDetaching.has(eniId) || (await describeEnis(call)).get(eniId)?.instanceId) {
@@ -312,11 +326,12 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
     if (fault?.kind === 'hang') return; // never answered; the client times out, or stop() closes it
     if (fault?.kind === 'latency') await sleep(fault.ms ?? 1000);
     else if (fault?.kind === 'error') return send(res, awsError(call, fault.status, fault.code, fault.message), req.method);
-    else if (fault) {
+    else if (fault && fault.kind !== 'lost') {
       const [status, code] = FAULT_ERRORS[fault.kind][call.protocol];
       return send(res, awsError(call, status, code, `injected ${fault.kind} by the fidelity proxy`), req.method);
     }
     const reply = call.action in RECORDED ? record(call) : call.protocol === 'ec2' ? await ec2(call) : call.protocol === 's3' ? await s3(call) : await forward(call);
+    if (fault?.kind === 'lost') return void req.socket.resetAndDestroy();
     send(res, reply, req.method);
   }
 
