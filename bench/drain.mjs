@@ -13,35 +13,18 @@
  * kubectl. The TypeScript testbed helpers and the drain are bundled with esbuild on the fly.
  */
 import { spawn } from 'node:child_process';
-import fs from 'node:fs';
-import path from 'node:path';
 import { parseArgs } from 'node:util';
-import * as esbuild from 'esbuild';
+import { importTs } from './lib/bundle.mjs';
 
-const ROOT = path.resolve(import.meta.dirname, '..');
 const { values } = parseArgs({ options: { pods: { type: 'string', default: '100' }, runs: { type: 'string', default: '3' } } });
 const PODS = Number(values.pods);
 const RUNS = Math.max(1, Number(values.runs));
 
-const lib = path.join(ROOT, '.cache/bench/drain-lib.mjs');
-await esbuild.build({
-  stdin: {
-    contents: [
-      "export { startKube, startFakeKubelet, ensureNamespace, createPod, kubeApiserverAvailable } from './test/testbed/kube.ts';",
-      "export { drainNode } from './agent/terminate/drain.ts';",
-      "export { silentLogger } from './agent/log/logger.ts';",
-    ].join('\n'),
-    resolveDir: ROOT,
-    loader: 'ts',
-  },
-  bundle: true,
-  platform: 'node',
-  format: 'esm',
-  packages: 'external',
-  outfile: lib,
-  logLevel: 'error',
-});
-const { startKube, startFakeKubelet, ensureNamespace, createPod, kubeApiserverAvailable, drainNode, silentLogger } = await import(lib);
+const { startKube, startFakeKubelet, ensureNamespace, createPod, kubeApiserverAvailable, drainNode, silentLogger } = await importTs('drain-lib', [
+  "export { startKube, startFakeKubelet, ensureNamespace, createPod, kubeApiserverAvailable } from './test/testbed/kube.ts';",
+  "export { drainNode } from './agent/terminate/drain.ts';",
+  "export { silentLogger } from './agent/log/logger.ts';",
+]);
 
 if (!(await kubeApiserverAvailable())) {
   console.log('kube-apiserver is not built (test/testbed/k8s/build.sh): skipped');
@@ -104,5 +87,4 @@ try {
 } finally {
   for (const k of kubelets) await k.stop();
   await kube.stop();
-  fs.rmSync(lib, { force: true });
 }

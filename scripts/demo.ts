@@ -14,7 +14,9 @@
  *      IMDS and drains, deletes the Node and completes the hook before any shutdown; the
  *      shutdown's terminate then finds the work done;
  *   5. the single controller is terminated: emergency etcd backup in S3, verified, restored;
- *   6. a bastion: a real sshd asks `zdt-agent ssh-keys`; an IAM group member logs in, others do not.
+ *   6. a bastion: a real sshd asks `zdt-agent ssh-keys`; an IAM group member logs in, others do not;
+ *   7. a NAT instance replaced: the new one takes the Elastic IP and the default route over,
+ *      with where both point sampled every 100 ms.
  */
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -37,6 +39,7 @@ import { createLoopDevice } from '../test/testbed/loop.js';
 import { makeTempRoot, type TempRoot } from '../test/testbed/root.js';
 import { readRecords, standinEnv } from '../test/testbed/standins.js';
 import { demoSshLogin } from '../test/testbed/sshd.js';
+import { createSubnet, launchNat, predecessorHoldingEverything, whereNatPoints } from '../test/support/takeover-env.js';
 import { spawn } from 'node:child_process';
 
 const t0 = Date.now();
@@ -305,6 +308,49 @@ async function main(): Promise<void> {
   // this process (IAM needs none of its corrections).
   await demoSshLogin({ binary: BINARY, iamEndpoint: w.moto.endpoint, region: REGION, note, cleanups });
 
+  // ---------------------------------------------------------------------------------------
+  scene('7. a NAT instance is replaced: the new one takes the Elastic IP and the default route over');
+  const nat = await predecessorHoldingEverything(w, await createSubnet(w));
+  const natNew = await launchNat(w, nat.subnetId);
+  const rootN = await newRoot();
+  const natTags = { 'aws:autoscaling:groupName': 'demo-nat' };
+  const imdsN = await newImds({ instanceId: natNew.id, region: REGION, availabilityZone: AZ, instanceType: 't3.micro', privateIp: '10.20.1.20', tags: natTags });
+  const pool = { 'zdt:nat': nat.tag };
+  writeConfig(rootN.dir, {
+    node: { role: 'nat' },
+    takeover: { readinessCommand: ['true'], elasticIp: { tags: pool }, routeTables: { tags: pool } },
+    notify: { snsTopicArn: topicArn },
+    boot: { launchLifecycleHook: 'launch' },
+    aws: { ...awsSection(w.proxy.endpoint), imdsEndpoint: imdsN },
+  });
+  const envN = { ...process.env, AWS_ACCESS_KEY_ID: 'demo', AWS_SECRET_ACCESS_KEY: 'demo' };
+  note(`old NAT ${nat.old.id} holds Elastic IP ${nat.allocationId} and 0.0.0.0/0 in ${nat.tableId}; new NAT ${natNew.id}`);
+  await run('what the new NAT instance would take over, and from whom', ['plan', '--root', rootN.dir], envN);
+  const who = (id: string | undefined) => (id === nat.old.id ? 'old' : id === natNew.id ? 'NEW' : (id ?? '-'));
+  const samples: Array<{ ms: number; at: string }> = [];
+  let sampling = true;
+  const bootStart = Date.now();
+  const sampler = (async () => {
+    while (sampling) {
+      const tick = Date.now();
+      const now = await whereNatPoints(w, nat);
+      samples.push({ ms: tick - bootStart, at: `route -> ${who(now.defaultRoute)}, Elastic IP -> ${who(now.eip)}` });
+      await sleep(Math.max(0, 100 - (Date.now() - tick)));
+    }
+  })();
+  await run('boot of the new NAT instance: ready, source/dest off, Elastic IP, route, verify, CONTINUE', ['boot', '--root', rootN.dir], envN);
+  await sleep(300);
+  sampling = false;
+  await sampler;
+  console.log('\n    where the route and the Elastic IP point, sampled every 100 ms from the start of the boot:');
+  for (let i = 0; i < samples.length; i++) {
+    const same = samples.slice(i).findIndex((x) => x.at !== samples[i]!.at);
+    const n = same < 0 ? samples.length - i : same;
+    console.log(`    +${String(samples[i]!.ms).padStart(5)} ms  ${samples[i]!.at}${n > 1 ? `   (${n} samples, to +${samples[i + n - 1]!.ms} ms)` : ''}`);
+    i += n - 1;
+  }
+  note(`lifecycle of ${natNew.id}: ${w.proxy.recorded('CompleteLifecycleAction').filter((c) => c.params.InstanceId === natNew.id).map((c) => c.params.LifecycleActionResult).join(', ') || 'none'}`);
+  await run('what the takeover moved, from whom, with the timings', ['status', '--root', rootN.dir], envN);
   // ---------------------------------------------------------------------------------------
   scene('SNS messages the agent sent (read back through the SQS queue)');
   let chatShown = false;

@@ -8,6 +8,7 @@ import { neuronPhase } from './neuron.js';
 import { notifyPhase } from './notify.js';
 import type { BootPhaseName } from './plan.js';
 import { signalPhase } from './signal.js';
+import { takeoverPhase } from './takeover.js';
 import { workerJoinPhase } from './worker-join.js';
 
 /** Every boot phase by name; the order and whether each applies are in plan.ts. identity is run by the runner itself. */
@@ -19,6 +20,7 @@ export const bootPhases: Record<Exclude<BootPhaseName, 'identity'>, BootPhase> =
   'control-plane': controlPlanePhase,
   'kube-upgrade': kubeUpgradePhase,
   'worker-join': workerJoinPhase,
+  takeover: takeoverPhase,
   signal: signalPhase,
   notify: notifyPhase,
 };

@@ -1,3 +1,4 @@
+import { serviceRoles } from '../config/schema.js';
 import { hasNeuron, isController, isFirstController, isKubernetesNode, type NodeFacts, type PhaseDecision } from '../node.js';
 
 /**
@@ -16,6 +17,7 @@ export type BootPhaseName =
   | 'control-plane'
   | 'kube-upgrade'
   | 'worker-join'
+  | 'takeover'
   | 'signal'
   | 'notify';
 
@@ -93,6 +95,23 @@ export const bootPhaseOrder: ReadonlyArray<{ name: BootPhaseName; decide: Decide
       config.node.role === 'worker'
         ? { applies: true, why: `wait for the API endpoint (up to ${config.boot.controlPlaneWait}s), then kubeadm join` }
         : { applies: false, why: 'not a worker' },
+  },
+  {
+    name: 'takeover',
+    decide: ({ config }) => {
+      if (!serviceRoles.has(config.node.role)) return { applies: false, why: `${config.node.role}s take nothing over` };
+      const t = config.takeover;
+      if (!t) return { applies: false, why: 'no takeover section configured' };
+      const what = [
+        t.networkInterfaceId ? `ENI ${t.networkInterfaceId}` : '',
+        t.elasticIp ? `Elastic IP ${t.elasticIp.allocationId ?? 'from the pool'}` : '',
+        t.routeTables ? `routes ${t.destinations.join(', ')}` : '',
+      ].filter(Boolean);
+      return {
+        applies: true,
+        why: `${t.readinessCommand ? 'once the readiness command succeeds, ' : ''}take ${what.join(', ') || 'nothing'} over from an instance launched earlier, then verify`,
+      };
+    },
   },
   {
     name: 'signal',

@@ -2,6 +2,7 @@ import { planBoot } from '../boot/plan.js';
 import { buildContext, type GlobalOptions } from '../context.js';
 import { readIdentity } from '../host/identity.js';
 import type { PhaseDecision, ShutdownEvent } from '../node.js';
+import { planTakeover, takesOver } from '../boot/takeover.js';
 import { checkSshdInstall, formatInstallChecks } from '../ssh/install-check.js';
 import { planTerminate } from '../terminate/plan.js';
 import { planWatch } from '../watch/notices.js';
@@ -14,7 +15,8 @@ function table(title: string, rows: PhaseDecision[]): string {
 
 /**
  * Dry run: reads config and IMDS (and EC2 tags if IMDS has none); changes nothing. On a
- * bastion it also checks the sshd installation (agent/ssh/install-check.ts).
+ * bastion it also checks the sshd installation (agent/ssh/install-check.ts); a service host
+ * with a takeover section describes who holds its Elastic IP, ENI and routes now.
  */
 export async function runPlan(args: GlobalOptions & { event?: ShutdownEvent }): Promise<number> {
   const ctx = await buildContext(args, { instance: 'imds', logToFile: false });
@@ -35,6 +37,7 @@ export async function runPlan(args: GlobalOptions & { event?: ShutdownEvent }): 
   ];
   // A bastion is only useful if sshd really asks ssh-keys, and agrees to run it.
   if (c.node.role === 'bastion') sections.push(formatInstallChecks(checkSshdInstall(ctx.paths)));
+  if (takesOver(c)) sections.push(await planTakeover(ctx, identity));
   process.stdout.write(`${sections.join('\n\n')}\n`);
   return 0;
 }

@@ -75,7 +75,7 @@ export const clusterSchema = z
 
 export const nodeSchema = z
   .object({
-    role: z.enum(['controller', 'worker', 'bastion', 'nat']).describe('What this node is'),
+    role: z.enum(['controller', 'worker', 'bastion', 'nat', 'vpngw']).describe('What this node is'),
     controllerIndex: z
       .string()
       .regex(/^\d{2}$/, "use two digits, e.g. '00'")
@@ -286,6 +286,47 @@ export const bootSchema = z
   })
   .strict();
 
+const tagFilter = z
+  .record(z.string().min(1), z.string())
+  .refine((t) => Object.keys(t).length > 0, 'name at least one tag: { key: value }');
+
+const cidrBlock = z.string().regex(/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$|^[0-9a-fA-F:]+\/\d{1,3}$/, 'use a CIDR block such as 0.0.0.0/0 or ::/0');
+
+/** What a service host (bastion, nat, vpngw) takes over at boot (docs/takeover.md). */
+export const takeoverSchema = z
+  .object({
+    readinessCommand: z
+      .array(z.string().min(1))
+      .min(1)
+      .optional()
+      .describe('Command (argv, no shell) that exits 0 once this host can serve its role; nothing moves before it does'),
+    readinessTimeout: seconds('takeover.readinessTimeout').default(120).describe('Bound for the readiness command to succeed'),
+    elasticIp: z
+      .object({
+        allocationId: z.string().regex(/^eipalloc-[0-9a-f]+$/, 'use an allocation id such as eipalloc-0123abcd').optional().describe('The Elastic IP to hold'),
+        tags: tagFilter.optional().describe('Or a pool: Elastic IPs with all these tags (one held here, a free one, or one an earlier instance in this AZ holds)'),
+      })
+      .strict()
+      .optional(),
+    networkInterfaceId: z
+      .string()
+      .regex(/^eni-[0-9a-f]+$/, 'use a network interface id such as eni-0123abcd')
+      .optional()
+      .describe('Static secondary ENI attached at device index 1; routes and the Elastic IP then target it'),
+    eniReleaseTimeout: seconds('takeover.eniReleaseTimeout').default(60).describe('Bound for the previous holder to release the ENI after the detach'),
+    routeTables: z
+      .object({
+        ids: z.array(z.string().regex(/^rtb-[0-9a-f]+$/, 'use route table ids such as rtb-0123abcd')).min(1).optional(),
+        tags: tagFilter.optional().describe('Or every route table with all these tags'),
+      })
+      .strict()
+      .optional()
+      .describe('nat/vpngw: route tables whose destinations must target this host'),
+    destinations: z.array(cidrBlock).min(1).default(['0.0.0.0/0']).describe('Destination CIDRs routed to this host in each route table'),
+    budget: seconds('takeover.budget').default(300).describe('Bound for the whole takeover phase (readiness wait included)'),
+  })
+  .strict();
+
 export const logSchema = z
   .object({
     level: z.enum(LOG_LEVELS).default('info'),
@@ -311,6 +352,7 @@ export const configSchema = z
     notify: notifySchema.prefault({}),
     terminate: terminateSchema.prefault({}),
     ssh: sshSchema.optional(),
+    takeover: takeoverSchema.optional(),
     aws: awsSchema.prefault({}),
     boot: bootSchema.prefault({}),
     log: logSchema.prefault({}),
@@ -330,7 +372,20 @@ export interface CombinationFacts {
   etcd?: unknown;
   ssh?: { mode?: unknown; sharedUser?: unknown; externalId?: unknown; roleArn?: unknown } | undefined;
   terminate?: { budget?: unknown; drainTimeout?: unknown; hookTimeout?: unknown } | undefined;
+  takeover?:
+    | {
+        elasticIp?: { allocationId?: unknown; tags?: unknown } | undefined;
+        routeTables?: { ids?: unknown; tags?: unknown } | undefined;
+        readinessTimeout?: unknown;
+        eniReleaseTimeout?: unknown;
+        budget?: unknown;
+      }
+    | undefined;
 }
+
+/** Roles that take their function over from a predecessor at boot, and those of them that route traffic. */
+export const serviceRoles: ReadonlySet<string> = new Set(['bastion', 'nat', 'vpngw']);
+export const routingRoles: ReadonlySet<string> = new Set(['nat', 'vpngw']);
 
 const num = (v: unknown, dflt: number): number => (typeof v === 'number' ? v : dflt);
 
@@ -357,6 +412,21 @@ export function combinationProblems(c: CombinationFacts): Array<{ path: string[]
     add(['terminate', 'drainTimeout'], `drainTimeout (${drain}s) must be shorter than the budget (${budget}s), or nothing is left for the rest`);
   }
   if (budget > 0 && hook >= budget) add(['terminate', 'hookTimeout'], `hookTimeout (${hook}s) must be shorter than terminate.budget (${budget}s)`);
+  const t = c.takeover;
+  if (t && !serviceRoles.has(role)) add(['takeover'], `only ${[...serviceRoles].join(', ')} hosts take a role over; remove the takeover section from this ${role}'s config`);
+  if (t?.routeTables && !routingRoles.has(role)) add(['takeover', 'routeTables'], `only nat and vpngw hosts take routes over; this node is a ${role}`);
+  const exactlyOne = (o: { [k: string]: unknown } | undefined, a: string, b: string, path: string[]) => {
+    if (o && (o[a] === undefined) === (o[b] === undefined)) add(path, `set either ${a} or ${b}, not both or neither`);
+  };
+  exactlyOne(t?.elasticIp, 'allocationId', 'tags', ['takeover', 'elasticIp']);
+  exactlyOne(t?.routeTables, 'ids', 'tags', ['takeover', 'routeTables']);
+  if (t) {
+    const waits = num(t.readinessTimeout, 120) + num(t.eniReleaseTimeout, 60);
+    const takeoverBudget = num(t.budget, 300);
+    if (waits >= takeoverBudget) {
+      add(['takeover', 'budget'], `takeover.budget (${takeoverBudget}s) must be longer than readinessTimeout + eniReleaseTimeout (${waits}s), or nothing is left to move and verify`);
+    }
+  }
   if (c.cluster?.route53ZoneId && !c.cluster.domain) add(['cluster', 'domain'], 'route53ZoneId needs cluster.domain for the record names');
   return out;
 }

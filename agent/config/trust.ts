@@ -122,6 +122,17 @@ export const TRUST: Readonly<Record<string, KeyTrust>> = {
   'notify.consoleLinks': open,
   'notify.format': open, // how an event is rendered; where it goes is notify.snsTopicArn
   'metrics.textfileDir': data, // where root writes files
+  // A service host's takeover (docs/takeover.md): where traffic goes, and a command run as root.
+  'takeover.readinessCommand': runs,
+  'takeover.readinessTimeout': open,
+  'takeover.elasticIp.allocationId': data,
+  'takeover.elasticIp.tags': data,
+  'takeover.networkInterfaceId': data,
+  'takeover.eniReleaseTimeout': open,
+  'takeover.routeTables.ids': data,
+  'takeover.routeTables.tags': data,
+  'takeover.destinations': data,
+  'takeover.budget': open,
   'terminate.budget': open,
   'terminate.drainTimeout': open,
   'terminate.hooksDir': runs,

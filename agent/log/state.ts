@@ -26,12 +26,29 @@ export interface RunRecord {
   phases: Record<string, PhaseRecord>;
 }
 
+/** What the takeover phase of a service host (bastion, nat, vpngw) did last (docs/takeover.md). */
+export interface TakeoverRecord {
+  at: string;
+  result: 'ok' | 'stood-down' | 'failed';
+  /** Each resource moved, from which instance (or gateway, or nothing), ms after the phase started. */
+  moved: Array<{ what: string; from: string; atMs: number }>;
+  /** The instances anything was taken from. */
+  from: string[];
+  readyMs?: number | undefined;
+  /** From the first change away from the previous holder to the verified state pointing here. */
+  interruptionMs?: number | undefined;
+  lastMoveMs?: number | undefined;
+  totalMs: number;
+  error?: string | undefined;
+}
+
 export interface AgentState {
   schema: 1;
   agentVersion: string;
   boot?: RunRecord | undefined;
   terminate?: RunRecord | undefined;
   watch?: WatchState | undefined;
+  takeover?: TakeoverRecord | undefined;
   /** Facts later phases and commands rely on (volume id, device, neuron devices, …). */
   facts: Record<string, string | number | boolean>;
 }
@@ -141,6 +158,13 @@ export function formatState(state: AgentState): string {
         `  ${id}: ${e.notice}; ${e.action}${e.event ? ` as ${e.event}` : ''} ${e.status}${e.result ? ` ${e.result}` : ''}${e.finishedAt ? ` at ${e.finishedAt}` : ''}${e.detail ? `  ${e.detail}` : ''}${e.undoneAt ? `; uncordoned ${e.undoneAt}` : ''}`,
       );
     }
+  }
+  const t = state.takeover;
+  if (t) {
+    const timings = [t.readyMs !== undefined ? `ready after ${t.readyMs} ms` : '', t.interruptionMs !== undefined ? `interruption ${t.interruptionMs} ms` : '', `total ${t.totalMs} ms`];
+    lines.push(`takeover: ${t.result} at ${t.at}${t.from.length ? ` from ${t.from.join(', ')}` : ''}; ${timings.filter(Boolean).join(', ')}`);
+    for (const m of t.moved) lines.push(`  +${String(m.atMs).padStart(6)} ms  ${m.what} from ${m.from}`);
+    if (t.error) lines.push(`  error: ${t.error}`);
   }
   const facts = Object.entries(state.facts);
   if (facts.length) {

@@ -75,6 +75,10 @@ function headline(ev: AgentEvent): { icon: string; what: string } {
       if (d.result === 'deadline') return { icon: ICON.bad, what: `Shutdown ran out of time${kind ? ` (${kind})` : ''}` };
       if (ev.failure) return { icon: ICON.bad, what: `Shutdown failed in ${ev.failure.phase}${kind ? ` (${kind})` : ''}` };
       return { icon: ICON.ok, what: `Shutdown finished${kind ? ` (${kind})` : ''}` };
+    case 'takeover.succeeded':
+      return { icon: ICON.ok, what: `Took over its role${typeof d.takeoverFrom === 'string' ? ` from ${d.takeoverFrom}` : ''}` };
+    case 'takeover.failed':
+      return { icon: ICON.bad, what: 'Role takeover failed (the previous instance keeps serving)' };
     case 'interruption.noticed':
       return { icon: ICON.info, what: `Interruption notice ${String(d.kind ?? '')}: ${String(d.action ?? 'log')}` };
   }
@@ -109,6 +113,10 @@ const NEXT_STEPS: Record<string, string[]> = {
   'self-delete': ["Check the node's RBAC (docs/terminate.md) and whether the Node object is gone (`kubectl get node`)"],
   hooks: ['Read the hook output in the log tail; hooks live in terminate.hooksDir'],
   lifecycle: ['Check the ASG lifecycle hook and its heartbeat timeout in the ASG console'],
+  takeover: [
+    'Check the readiness command (takeover.readinessCommand) in the log tail: nothing moves before it succeeds',
+    'Check who holds the Elastic IP, the ENI and the routes in the EC2 console (`zdt-agent plan` on the node shows it)',
+  ],
 };
 const GENERIC_STEPS = ['Run `zdt-agent status` on the node and read /var/log/zdt-agent.log'];
 

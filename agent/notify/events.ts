@@ -13,7 +13,7 @@ import { chatFactsOf, renderChat, type ChatNotification } from './chat.js';
  */
 
 export const EVENT_SCHEMA = 'zdt-agent/event/v1';
-export type EventName = 'boot.succeeded' | 'boot.failed' | 'terminate.started' | 'terminate.finished' | 'interruption.noticed';
+export type EventName = 'boot.succeeded' | 'boot.failed' | 'takeover.succeeded' | 'takeover.failed' | 'terminate.started' | 'terminate.finished' | 'interruption.noticed';
 
 export interface AgentEvent {
   schema: typeof EVENT_SCHEMA;

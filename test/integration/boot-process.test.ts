@@ -128,6 +128,7 @@ describe('zdt-agent boot (process)', () => {
       'control-plane:ok',
       'kube-upgrade:ok',
       'worker-join:skipped',
+      'takeover:skipped',
       'signal:skipped',
       'notify:skipped',
     ]);

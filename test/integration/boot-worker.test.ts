@@ -161,7 +161,7 @@ describe.skipIf(!!pending)(`worker boot${pending ? ` (${pending})` : ''}`, () =>
     expect(ev!.failure).toBeUndefined();
     expect(ev!.phases.map((p) => `${p.name}:${p.result}`)).toEqual([
       'identity:ok', 'neuron:skipped', 'etcd-volume:skipped', 'etcd-restore:skipped', 'kube-version:ok', 'control-plane:skipped',
-      'kube-upgrade:skipped', 'worker-join:ok', 'signal:ok',
+      'kube-upgrade:skipped', 'worker-join:ok', 'takeover:skipped', 'signal:ok',
     ]);
     expect(ev!.phases.find((p) => p.name === 'kube-version')!.durationMs).toBeGreaterThan(2000);
     expect(ev!.links?.instance).toContain(`instanceId=${n.instanceId}`);

@@ -1,8 +1,16 @@
 import { AutoScalingClient, CompleteLifecycleActionCommand, DescribeAutoScalingGroupsCommand, RecordLifecycleActionHeartbeatCommand } from '@aws-sdk/client-auto-scaling';
 import { CloudFormationClient, SignalResourceCommand } from '@aws-sdk/client-cloudformation';
 import {
+  AttachNetworkInterfaceCommand,
   AttachVolumeCommand,
+  CreateNetworkInterfaceCommand,
+  CreateRouteCommand,
+  CreateRouteTableCommand,
+  DescribeVpcsCommand,
   CreateVolumeCommand,
+  DescribeNetworkInterfacesCommand,
+  DescribeSubnetsCommand,
+  DetachNetworkInterfaceCommand,
   DescribeImagesCommand,
   DescribeVolumesCommand,
   DetachVolumeCommand,
@@ -57,6 +65,7 @@ afterAll(async () => {
 afterEach(() => {
   proxy.clearFaults();
   proxy.setAttachDelayMs(0);
+  proxy.setEniDetachDelayMs(0);
 });
 
 async function launch(): Promise<string> {
@@ -149,6 +158,41 @@ describe('EBS volumes behave as on AWS', () => {
     const detach = clients().ec2.send(new DetachVolumeCommand({ VolumeId: volumeId }));
 
     await expect(detach).rejects.toMatchObject({ name: 'IncorrectState', $metadata: { httpStatusCode: 400 } });
+  });
+});
+
+describe('network interfaces behave as on AWS', () => {
+  it('refuses to attach an attached ENI; a slow detach keeps it attached (detaching) until the delay has passed', async () => {
+    const { ec2 } = clients();
+    const [holder, successor] = await Promise.all([launch(), launch()]);
+    const subnet = (await ec2.send(new DescribeSubnetsCommand({ Filters: [{ Name: 'availability-zone', Values: [AZ] }] }))).Subnets![0]!.SubnetId!;
+    const eniId = (await ec2.send(new CreateNetworkInterfaceCommand({ SubnetId: subnet }))).NetworkInterface!.NetworkInterfaceId!;
+    const eni = async () => (await ec2.send(new DescribeNetworkInterfacesCommand({ NetworkInterfaceIds: [eniId] }))).NetworkInterfaces![0]!;
+    const { AttachmentId } = await ec2.send(new AttachNetworkInterfaceCommand({ NetworkInterfaceId: eniId, InstanceId: holder, DeviceIndex: 1 }));
+    const attachToSuccessor = () => ec2.send(new AttachNetworkInterfaceCommand({ NetworkInterfaceId: eniId, InstanceId: successor, DeviceIndex: 1 }));
+    await expect(attachToSuccessor()).rejects.toMatchObject({ name: 'InvalidNetworkInterface.InUse' });
+
+    proxy.setEniDetachDelayMs(1500);
+    await ec2.send(new DetachNetworkInterfaceCommand({ AttachmentId }));
+    expect(await eni()).toMatchObject({ Status: 'in-use', Attachment: { InstanceId: holder, Status: 'detaching' } });
+    await expect(attachToSuccessor()).rejects.toMatchObject({ name: 'InvalidNetworkInterface.InUse' });
+    await until('available', async () => ((await eni()).Status === 'available' ? true : undefined));
+    await attachToSuccessor();
+    expect((await eni()).Attachment).toMatchObject({ InstanceId: successor });
+  });
+});
+
+describe('routes behave as on AWS', () => {
+  it('answers RouteAlreadyExists to a second route for the same destination; an answer lost after the create leaves the route in place', async () => {
+    const { ec2 } = clients();
+    const vpc = (await ec2.send(new DescribeVpcsCommand({}))).Vpcs![0]!.VpcId!;
+    const table = (await ec2.send(new CreateRouteTableCommand({ VpcId: vpc }))).RouteTable!.RouteTableId!;
+    proxy.inject({ action: 'CreateRoute', kind: 'lost', times: 1 });
+    const subnet = (await ec2.send(new DescribeSubnetsCommand({ Filters: [{ Name: 'vpc-id', Values: [vpc] }] }))).Subnets![0]!.SubnetId!;
+    const eni = (await ec2.send(new CreateNetworkInterfaceCommand({ SubnetId: subnet }))).NetworkInterface!.NetworkInterfaceId!;
+    const route = { RouteTableId: table, DestinationCidrBlock: '10.77.0.0/16', NetworkInterfaceId: eni };
+    await expect(clients({ maxAttempts: 1 }).ec2.send(new CreateRouteCommand(route))).rejects.toThrow();
+    await expect(ec2.send(new CreateRouteCommand(route))).rejects.toMatchObject({ name: 'RouteAlreadyExists' });
   });
 });
 

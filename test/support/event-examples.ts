@@ -117,6 +117,29 @@ export function exampleEvent(event: EventName): AgentEvent {
         details: { event: 'terminate', eventSource: 'lifecycle-hook', result: 'ok', unfinished: '', budgetS: 120, elapsedMs: 41866, podsEvicted: 7, podsLeft: 0 },
       });
       break;
+    case 'takeover.succeeded':
+    case 'takeover.failed': {
+      const ok = event === 'takeover.succeeded';
+      ev = buildEvent({
+        event,
+        config,
+        identity: exampleIdentity,
+        now: at('2026-03-02T09:01:12.520Z'),
+        phases: { identity: ph('ok', 14), takeover: ph(ok ? 'ok' : 'failed', ok ? 1340 : 120_000), signal: ph('ok', 210) },
+        ...(ok ? {} : { failure: { phase: 'takeover', error: 'TakeoverNotReady: the readiness command did not succeed within 120s (last: exit 1)' }, log: exampleLog() }),
+        details: ok
+          ? {
+              takeoverResult: 'ok',
+              takeoverTotalMs: 1340,
+              takeoverReadyMs: 410,
+              takeoverInterruptionMs: 215,
+              takeoverFrom: 'i-0123456789abcdef0',
+              takeoverMoved: 'source/dest check off from here at +430 ms; route 0.0.0.0/0 in rtb-0a1b2c3d from i-0123456789abcdef0 at +1122 ms; Elastic IP eipalloc-0a1b2c3d from i-0123456789abcdef0 at +1290 ms',
+            }
+          : { takeoverResult: 'failed', takeoverTotalMs: 120_000 },
+      });
+      break;
+    }
     case 'interruption.noticed':
       ev = buildEvent({
         event,
@@ -133,7 +156,7 @@ export function exampleEvent(event: EventName): AgentEvent {
   return ev;
 }
 
-export const EVENT_NAMES: readonly EventName[] = ['boot.succeeded', 'boot.failed', 'terminate.started', 'terminate.finished', 'interruption.noticed'];
+export const EVENT_NAMES: readonly EventName[] = ['boot.succeeded', 'boot.failed', 'terminate.started', 'terminate.finished', 'interruption.noticed', 'takeover.succeeded', 'takeover.failed'];
 
 /** docs/events.md's generated chat section: each example as the chat shows it, then its metadata. */
 export function renderChatExamples(render: (ev: AgentEvent) => { content: { title: string; description: string; nextSteps?: string[] | undefined; keywords: string[] }; metadata: unknown }): string {

@@ -21,6 +21,14 @@ import { freePort } from './ports.js';
  * - ListMultipartUploads shows when each upload was initiated (moto answers the same fixed
  *   2010 date for all), from the time the proxy forwarded its CreateMultipartUpload.
  *
+ * - CreateRoute of a destination the table has a route for answers `RouteAlreadyExists`;
+ *   moto adds a second route.
+ * - AttachNetworkInterface of an ENI that is attached (or still detaching) answers
+ *   `InvalidNetworkInterface.InUse`; moto moves the attachment silently.
+ * - DetachNetworkInterface takes time: for `setEniDetachDelayMs` the call is answered at once
+ *   but moto detaches only when the delay has passed; meanwhile DescribeNetworkInterfaces shows
+ *   the attachment `detaching` (moto detaches at once).
+ *
  * Not covered: DescribeVolumes filters on `status` / `attachment.status` see moto's settled
  * state, and DescribeInstances block device mappings are not rewritten.
  *
@@ -40,6 +48,8 @@ export type Fault = {
   after?: number;
 } & (
   | { kind: 'throttle' | '500' | '503' | 'reset' | 'hang' }
+  /** The call is forwarded and done, then its connection reset: the caller never hears the answer. */
+  | { kind: 'lost' }
   /** Each call is held `ms` (1000 when omitted) before it is forwarded. */
   | { kind: 'latency'; ms?: number }
   /** Each call is answered with this AWS error, in the shape of the call's protocol. */
@@ -70,6 +80,8 @@ export interface FidelityProxy {
   setAttachDelayMs(ms: number): void;
   /** Every call of `action` so far, with its parameters and the fault that answered it. */
   seen(action: string): SeenCall[];
+  /** How long a DetachNetworkInterface takes to release the ENI (default 0). */
+  setEniDetachDelayMs(ms: number): void;
   stop(): Promise<void>;
 }
 
@@ -117,6 +129,9 @@ const FAULT_ERRORS: Record<'throttle' | '500' | '503', Record<Protocol, [number,
 export async function startFidelityProxy(o: { target: string; attachDelayMs?: number }): Promise<FidelityProxy> {
   const target = new URL(o.target);
   let attachDelayMs = o.attachDelayMs ?? 0;
+  let eniDetachDelayMs = 0;
+  /** ENI id -> the detach moto has not been told yet. */
+  const eniDetaching = new Map<string, { timer: NodeJS.Timeout; send: () => Promise<unknown> }>();
   let faults: (Fault & { times: number })[] = [];
   const seen = new Map<string, SeenCall[]>();
   const recorded = new Map<string, RecordedCall[]>();
@@ -193,10 +208,64 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
   const startTransition = (volumeId: string, state: Transition['state'], a: Attachment) =>
     transitions.set(volumeId, { ...a, state, until: Date.now() + attachDelayMs });
 
+  /** Moto's view of the ENIs: id -> instance attached to and attachment id (when attached). */
+  const describeEnis = async (call: Call): Promise<Map<string, { instanceId?: string; attachmentId?: string }>> => {
+    const body = new URLSearchParams({ Action: 'DescribeNetworkInterfaces', Version: call.params.get('Version') ?? '2016-11-15' });
+    const headers = { authorization: call.req.headers.authorization, 'content-type': 'application/x-www-form-urlencoded; charset=utf-8' };
+    const reply = await upstream('POST', '/', headers, Buffer.from(body.toString()));
+    const enis = new Map<string, { instanceId?: string; attachmentId?: string }>();
+    eachItem(reply.body.toString(), 'networkInterfaceSet', (item) => {
+      const attachment = /<attachment>([\s\S]*?)<\/attachment>/.exec(item)?.[1] ?? '';
+      const instanceId = tag(attachment, 'instanceId');
+      const attachmentId = tag(attachment, 'attachmentId');
+      enis.set(tag(item, 'networkInterfaceId') ?? '', { ...(instanceId ? { instanceId } : {}), ...(attachmentId ? { attachmentId } : {}) });
+      return item;
+    });
+    return enis;
+  };
+
   async function ec2(call: Call): Promise<Reply> {
     const p = call.params;
     const volumeId = p.get('VolumeId') ?? '';
     switch (call.action) {
+      case 'CreateRoute': {
+        const dest = p.get('DestinationCidrBlock') ?? p.get('DestinationIpv6CidrBlock') ?? '';
+        const body = new URLSearchParams({ Action: 'DescribeRouteTables', Version: p.get('Version') ?? '2016-11-15', 'RouteTableId.1': p.get('RouteTableId') ?? '' });
+        const headers = { authorization: call.req.headers.authorization, 'content-type': 'application/x-www-form-urlencoded; charset=utf-8' };
+        const table = (await upstream('POST', '/', headers, Buffer.from(body.toString()))).body.toString();
+        if (new RegExp(`<destination(Ipv6)?CidrBlock>${dest.replace(/[.]/g, '\\.')}</destination(Ipv6)?CidrBlock>`).test(table)) {
+          return awsError(call, 400, 'RouteAlreadyExists', `The route identified by ${dest} already exists.`);
+        }
+        return forward(call);
+      }
+      case 'AttachNetworkInterface': {
+        const eniId = p.get('NetworkInterfaceId') ?? '';
+        if (eniDetaching.has(eniId) || (await describeEnis(call)).get(eniId)?.instanceId) {
+          return awsError(call, 400, 'InvalidNetworkInterface.InUse', `Interface: [${eniId}] in use.`);
+        }
+        return forward(call);
+      }
+      case 'DetachNetworkInterface': {
+        if (eniDetachDelayMs <= 0) return forward(call);
+        const attachmentId = p.get('AttachmentId') ?? '';
+        const eniId = [...(await describeEnis(call))].find(([, e]) => e.attachmentId === attachmentId)?.[0];
+        if (!eniId) return forward(call);
+        if (!eniDetaching.has(eniId)) {
+          const send = () => forward(call).finally(() => eniDetaching.delete(eniId));
+          eniDetaching.set(eniId, { timer: setTimeout(() => void send().catch(() => undefined), eniDetachDelayMs), send });
+        }
+        return xmlReply(200, `<DetachNetworkInterfaceResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>${randomUUID()}</requestId><return>true</return></DetachNetworkInterfaceResponse>`);
+      }
+      case 'DescribeNetworkInterfaces': {
+        const reply = await forward(call);
+        if (reply.status !== 200 || eniDetaching.size === 0) return reply;
+        const body = eachItem(reply.body.toString(), 'networkInterfaceSet', (item) =>
+          eniDetaching.has(tag(item, 'networkInterfaceId') ?? '')
+            ? item.replace(/(<attachment>[\s\S]*?<status>)attached(<\/status>)/, '$1detaching$2')
+            : item,
+        );
+        return { ...reply, body };
+      }
       case 'AttachVolume': {
         const volume = (await describeVolumes(call, { 'VolumeId.1': volumeId })).get(volumeId);
         if (volume?.attachment || inTransition(volumeId)) {
@@ -276,11 +345,12 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
     if (fault?.kind === 'hang') return; // never answered; the client times out, or stop() closes it
     if (fault?.kind === 'latency') await sleep(fault.ms ?? 1000);
     else if (fault?.kind === 'error') return send(res, awsError(call, fault.status, fault.code, fault.message), req.method);
-    else if (fault) {
+    else if (fault && fault.kind !== 'lost') {
       const [status, code] = FAULT_ERRORS[fault.kind][call.protocol];
       return send(res, awsError(call, status, code, `injected ${fault.kind} by the fidelity proxy`), req.method);
     }
     const reply = call.action in RECORDED ? record(call) : call.protocol === 'ec2' ? await ec2(call) : call.protocol === 's3' ? await s3(call) : await forward(call);
+    if (fault?.kind === 'lost') return void req.socket.resetAndDestroy();
     send(res, reply, req.method);
   }
 
@@ -302,6 +372,16 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
     inject: (fault) => void faults.push({ ...fault, times: fault.times ?? Infinity }),
     seen: (action) => [...(seen.get(action) ?? [])],
     clearFaults: () => void (faults = []),
+    setEniDetachDelayMs: (ms) => {
+      eniDetachDelayMs = ms;
+      // A shorter delay applies to the detaches under way too.
+      if (ms <= 0) {
+        for (const d of eniDetaching.values()) {
+          clearTimeout(d.timer);
+          void d.send().catch(() => undefined);
+        }
+      }
+    },
     setAttachDelayMs: (ms) => {
       attachDelayMs = ms;
       // Transitions under way end no later than the new delay allows.
@@ -309,6 +389,7 @@ export async function startFidelityProxy(o: { target: string; attachDelayMs?: nu
     },
     stop: () =>
       new Promise<void>((resolve) => {
+        for (const d of eniDetaching.values()) clearTimeout(d.timer);
         server.close(() => resolve());
         server.closeAllConnections();
       }),
@@ -389,10 +470,15 @@ function tag(xml: string, name: string): string | undefined {
 
 /** Each top-level `<item>` of moto's `<volumeSet>`, replaced by `fn(item)`; nested items (tags, attachments) stay inside. */
 function eachVolumeItem(xml: string, fn: (item: string) => string): string {
-  const open = xml.indexOf('<volumeSet>');
-  const close = xml.lastIndexOf('</volumeSet>');
+  return eachItem(xml, 'volumeSet', fn);
+}
+
+/** Each top-level `<item>` of the set `<name>`, replaced by `fn(item)`. */
+function eachItem(xml: string, name: string, fn: (item: string) => string): string {
+  const open = xml.indexOf(`<${name}>`);
+  const close = xml.lastIndexOf(`</${name}>`);
   if (open < 0 || close < 0) return xml;
-  const inner = xml.slice(open + '<volumeSet>'.length, close);
+  const inner = xml.slice(open + name.length + 2, close);
   let out = '';
   let depth = 0;
   let itemStart = 0;
@@ -405,7 +491,7 @@ function eachVolumeItem(xml: string, fn: (item: string) => string): string {
       copied = end;
     }
   }
-  return xml.slice(0, open + '<volumeSet>'.length) + out + inner.slice(copied) + xml.slice(close);
+  return xml.slice(0, open + name.length + 2) + out + inner.slice(copied) + xml.slice(close);
 }
 
 const ATTACHMENT_SET = /<attachmentSet\/>|<attachmentSet>[\s\S]*?<\/attachmentSet>/;
