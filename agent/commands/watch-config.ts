@@ -13,11 +13,13 @@ export interface WatchSettings {
   watch: Config['watch'];
   imdsEndpoint: string;
   log: Config['log'];
+  /** metrics.textfileDir (as configured, not under --root), when set. */
+  textfileDir?: string | undefined;
 }
 
 export async function printWatchConfig(args: GlobalOptions): Promise<number> {
   const { config } = await buildContext(args, { instance: 'cached', logToFile: false });
-  const settings: WatchSettings = { watch: config.watch, imdsEndpoint: config.aws.imdsEndpoint, log: config.log };
+  const settings: WatchSettings = { watch: config.watch, imdsEndpoint: config.aws.imdsEndpoint, log: config.log, textfileDir: config.metrics.textfileDir };
   process.stdout.write(`${JSON.stringify(settings)}\n`);
   return 0;
 }

@@ -3,8 +3,9 @@ import type { CommandContext, GlobalOptions } from '../context.js';
 import { ExitCode, exitCodeOf } from '../errors.js';
 import { makeExec } from '../host/exec.js';
 import { Imds } from '../host/imds.js';
-import { makePaths, readBootId } from '../host/paths.js';
-import { createLogger } from '../log/logger.js';
+import { makePaths, readBootId, type Paths } from '../host/paths.js';
+import { createLogger, type Logger } from '../log/logger.js';
+import type { WatchCounters } from '../log/metrics.js';
 import { agentVersion } from '../version.js';
 import { watch, type NodeActions } from '../watch/run.js';
 import type { WatchSettings } from './watch-config.js';
@@ -62,11 +63,20 @@ export async function runWatch(args: WatchArgs): Promise<number> {
     actions: nodeActions(async () => (await import('./watch-actions.js')).buildContext(args, { instance: 'cached' })),
     signal: stop.signal,
     maxPolls: args.maxPolls,
+    onMetrics: await metricsWriter(settings, paths, log),
   });
   log.info('watch: stopped', { polls });
   // A retire still running (stopped by SIGTERM) must not keep the process: its state is saved.
   setTimeout(() => process.exit(0), 200).unref();
   return 0;
+}
+
+/** Writes zdt_agent_watch.prom when metrics.textfileDir is set (the metrics module loads only then). */
+async function metricsWriter(settings: WatchSettings, paths: Paths, log: Logger): Promise<((c: WatchCounters) => void) | undefined> {
+  if (!settings.textfileDir) return undefined;
+  const { recordMetrics, textfileDirOf, watchFamilies } = await import('../log/metrics.js');
+  const dir = textfileDirOf(paths, { textfileDir: settings.textfileDir });
+  return (c) => recordMetrics(dir, 'watch', watchFamilies(c), log);
 }
 
 /**

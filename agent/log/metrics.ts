@@ -184,3 +184,29 @@ export function runFamilies(command: 'boot' | 'terminate', run: RunRecord, label
     },
   ];
 }
+
+/** What the watcher counts between two metrics files (agent/watch/run.ts). */
+export interface WatchCounters {
+  /** Unix time of the last poll (answered or not); NaN before the first. */
+  lastPollAt: number;
+  polls: number;
+  pollErrors: number;
+  /** New notices by kind (`watch.on.<kind>` names), each counted once. */
+  eventsByKind: Readonly<Record<string, number>>;
+}
+
+/** The watcher's file: counters since it started (a restart reads as a counter reset). */
+export function watchFamilies(c: WatchCounters): MetricFamily[] {
+  const p = `${METRIC_PREFIX}watch`;
+  return [
+    { name: `${p}_last_poll_timestamp_seconds`, type: 'gauge', help: 'When the watcher last polled IMDS, answered or not (Unix time).', samples: [{ value: c.lastPollAt }] },
+    { name: `${p}_polls_total`, type: 'counter', help: 'IMDS polls since the watcher started.', samples: [{ value: c.polls }] },
+    { name: `${p}_poll_errors_total`, type: 'counter', help: 'Polls IMDS did not answer since the watcher started.', samples: [{ value: c.pollErrors }] },
+    {
+      name: `${p}_events_total`,
+      type: 'counter',
+      help: 'Interruption notices seen since the watcher started, by kind, each counted once.',
+      samples: Object.entries(c.eventsByKind).map(([kind, value]) => ({ labels: { kind }, value })),
+    },
+  ];
+}

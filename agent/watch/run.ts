@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
+import type { WatchCounters } from '../log/metrics.js';
 import { updateState, type WatchedEvent, type WatchState } from '../log/state.js';
 import type { ShutdownEvent } from '../node.js';
 import { NOTICE_PATHS, RETIRE_EVENT, parseNotices, type Notice, type NoticeSource } from './notices.js';
@@ -56,10 +57,17 @@ export interface WatchOptions {
   maxPolls?: number | undefined;
   /** Called after every poll (tests, the benchmark). */
   onPoll?: ((n: number, ok: boolean) => void) | undefined;
+  /**
+   * The counters for the metrics file (metrics.textfileDir): after a new notice, at most every
+   * METRICS_EVERY_MS after a poll, and at the stop. A file per poll would cost the idle
+   * watcher an fsync a second.
+   */
+  onMetrics?: ((c: WatchCounters) => void) | undefined;
 }
 
 const LOG_EVERY_MS = 60_000;
 const LAST_POLL_EVERY_MS = 60_000;
+const METRICS_EVERY_MS = 15_000;
 const RETRY_ACTION_MS = 10_000;
 const KEEP_EVENTS = 100;
 const SOURCES = Object.keys(NOTICE_PATHS) as NoticeSource[];
@@ -74,6 +82,17 @@ export async function watch(o: WatchOptions): Promise<{ polls: number }> {
   const { log, config } = o;
   const now = () => new Date().toISOString();
   let state: WatchState = { startedAt: now(), pid: process.pid, events: {} };
+  const eventsByKind: Record<string, number> = {};
+  let pollErrors = 0;
+  let lastPollAt = NaN;
+  let metricsDue = false;
+  let metricsAt = 0;
+  const reportMetrics = () => {
+    if (!o.onMetrics) return;
+    metricsDue = false;
+    metricsAt = Date.now();
+    o.onMetrics({ lastPollAt, polls, pollErrors, eventsByKind });
+  };
   const save = () => {
     try {
       updateState(o.stateFile, o.agentVersion, (s) => {
@@ -167,6 +186,8 @@ export async function watch(o: WatchOptions): Promise<{ polls: number }> {
       };
       state.events[n.id] = rec;
       state.lastEventId = n.id;
+      eventsByKind[n.kind] = (eventsByKind[n.kind] ?? 0) + 1;
+      metricsDue = true;
       prune(state);
       // Written before anything acts: a watcher killed from here on resumes, never repeats.
       save();
@@ -221,6 +242,9 @@ export async function watch(o: WatchOptions): Promise<{ polls: number }> {
       }
     }
     polls++;
+    if (!ok) pollErrors++;
+    lastPollAt = Date.now() / 1000;
+    if (metricsDue || Date.now() - metricsAt >= METRICS_EVERY_MS) reportMetrics();
     o.onPoll?.(polls, ok);
     if (Date.now() - lastPollSaved >= LAST_POLL_EVERY_MS) {
       lastPollSaved = Date.now();
@@ -241,6 +265,7 @@ export async function watch(o: WatchOptions): Promise<{ polls: number }> {
   state.lastPollAt = now();
   state.stoppedAt = now();
   save();
+  reportMetrics();
   return { polls };
 }
 

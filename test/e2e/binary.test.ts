@@ -122,6 +122,25 @@ describe('zdt-agent watch, the daemon', () => {
     }
   });
 
+  it('writes zdt_agent_watch.prom under metrics.textfileDir: polls and poll errors counted, valid for promtool', () => {
+    const root = watchRoot();
+    try {
+      fs.appendFileSync(path.join(root, 'etc/zdt-agent/config.yaml'), 'metrics: { textfileDir: /var/lib/node-exporter }\n');
+      const r = run(BIN, ['watch', '--root', root, '--max-polls', '3']);
+      expect(r.status, r.stderr).toBe(0);
+      const text = fs.readFileSync(path.join(root, 'var/lib/node-exporter/zdt_agent_watch.prom'), 'utf8');
+      expect(text).toMatch(/^zdt_agent_watch_polls_total 3$/m);
+      expect(text).toMatch(/^zdt_agent_watch_poll_errors_total 3$/m);
+      expect(text).toMatch(/^zdt_agent_watch_last_poll_timestamp_seconds \d+(\.\d+)?(e\+\d+)?$/m);
+      if (fs.existsSync('/usr/bin/promtool')) {
+        const check = spawnSync('/usr/bin/promtool', ['check', 'metrics'], { input: text, encoding: 'utf8', timeout: 30_000 });
+        expect(`${check.status} ${check.stdout}${check.stderr}`).toBe('0 ');
+      }
+    } finally {
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  });
+
   it('a config error exits 2 with its one line, as through the CLI', () => {
     const root = watchRoot();
     try {

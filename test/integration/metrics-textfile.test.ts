@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupFamilies } from '../../agent/etcd/backup-metrics.js';
 import type { BackupResult } from '../../agent/etcd/backup.js';
 import { silentLogger } from '../../agent/log/logger.js';
-import { recordMetrics, runFamilies, writeMetrics } from '../../agent/log/metrics.js';
+import { recordMetrics, runFamilies, watchFamilies, writeMetrics } from '../../agent/log/metrics.js';
 import type { RunRecord } from '../../agent/log/state.js';
 import { countAnswer } from '../../agent/ssh/metrics.js';
 import { freePort } from '../testbed/ports.js';
@@ -46,6 +46,7 @@ beforeAll(async () => {
   for (const outcome of ['keys', 'keys', 'not-in-group', 'error'] as const) {
     countAnswer(dir, { record: { user: 'alice', outcome, source: outcome === 'error' ? undefined : 'cache' }, cacheFetchedAt: Date.now() - 30_000 }, silentLogger);
   }
+  recordMetrics(dir, 'watch', watchFamilies({ lastPollAt: Date.now() / 1000, polls: 3600, pollErrors: 4, eventsByKind: { rebalance: 1, spotTerminate: 1 } }), silentLogger);
   const port = await freePort();
   url = `http://127.0.0.1:${port}/metrics`;
   exporter = await startServer({
@@ -64,7 +65,7 @@ afterAll(async () => {
 describe.skipIf(!!pending)(`textfile metrics${pending ? ` (${pending})` : ''}`, () => {
   it('every file passes promtool check metrics', () => {
     const files = fs.readdirSync(dir).sort();
-    expect(files).toEqual(['zdt_agent_boot.prom', 'zdt_agent_etcd_backup.prom', 'zdt_agent_ssh_keys.prom', 'zdt_agent_terminate.prom']);
+    expect(files).toEqual(['zdt_agent_boot.prom', 'zdt_agent_etcd_backup.prom', 'zdt_agent_ssh_keys.prom', 'zdt_agent_terminate.prom', 'zdt_agent_watch.prom']);
     for (const f of files) {
       const r = spawnSync(PROMTOOL, ['check', 'metrics'], { input: fs.readFileSync(path.join(dir, f)), encoding: 'utf8', timeout: 30_000 });
       expect(`${f}: exit ${r.status} ${r.stdout}${r.stderr}`).toBe(`${f}: exit 0 `);
@@ -77,6 +78,8 @@ describe.skipIf(!!pending)(`textfile metrics${pending ? ` (${pending})` : ''}`, 
     expect(text).toContain('zdt_agent_boot_last_run_success 0');
     expect(text).toContain('zdt_agent_boot_phase_result{phase="etcd-volume",result="failed"} 1');
     expect(text).toContain('zdt_agent_terminate_last_run_result{event="terminate",result="ok"} 1');
+    expect(text).toContain('zdt_agent_watch_events_total{kind="spotTerminate"} 1');
+    expect(text).toContain('zdt_agent_watch_poll_errors_total 4');
     expect(text).toMatch(/^zdt_agent_etcd_backup_last_success_size_bytes\{kind="hourly"\} 5\.24288e\+07$/m);
     expect(text).toContain('zdt_agent_etcd_backup_runs_total{kind="emergency",result="failed"} 1');
     expect(text).toContain('zdt_agent_ssh_keys_answers_total{result="keys",source="cache"} 2');

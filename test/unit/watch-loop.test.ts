@@ -4,6 +4,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { resolveConfig } from '../../agent/config/load.js';
 import { silentLogger } from '../../agent/log/logger.js';
+import type { WatchCounters } from '../../agent/log/metrics.js';
 import { readState, writeState, emptyState } from '../../agent/log/state.js';
 import { watch, type NodeActions } from '../../agent/watch/run.js';
 
@@ -42,8 +43,10 @@ function setup(answers: Record<string, string>) {
     noticed: async (n) => void calls.push(`noticed ${n.id}`),
   };
   const config = resolveConfig([{ source: 'file', origin: 't', data: { cluster: { name: 'p' }, watch: { interval: 0.01, backoffMax: 0.1 } } }]).watch;
+  const metrics: WatchCounters[] = [];
   const run = (maxPolls: number, bootId = 'b1') =>
     watch({
+      onMetrics: (c) => void metrics.push(structuredClone(c)),
       imds: { poll: async (p) => Object.entries(answers).find(([k]) => p.endsWith(k))?.[1] },
       config,
       stateFile: path.join(dir, 'state.json'),
@@ -54,7 +57,7 @@ function setup(answers: Record<string, string>) {
       signal: new AbortController().signal,
       maxPolls,
     });
-  return { run, calls, stateFile: path.join(dir, 'state.json'), failCordon: (n: number) => (cordonFailures = n) };
+  return { run, calls, metrics, stateFile: path.join(dir, 'state.json'), failCordon: (n: number) => (cordonFailures = n) };
 }
 
 describe('the watcher acts once per notice', () => {
@@ -68,6 +71,16 @@ describe('the watcher acts once per notice', () => {
     await t.run(5);
     expect(t.calls).toHaveLength(1);
     expect(readState(t.stateFile, 't').watch?.events['spot:terminate:T']).toMatchObject({ status: 'done', result: 'ok' });
+  });
+
+  it('metrics: a notice seen on 100 polls counts once; the counters go out at the first poll, on a new notice and at the stop, not per poll', async () => {
+    const t = setup({ 'events/recommendations/rebalance': '{"noticeTime":"2030-01-01T00:00:00Z"}' });
+    await t.run(100);
+    const last = t.metrics.at(-1);
+    expect(last).toMatchObject({ polls: 100, pollErrors: 0, eventsByKind: { rebalance: 1 } });
+    expect(last?.lastPollAt).toBeGreaterThan(Date.now() / 1000 - 60);
+    // The first poll (with the new notice) and the stop; 100 polls at 10 ms stay inside 15 s.
+    expect(t.metrics.length).toBeLessThanOrEqual(3);
   });
 
   it('a cordon that fails is tried again while the notice stands', async () => {
