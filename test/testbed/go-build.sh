@@ -9,6 +9,8 @@
 #                             every binary is there (unless ZDT_REBUILD is set); otherwise takes
 #                             the build lock (a parallel caller waits, then finds them current)
 #   gobuild_env               Go's environment for a build from go.mod/go.sum
+#   gobuild_compile LDFLAGS   downloads the modules, builds every ./cmd/<binary> with LDFLAGS
+#                             into a temporary directory, then gobuild_install; sets `start`
 #   gobuild_install DIR       moves the binaries built into DIR to bin_dir, then writes the stamp
 
 log() { printf '[%s %s] %s\n' "${label}" "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -58,4 +60,19 @@ gobuild_install() {
   rm -f "${stamp}"
   for b in "${binaries[@]}"; do mv -f "${from}/${b}" "${bin_dir}/${b}"; done
   printf '%s\n' "${version}" > "${stamp}"
+}
+
+gobuild_compile() {
+  local ldflags=$1 b
+  start=${SECONDS}
+  log "downloading modules"
+  go mod download
+  gobuild_tmp="$(mktemp -d "${bin_dir}/.build.XXXXXX")"
+  trap 'rm -rf "${gobuild_tmp}"' EXIT
+  for b in "${binaries[@]}"; do
+    log "compiling ${b}"
+    go build -trimpath -ldflags "${ldflags}" -o "${gobuild_tmp}/${b}" "./cmd/${b}"
+    log "compiled ${b} ($(( SECONDS - start ))s so far)"
+  done
+  gobuild_install "${gobuild_tmp}"
 }

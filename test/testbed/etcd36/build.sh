@@ -38,19 +38,7 @@ log "building ${what} ${version} into ${bin_dir}"
 log "first build: about 1.5 minutes on 2 cores after k8s/build.sh (they share packages); later builds reuse GOCACHE (seconds)"
 
 cd "${here}"
-start=${SECONDS}
-log "downloading modules"
-go mod download
-
-tmp_dir="$(mktemp -d "${bin_dir}/.build.XXXXXX")"
-trap 'rm -rf "${tmp_dir}"' EXIT
-
-for b in "${binaries[@]}"; do
-  log "compiling ${b}"
-  go build -trimpath -ldflags "-s -w" -o "${tmp_dir}/${b}" "./cmd/${b}"
-  log "compiled ${b} ($(( SECONDS - start ))s so far)"
-done
-gobuild_install "${tmp_dir}"
+gobuild_compile "-s -w"
 
 "${bin_dir}/etcd" --version >&2 || die "built etcd does not run"
 log "done in $(( SECONDS - start ))s: ${bin_dir}/{$(IFS=,; echo "${binaries[*]}")}"

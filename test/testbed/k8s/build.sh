@@ -49,20 +49,7 @@ log "GOMODCACHE=${GOMODCACHE} GOCACHE=${GOCACHE}"
 log "first build: about 6-8 minutes on 2 cores; later builds reuse GOCACHE (seconds)"
 
 cd "${here}"
-start=${SECONDS}
-log "downloading modules"
-go mod download
-
-tmp_dir="$(mktemp -d "${bin_dir}/.k8s-build.XXXXXX")"
-trap 'rm -rf "${tmp_dir}"' EXIT
-
-for b in "${binaries[@]}"; do
-  log "compiling ${b}"
-  go build -trimpath -ldflags "${ldflags}" -o "${tmp_dir}/${b}" "./cmd/${b}"
-  log "compiled ${b} ($(( SECONDS - start ))s so far)"
-done
-
-gobuild_install "${tmp_dir}"
+gobuild_compile "${ldflags}"
 
 "${bin_dir}/kubeadm" version -o short >&2 || die "built kubeadm does not run"
 log "done in $(( SECONDS - start ))s: ${bin_dir}/{$(IFS=,; echo "${binaries[*]}")}"
