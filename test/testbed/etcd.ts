@@ -7,7 +7,7 @@ import https from 'node:https';
 import net from 'node:net';
 import { makeTestCa, type Credentials } from './pki.js';
 import { freePort } from './ports.js';
-import { startServer, type ServerProcess } from './process.js';
+import { startServer, testbedBinDir, type ServerProcess } from './process.js';
 
 /**
  * etcd on loopback ports, plain HTTP or TLS with client certificates (`tls`), in one of the
@@ -17,7 +17,7 @@ import { startServer, type ServerProcess } from './process.js';
 export type EtcdVersion = '3.4' | '3.6';
 
 export function etcd36BinDir(): string {
-  return path.join(process.env.ZDT_CACHE_DIR ?? path.join(os.homedir(), '.cache', 'zdt-agent'), 'bin', 'etcd-3.6');
+  return testbedBinDir('etcd-3.6');
 }
 
 /** The path of `tool` (etcd, etcdctl, etcdutl) of that generation. */

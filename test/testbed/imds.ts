@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { freePort } from './ports.js';
-import { answersHttp, startServer } from './process.js';
+import { answersHttp, startServer, testbedBinDir } from './process.js';
 import type { InstanceIdentityDocument } from '../../agent/host/imds.js';
 
 /**
@@ -55,8 +55,7 @@ const NEVER_S = 10 * 365 * 24 * 3600;
 const TAG_SLOTS = ['tags-instance-name', 'tags-instance-test', 'kernel-id', 'ramdisk-id', 'ami-manifest-path', 'product-codes', 'placement-host-id', 'placement-partition-number'];
 
 export function aemmBinary(): string {
-  const cache = process.env.ZDT_CACHE_DIR ?? path.join(os.homedir(), '.cache', 'zdt-agent');
-  return path.join(cache, 'bin', 'ec2-metadata-mock');
+  return testbedBinDir('ec2-metadata-mock');
 }
 
 export async function startImds(config: ImdsConfig): Promise<Imds> {

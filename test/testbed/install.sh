@@ -9,6 +9,7 @@
 #   AEMM              amazon-ec2-metadata-mock, go install into $ZDT_CACHE_DIR/bin
 #   k8s, etcd 3.6     k8s/build.sh (kube-apiserver, kubeadm) and etcd36/build.sh (etcd, etcdctl,
 #                     etcdutl 3.6, beside Debian's 3.4) next to this file, when present
+#   MinIO             minio/build.sh (go install of a pinned MinIO: the S3 server that checks checksums)
 #   sysroot           arm64-sysroot.sh next to this file, when present
 set -euo pipefail
 
@@ -97,6 +98,7 @@ fi
 # --- parts other files own ------------------------------------------------------------------
 [[ ! -f ${here}/k8s/build.sh ]] || bash "${here}/k8s/build.sh" >/dev/null
 [[ ! -f ${here}/etcd36/build.sh ]] || bash "${here}/etcd36/build.sh" >/dev/null
+[[ ! -f ${here}/minio/build.sh ]] || bash "${here}/minio/build.sh" >/dev/null
 [[ ! -f ${here}/arm64-sysroot.sh ]] || bash "${here}/arm64-sysroot.sh"
 
 log "testbed ready (moto_server, ${bin_dir}/ec2-metadata-mock, etcd $(etcd --version | awk 'NR == 1 { print $3 }') and $("${bin_dir}/etcd-3.6/etcd" --version 2>/dev/null | awk 'NR == 1 { print $3 }'))"

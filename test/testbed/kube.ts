@@ -6,7 +6,7 @@ import { KubeClient, loadKubeconfig } from '../../agent/host/kube.js';
 import { startEtcd, type EtcdMember } from './etcd.js';
 import { makeKeyPair, makeTestCa, type Credentials } from './pki.js';
 import { freePort } from './ports.js';
-import { startServer, type ServerProcess } from './process.js';
+import { startServer, testbedBinDir, type ServerProcess } from './process.js';
 
 /**
  * A real Kubernetes API for tests: Debian's etcd plus the kube-apiserver built by
@@ -18,7 +18,7 @@ import { startServer, type ServerProcess } from './process.js';
  */
 
 export function kubeBinDir(): string {
-  return path.join(process.env.ZDT_CACHE_DIR ?? path.join(os.homedir(), '.cache', 'zdt-agent'), 'bin');
+  return testbedBinDir();
 }
 
 export async function kubeApiserverAvailable(): Promise<boolean> {

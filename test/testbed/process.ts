@@ -1,5 +1,12 @@
 import { spawn } from 'node:child_process';
+import os from 'node:os';
+import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+
+/** `<cache>/bin[/sub]`: where install.sh puts the Go-built test servers ($ZDT_CACHE_DIR or ~/.cache/zdt-agent). */
+export function testbedBinDir(...sub: string[]): string {
+  return path.join(process.env.ZDT_CACHE_DIR ?? path.join(os.homedir(), '.cache', 'zdt-agent'), 'bin', ...sub);
+}
 
 /** A server the testbed started: it is ended by its PID, never by name. */
 export interface ServerProcess {
