@@ -303,8 +303,8 @@ describe('SIGKILL at every step of an etcd backup, then back up again', () => {
       stringify({
         cluster: { name: 'crash' },
         node: { role: 'controller', controllerIndex: '00' },
-        // An unfinished upload older than 15 s belongs to a killed backup.
-        etcd: { clientUrl: etcd.clientUrl, backup: { bucket: BUCKET, partSizeMiB: 5, concurrency: 2, timeout: 15 } },
+        // An unfinished upload older than 8 s (etcd.backup.timeout) belongs to a killed backup.
+        etcd: { clientUrl: etcd.clientUrl, backup: { bucket: BUCKET, partSizeMiB: 5, concurrency: 2, timeout: 8 } },
         terminate: { backupTimeout: 5 },
         aws: { region: REGION, endpoint: w.proxy.endpoint, s3ForcePathStyle: true, imdsEndpoint: imds.endpoint, maxAttempts: 2 },
       }),
@@ -369,7 +369,7 @@ describe('SIGKILL at every step of an etcd backup, then back up again', () => {
 
   it("a backup after the killed ones' time is up aborts their unfinished uploads", async () => {
     expect(leftByKills.size).toBeGreaterThan(0); // the kills inside the upload left some
-    await sleep(16_000);
+    await sleep(9_000); // past max(etcd.backup.timeout, terminate.backupTimeout): the stale-upload age
     const r = await runBinary(['--root', root.dir, 'etcd', 'backup'], env);
     expect(r.code, r.stderr).toBe(0);
     expect(await unfinished()).toEqual([]);

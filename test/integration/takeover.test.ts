@@ -177,10 +177,10 @@ describe('faults mid-way, and the re-run converging', () => {
     expect(await whereNatPoints(w, r)).toMatchObject({ eip: fresh.id, defaultRoute: fresh.id, otherRoute: fresh.id });
   });
 
-  it('the ENI stays attached to the old instance for 20 s after the detach: the replacement waits, never attaches while it is in use, then takes everything', async () => {
+  it('the ENI stays attached to the old instance for 6 s after the detach: the replacement waits, never attaches while it is in use, then takes everything', async () => {
     const r = await predecessorHoldingEverything(w, subnetId);
     const fresh = await launchNat(w, subnetId);
-    w.proxy.setEniDetachDelayMs(20_000);
+    w.proxy.setEniDetachDelayMs(6_000);
     const attachesBefore = w.proxy.calls('AttachNetworkInterface');
     const run = await takeover(fresh.id, natConfig(r, { staticEni: true }));
     expect(run.error).toBeUndefined();
