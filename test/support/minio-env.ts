@@ -35,6 +35,7 @@ export async function startMinioS3(buckets: readonly string[], o: { kmsKeyId?: s
     const env = { AWS_ACCESS_KEY_ID: minio.accessKeyId, AWS_SECRET_ACCESS_KEY: minio.secretAccessKey };
     Object.assign(process.env, env);
     delete process.env.AWS_SESSION_TOKEN;
+    delete process.env.AWS_PROFILE;
     return {
       minio,
       s3,
