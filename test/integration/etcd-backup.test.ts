@@ -20,7 +20,7 @@ import type { ConfigInput } from '../../agent/config/schema.js';
 import { AgentError, asAgentError } from '../../agent/errors.js';
 import { startEtcd, startEtcdCluster, type EtcdCluster, type EtcdMember } from '../testbed/etcd.js';
 import { startFidelityProxy, type FidelityProxy } from '../testbed/fidelity-proxy.js';
-import { startHttpTap } from '../testbed/http-tap.js';
+import { damageOnce, startHttpTap } from '../testbed/http-tap.js';
 import { makeTestCa, type TestCa } from '../testbed/pki.js';
 import { startMoto, type Moto } from '../testbed/moto.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
@@ -379,26 +379,10 @@ describe('unfinished multipart uploads', () => {
 });
 
 describe('a backup damaged on its way to S3: MinIO checks x-amz-checksum-sha256', () => {
-  /**
-   * A tap in front of MinIO that flips one byte in the body of the first request `pick`
-   * chooses, its headers (the checksum among them) unchanged. `damaged()` counts such requests.
-   */
+  /** A tap in front of MinIO that flips one byte in the body of the first request `pick` chooses, its headers (the checksum among them) unchanged. */
   async function damagingTap(pick: (req: http.IncomingMessage) => boolean) {
-    let damaged = 0;
-    const tap = await startHttpTap(minio.endpoint, () => undefined, {
-      rewriteBody: (req) => {
-        if (damaged > 0 || !pick(req)) return undefined;
-        damaged++;
-        return (chunk, offset) => {
-          const at = 1000 - offset;
-          if (at < 0 || at >= chunk.length) return chunk;
-          const out = Buffer.from(chunk);
-          out.writeUInt8(out.readUInt8(at) ^ 0xff, at);
-          return out;
-        };
-      },
-    });
-    return { tap, damaged: () => damaged };
+    const damage = damageOnce(pick, 1000);
+    return { tap: await startHttpTap(minio.endpoint, () => undefined, damage), damaged: damage.damaged };
   }
 
   const objectsUnder = async (prefix: string) => ((await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: prefix }))).Contents ?? []).map((c) => c.Key);
@@ -419,7 +403,7 @@ describe('a backup damaged on its way to S3: MinIO checks x-amz-checksum-sha256'
       const ctx = await contextFor(root.dir, { ...controllerConfig(etcd.clientUrl, {}, 'damaged', tap.endpoint), metrics: { textfileDir: TEXTFILE_DIR } });
       // What `zdt-agent etcd backup` runs; its top level prints asAgentError's line and exits 1.
       const err = asAgentError(await scheduledBackup(ctx, { instanceId: INSTANCE, now: new Date('2026-03-01T11:00:00Z') }).catch((e: unknown) => e));
-      expect(damaged()).toBe(1);
+      expect(damaged()).toBe(true);
       expect(err.oneLine()).toMatch(/^AwsCallFailed: S3 UploadPart: (XAmzContentChecksumMismatch|BadDigest): .* \(HTTP 400\); /);
       expect(err.exitCode).toBe(1);
       const metrics = readSamples(metricsFile(root.at(TEXTFILE_DIR), 'etcd-backup'));
@@ -444,7 +428,7 @@ describe('a backup damaged on its way to S3: MinIO checks x-amz-checksum-sha256'
       // 64 MiB parts: the 12 MiB archive is one part, sent with PutObject.
       const ctx = await contextFor(root.dir, controllerConfig(etcd.clientUrl, { partSizeMiB: 64 }, 'damaged-put', tap.endpoint));
       const err = asAgentError(await takeBackup({ ctx, instanceId: INSTANCE, kind: 'emergency' }).catch((e: unknown) => e));
-      expect(damaged()).toBe(1);
+      expect(damaged()).toBe(true);
       expect(err.oneLine()).toMatch(/^AwsCallFailed: S3 PutObject: (XAmzContentChecksumMismatch|BadDigest): .* \(HTTP 400\); /);
     } finally {
       await tap.stop();

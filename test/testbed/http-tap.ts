@@ -71,3 +71,25 @@ export async function startHttpTap(target: string, onRequest: (req: http.Incomin
     stop: () => new Promise<void>((resolve) => server.close(() => resolve()).closeAllConnections()),
   };
 }
+
+/**
+ * TapOptions that flip the byte at `at` in the body of the first request `pick` chooses (and
+ * of no other); `damaged()` says whether that happened.
+ */
+export function damageOnce(pick: (req: http.IncomingMessage) => boolean, at = 0): Required<TapOptions> & { damaged(): boolean } {
+  let damaged = false;
+  return {
+    damaged: () => damaged,
+    rewriteBody: (req) => {
+      if (damaged || !pick(req)) return undefined;
+      damaged = true;
+      return (chunk, offset) => {
+        const i = at - offset;
+        if (i < 0 || i >= chunk.length) return chunk;
+        const out = Buffer.from(chunk);
+        out.writeUInt8(out.readUInt8(i) ^ 0xff, i);
+        return out;
+      };
+    },
+  };
+}
