@@ -324,7 +324,7 @@ describe('without a KMS key', () => {
 /**
  * On moto: MinIO lists multipart uploads only by their exact key (a prefix finds none,
  * minio/minio#20989), where S3 and moto list by prefix, as the stale-upload cleanup does.
- * These are also the backup tests kept on moto, which reports KMS keys by ARN as AWS does.
+ * Also the backup test kept on moto (terminate-run.test.ts has another).
  */
 describe('unfinished multipart uploads', () => {
   const uploadsUnder = async (prefix: string) =>
