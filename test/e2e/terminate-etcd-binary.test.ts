@@ -2,19 +2,22 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { HeadObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { etcd36BinDir, startEtcd, type EtcdMember } from '../testbed/etcd.js';
 import { startFidelityProxy, type FidelityProxy } from '../testbed/fidelity-proxy.js';
+import { damageOnce, startHttpTap } from '../testbed/http-tap.js';
 import { startImds, type Imds } from '../testbed/imds.js';
 import { startMoto, type Moto } from '../testbed/moto.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
-import { REGION, makeBucket, makeKmsKey, testClients, writeFakePki } from '../support/terminate-env.js';
+import { startMinioS3, type MinioS3 } from '../support/minio-env.js';
+import { REGION, makeKmsKey, testClients, writeFakePki } from '../support/terminate-env.js';
 
 /**
  * The built binary (dist/zdt-agent) runs `etcd backup`, `etcd restore` and `terminate` as
- * cron and OpenRC would: its own process, config file under --root, exit codes.
+ * cron and OpenRC would: its own process, config file under --root, exit codes. S3 is MinIO
+ * (it checks every upload's SHA-256), KMS and the rest moto.
  */
 
 const BIN = path.resolve(import.meta.dirname, '../../dist/zdt-agent');
@@ -23,6 +26,8 @@ const INSTANCE = 'i-0e2e0000000000001';
 
 let moto: Moto;
 let proxy: FidelityProxy;
+let minio: MinioS3;
+/** MinIO's. */
 let s3: S3Client;
 let kmsKeyId: string;
 let imds: Imds;
@@ -35,7 +40,7 @@ function run(args: string[], timeoutMs = 60_000, env: NodeJS.ProcessEnv = {}): P
   const started = Date.now();
   return new Promise((resolve, reject) => {
     const child = spawn(BIN, args, {
-      env: { ...process.env, AWS_ACCESS_KEY_ID: 'testing', AWS_SECRET_ACCESS_KEY: 'testing', AWS_REGION: REGION, ...env },
+      env: { ...process.env, ...minio.env, AWS_REGION: REGION, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';
@@ -51,7 +56,7 @@ function run(args: string[], timeoutMs = 60_000, env: NodeJS.ProcessEnv = {}): P
   });
 }
 
-async function controllerRoot(terminate: Record<string, unknown> = {}): Promise<TempRoot> {
+async function controllerRoot(terminate: Record<string, unknown> = {}, s3Endpoint = minio.endpoint): Promise<TempRoot> {
   const root = await makeTempRoot();
   roots.push(root);
   writeFakePki(root.dir);
@@ -63,7 +68,7 @@ async function controllerRoot(terminate: Record<string, unknown> = {}): Promise<
       node: { role: 'controller', controllerIndex: '00' },
       etcd: { clientUrl: etcd.clientUrl, backup: { bucket: BUCKET, kmsKeyId } },
       terminate: { budget: 30, drainTimeout: 10, hookTimeout: 5, ...terminate },
-      aws: { region: REGION, endpoint: proxy.endpoint, s3ForcePathStyle: true, imdsEndpoint: imds.endpoint, maxAttempts: 2 },
+      aws: { region: REGION, endpoint: proxy.endpoint, endpoints: { s3: s3Endpoint }, s3ForcePathStyle: true, imdsEndpoint: imds.endpoint, maxAttempts: 2 },
     }),
   );
   return root;
@@ -73,10 +78,10 @@ beforeAll(async () => {
   if (!fs.existsSync(BIN)) throw new Error("dist/zdt-agent is missing: run 'make binary' first");
   moto = await startMoto();
   proxy = await startFidelityProxy({ target: moto.endpoint });
-  let kms;
-  ({ s3, kms } = testClients(proxy.endpoint));
-  await makeBucket(s3, BUCKET);
-  kmsKeyId = await makeKmsKey(kms);
+  kmsKeyId = await makeKmsKey(testClients(proxy.endpoint).kms);
+  // MinIO's SSE-KMS key takes the moto key's id: etcd.backup.kmsKeyId names one key.
+  minio = await startMinioS3([BUCKET], { kmsKeyId });
+  s3 = minio.s3;
   imds = await startImds({ instanceId: INSTANCE, region: REGION, availabilityZone: `${REGION}a`, instanceType: 'm7i.large', privateIp: '10.0.2.2', tags: { Name: 'ctl' } });
   etcdDir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-e2e-etcd-'));
   etcd = await startEtcd({ dir: path.join(etcdDir, 'data'), name: 'etcd00' });
@@ -87,6 +92,7 @@ afterAll(async () => {
   if (stoppedPid) process.kill(stoppedPid, 'SIGCONT');
   await etcd?.stop();
   await imds?.stop();
+  await minio?.stop();
   await proxy?.stop();
   await moto?.stop();
   for (const r of roots) await r.cleanup();
@@ -131,6 +137,25 @@ describe('zdt-agent etcd backup / restore (built binary)', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain(' with etcdutl 3.6.5, revision bumped by 1000000000 and marked compacted;');
     expect(fs.existsSync(root.at('/var/lib/etcd/member/snap/db'))).toBe(true);
+  });
+});
+
+describe('a backup damaged on its way to S3 (built binary)', () => {
+  it('MinIO refuses the PutObject whose body no longer matches its SHA-256: exit 1, the call named, no object', async () => {
+    // This etcd's backup is a few KiB: one PutObject, whose body the tap damages on the way.
+    const damage = damageOnce((req) => req.method === 'PUT' && req.url!.startsWith(`/${BUCKET}/etcd-backups/`));
+    const tap = await startHttpTap(minio.endpoint, () => undefined, damage);
+    try {
+      const before = (await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: 'etcd-backups/' }))).KeyCount ?? 0;
+      const root = await controllerRoot({}, tap.endpoint);
+      const r = await run(['--root', root.dir, 'etcd', 'backup']);
+      expect(damage.damaged()).toBe(true);
+      expect(r.code, r.stdout).toBe(1);
+      expect(r.stderr).toMatch(/^zdt-agent: AwsCallFailed: S3 PutObject: (XAmzContentChecksumMismatch|BadDigest): .* \(HTTP 400\); /m);
+      expect((await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: 'etcd-backups/' }))).KeyCount ?? 0).toBe(before);
+    } finally {
+      await tap.stop();
+    }
   });
 });
 

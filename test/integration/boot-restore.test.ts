@@ -16,13 +16,14 @@ import { startServer } from '../testbed/process.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
 import { readRecords, standinPath } from '../testbed/standins.js';
 import { useEtcd36Tools } from '../support/etcd36-env.js';
-import { contextFor, makeBucket, testClients, writeFakePki } from '../support/terminate-env.js';
+import { startMinioS3, type MinioS3 } from '../support/minio-env.js';
+import { contextFor, writeFakePki } from '../support/terminate-env.js';
 import { AZ, REGION, awsSection, bootDepsFor, createEtcdVolume, launchInstance, startAwsWorld, type AwsWorld } from '../support/boot-env.js';
 
 /**
  * Disaster recovery at boot: the cluster's etcd (a real etcd 3.6, as kubeadm 1.34 runs it,
- * with etcdctl and etcdutl 3.6 on PATH) was backed up to moto S3
- * by the terminate side (takeBackup); a new controller 00 with a blank etcd volume (a real
+ * with etcdctl and etcdutl 3.6 on PATH) was backed up to S3 (MinIO, which checks every
+ * part's SHA-256; EC2 is moto's) by the terminate side (takeBackup); a new controller 00 with a blank etcd volume (a real
  * loop device) restores it before kubeadm runs, and etcd started from the restored data
  * reads back every key written before. kubeadm is the recording stand-in; the admin.conf it
  * leaves names a real kube-apiserver, where controller 00 applies the node self-delete grant.
@@ -33,6 +34,7 @@ const CLUSTER = 'drtest';
 const records = `/tmp/zdt-restore-records-${process.pid}.jsonl`;
 
 let w: AwsWorld;
+let minio: MinioS3;
 let kube: Kube;
 let etcd: EtcdMember;
 let etcdDir: string;
@@ -45,7 +47,8 @@ beforeAll(async () => {
   if (!(await kubeApiserverAvailable())) throw new Error('kube-apiserver is missing: run test/testbed/k8s/build.sh');
   w = await startAwsWorld();
   kube = await startKube();
-  await makeBucket(testClients(w.proxy.endpoint).s3, BUCKET);
+  // After startAwsWorld: its root credentials replace the test credentials, which moto accepts too.
+  minio = await startMinioS3([BUCKET]);
   useEtcd36Tools();
   process.env.PATH = `${standinPath()}:${process.env.PATH}`;
   process.env.ZDT_STANDIN_KUBEADM_ADMIN_CONF = kube.adminKubeconfig;
@@ -62,6 +65,7 @@ afterAll(async () => {
   await etcd?.stop();
   if (etcdDir) fs.rmSync(etcdDir, { recursive: true, force: true });
   await kube?.stop();
+  await minio?.stop();
   await w?.stop();
 });
 
@@ -80,7 +84,7 @@ async function newController(cluster: string, backup: Record<string, unknown>) {
     cluster: { name: cluster, kubernetesVersion: '1.34.1' },
     node: { role: 'controller', controllerIndex: '00' },
     etcd: { volume: { attachTimeout: 20, deviceTimeout: 5 }, backup: { bucket: BUCKET, ...backup } },
-    aws: { ...awsSection(w.proxy.endpoint), imdsEndpoint: imds.endpoint },
+    aws: { ...awsSection(w.proxy.endpoint), endpoints: { s3: minio.endpoint }, imdsEndpoint: imds.endpoint },
   };
   return { root, loop, inst, config };
 }
@@ -98,7 +102,7 @@ describe('boot restores etcd from S3 onto a blank volume', () => {
       cluster: { name: CLUSTER },
       node: { role: 'controller', controllerIndex: '00' },
       etcd: { clientUrl: etcd.clientUrl, backup: { bucket: BUCKET } },
-      aws: awsSection(w.proxy.endpoint),
+      aws: { ...awsSection(w.proxy.endpoint), endpoints: { s3: minio.endpoint } },
     });
     const backup = await takeBackup({ ctx: oldCtx, instanceId: 'i-0lost', kind: 'emergency' });
     await etcd.stop();

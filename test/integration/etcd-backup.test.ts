@@ -1,6 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import type http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { CreateMultipartUploadCommand, GetObjectCommand, HeadObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, PutObjectCommand, UploadPartCommand, type S3Client } from '@aws-sdk/client-s3';
@@ -16,22 +17,31 @@ import { readTar } from '../../agent/etcd/tar.js';
 import { abortStaleUploads, uploadStream } from '../../agent/etcd/upload.js';
 import { createLogger } from '../../agent/log/logger.js';
 import type { ConfigInput } from '../../agent/config/schema.js';
-import { AgentError } from '../../agent/errors.js';
+import { AgentError, asAgentError } from '../../agent/errors.js';
 import { startEtcd, startEtcdCluster, type EtcdCluster, type EtcdMember } from '../testbed/etcd.js';
 import { startFidelityProxy, type FidelityProxy } from '../testbed/fidelity-proxy.js';
+import { damageOnce, startHttpTap } from '../testbed/http-tap.js';
 import { makeTestCa, type TestCa } from '../testbed/pki.js';
 import { startMoto, type Moto } from '../testbed/moto.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
 import { startServer } from '../testbed/process.js';
 import { freePort } from '../testbed/ports.js';
+import { startMinioS3, type MinioS3 } from '../support/minio-env.js';
 import { awsConfig, contextFor, makeBucket, makeKmsKey, testClients, useTestCredentials, writeFakePki } from '../support/terminate-env.js';
 
 const BUCKET = 'zdt-backups';
 const INSTANCE = 'i-0123456789abcdef0';
 
+/**
+ * S3 is MinIO, which checks every part's SHA-256 as S3 does, for every test here but the
+ * unfinished uploads' (on moto, see there); KMS, for the envelope encryption, is moto's.
+ */
+let minio: MinioS3;
+let s3: S3Client;
 let moto: Moto;
 let proxy: FidelityProxy;
-let s3: S3Client;
+/** moto's S3, behind the fidelity proxy. */
+let motoS3: S3Client;
 let kms: KMSClient;
 let kmsKeyId: string;
 let etcd: EtcdMember;
@@ -49,12 +59,13 @@ async function newRoot(): Promise<TempRoot> {
   return r;
 }
 
-function controllerConfig(clientUrl: string, backup: Record<string, unknown> = {}, cluster = 'test'): ConfigInput {
+/** S3 at MinIO unless `s3At` names moto or another endpoint (a tap in front of MinIO); the rest at moto. */
+function controllerConfig(clientUrl: string, backup: Record<string, unknown> = {}, cluster = 'test', s3At: 'moto' | string = minio.endpoint): ConfigInput {
   return {
     cluster: { name: cluster },
     node: { role: 'controller', controllerIndex: '00' },
     etcd: { clientUrl, backup: { bucket: BUCKET, kmsKeyId, partSizeMiB: 5, ...backup } },
-    aws: awsConfig(proxy.endpoint),
+    aws: s3At === 'moto' ? awsConfig(proxy.endpoint) : awsConfig(proxy.endpoint, s3At),
   };
 }
 
@@ -91,9 +102,12 @@ beforeAll(async () => {
   useTestCredentials();
   moto = await startMoto();
   proxy = await startFidelityProxy({ target: moto.endpoint });
-  ({ s3, kms } = testClients(proxy.endpoint));
-  await makeBucket(s3, BUCKET);
+  ({ s3: motoS3, kms } = testClients(proxy.endpoint));
+  await makeBucket(motoS3, BUCKET);
   kmsKeyId = await makeKmsKey(kms);
+  // MinIO's SSE-KMS key takes the moto key's id: etcd.backup.kmsKeyId names both.
+  minio = await startMinioS3([BUCKET], { kmsKeyId });
+  s3 = minio.s3;
   etcdDir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-etcd-single-'));
   etcd = await startEtcd({ dir: path.join(etcdDir, 'data'), name: 'etcd00' });
   // ~12 MiB of data, so the archive goes up in several 5 MiB parts.
@@ -105,6 +119,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await etcd?.stop();
+  await minio?.stop();
   await proxy?.stop();
   await moto?.stop();
   for (const r of roots) await r.cleanup();
@@ -306,22 +321,27 @@ describe('without a KMS key', () => {
   });
 });
 
+/**
+ * On moto: MinIO lists multipart uploads only by their exact key (a prefix finds none,
+ * minio/minio#20989), where S3 and moto list by prefix, as the stale-upload cleanup does.
+ * Also the backup test kept on moto (terminate-run.test.ts has another).
+ */
 describe('unfinished multipart uploads', () => {
   const uploadsUnder = async (prefix: string) =>
-    ((await s3.send(new ListMultipartUploadsCommand({ Bucket: BUCKET, Prefix: prefix }))).Uploads ?? []).map((u) => u.Key);
+    ((await motoS3.send(new ListMultipartUploadsCommand({ Bucket: BUCKET, Prefix: prefix }))).Uploads ?? []).map((u) => u.Key);
 
   it("a failed upload aborts its own; the next backup aborts this cluster's stale ones and no other's", async () => {
     // A backup killed mid-upload leaves one behind (it cannot abort it), here made by hand.
     const killed = 'etcd-backups/stale/emergency/20260301T110000Z-i-0dead.tar';
     const otherCluster = 'etcd-backups/stale-other/emergency/20260301T110000Z-i-0dead.tar';
     for (const Key of [killed, otherCluster]) {
-      const { UploadId } = await s3.send(new CreateMultipartUploadCommand({ Bucket: BUCKET, Key }));
-      await s3.send(new UploadPartCommand({ Bucket: BUCKET, Key, UploadId, PartNumber: 1, Body: randomBytes(1024) }));
+      const { UploadId } = await motoS3.send(new CreateMultipartUploadCommand({ Bucket: BUCKET, Key }));
+      await motoS3.send(new UploadPartCommand({ Bucket: BUCKET, Key, UploadId, PartNumber: 1, Body: randomBytes(1024) }));
     }
     // A failure in the middle of the stream (after two parts went up) aborts that upload.
     const log = createLogger({ console: null });
     const failing = uploadStream({
-      s3,
+      s3: motoS3,
       bucket: BUCKET,
       key: 'etcd-backups/stale/emergency/20260301T120000Z-i-0fail.tar',
       body: (async function* () {
@@ -341,7 +361,7 @@ describe('unfinished multipart uploads', () => {
     await new Promise((r) => setTimeout(r, 1500));
     const root = await newRoot();
     writeFakePki(root.dir);
-    const cfg = controllerConfig(etcd.clientUrl, { timeout: 1 }, 'stale');
+    const cfg = controllerConfig(etcd.clientUrl, { timeout: 1 }, 'stale', 'moto');
     const ctx = await contextFor(root.dir, { ...cfg, terminate: { backupTimeout: 1 } });
     await takeBackup({ ctx, instanceId: INSTANCE, kind: 'emergency' });
     expect(await uploadsUnder('etcd-backups/stale/')).toEqual([]);
@@ -350,11 +370,71 @@ describe('unfinished multipart uploads', () => {
 
   it('leaves a young unfinished upload alone: it may be a backup running on another controller', async () => {
     const running = 'etcd-backups/young/hourly/20260301T120000Z-i-0other.tar';
-    await s3.send(new CreateMultipartUploadCommand({ Bucket: BUCKET, Key: running }));
-    const aborted = await abortStaleUploads({ s3, bucket: BUCKET, prefix: 'etcd-backups/young/', olderThanMs: 900_000, log: createLogger({ console: null }) });
+    await motoS3.send(new CreateMultipartUploadCommand({ Bucket: BUCKET, Key: running }));
+    const aborted = await abortStaleUploads({ s3: motoS3, bucket: BUCKET, prefix: 'etcd-backups/young/', olderThanMs: 900_000, log: createLogger({ console: null }) });
     expect(aborted).toEqual([]);
     expect(await uploadsUnder('etcd-backups/young/')).toEqual([running]);
-    expect(await abortStaleUploads({ s3, bucket: BUCKET, prefix: 'etcd-backups/young/', olderThanMs: 900_000, log: createLogger({ console: null }), now: Date.now() + 901_000 })).toEqual([running]);
+    expect(await abortStaleUploads({ s3: motoS3, bucket: BUCKET, prefix: 'etcd-backups/young/', olderThanMs: 900_000, log: createLogger({ console: null }), now: Date.now() + 901_000 })).toEqual([running]);
+  });
+});
+
+describe('a backup damaged on its way to S3: MinIO checks x-amz-checksum-sha256', () => {
+  /** A tap in front of MinIO that flips one byte in the body of the first request `pick` chooses, its headers (the checksum among them) unchanged. */
+  async function damagingTap(pick: (req: http.IncomingMessage) => boolean) {
+    const damage = damageOnce(pick, 1000);
+    return { tap: await startHttpTap(minio.endpoint, () => undefined, damage), damaged: damage.damaged };
+  }
+
+  const objectsUnder = async (prefix: string) => ((await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: prefix }))).Contents ?? []).map((c) => c.Key);
+  /** MinIO lists multipart uploads by exact key only, and all of them without a prefix. */
+  const uploadsUnder = async (prefix: string) =>
+    ((await s3.send(new ListMultipartUploadsCommand({ Bucket: BUCKET }))).Uploads ?? []).map((u) => u.Key).filter((k) => k?.startsWith(prefix));
+
+  it('a damaged UploadPart is refused; the backup fails naming the call, leaves no object or upload, and the latest backup stays the one before', async () => {
+    const prefix = 'etcd-backups/damaged/';
+    const root = await newRoot();
+    writeFakePki(root.dir);
+    const before = await takeBackup({ ctx: await contextFor(root.dir, controllerConfig(etcd.clientUrl, {}, 'damaged')), instanceId: INSTANCE, kind: 'hourly', now: new Date('2026-03-01T10:00:00Z') });
+
+    const isPart2 = (req: http.IncomingMessage) => req.method === 'PUT' && req.url!.startsWith(`/${BUCKET}/${prefix}`) && /[?&]partNumber=2(&|$)/.test(req.url!);
+    const { tap, damaged } = await damagingTap(isPart2);
+    const failedKey = `${prefix}hourly/20260301T110000Z-${INSTANCE}.tar`;
+    try {
+      const ctx = await contextFor(root.dir, { ...controllerConfig(etcd.clientUrl, {}, 'damaged', tap.endpoint), metrics: { textfileDir: TEXTFILE_DIR } });
+      // What `zdt-agent etcd backup` runs; its top level prints asAgentError's line and exits 1.
+      const err = asAgentError(await scheduledBackup(ctx, { instanceId: INSTANCE, now: new Date('2026-03-01T11:00:00Z') }).catch((e: unknown) => e));
+      expect(damaged()).toBe(true);
+      expect(err.oneLine()).toMatch(/^AwsCallFailed: S3 UploadPart: (XAmzContentChecksumMismatch|BadDigest): .* \(HTTP 400\); /);
+      expect(err.exitCode).toBe(1);
+      const metrics = readSamples(metricsFile(root.at(TEXTFILE_DIR), 'etcd-backup'));
+      expect(metrics.get('zdt_agent_etcd_backup_runs_total')).toEqual([{ labels: { kind: 'hourly', result: 'failed' }, value: 1 }]);
+    } finally {
+      await tap.stop();
+    }
+    expect(await objectsUnder(prefix)).toEqual([before.key]);
+    expect(await uploadsUnder(prefix)).toEqual([]);
+    expect((await s3.send(new ListMultipartUploadsCommand({ Bucket: BUCKET, Prefix: failedKey }))).Uploads ?? []).toEqual([]);
+    const found = await findBackups(await contextFor(root.dir, controllerConfig(etcd.clientUrl, {}, 'damaged')));
+    expect(found.map((b) => b.key)).toEqual([before.key]);
+  });
+
+  it('a backup of one part goes up as one PutObject: a damaged one is refused and leaves no object', async () => {
+    const prefix = 'etcd-backups/damaged-put/';
+    const root = await newRoot();
+    writeFakePki(root.dir);
+    const isPut = (req: http.IncomingMessage) => req.method === 'PUT' && req.url!.startsWith(`/${BUCKET}/${prefix}`) && !req.url!.includes('uploadId=');
+    const { tap, damaged } = await damagingTap(isPut);
+    try {
+      // 64 MiB parts: the 12 MiB archive is one part, sent with PutObject.
+      const ctx = await contextFor(root.dir, controllerConfig(etcd.clientUrl, { partSizeMiB: 64 }, 'damaged-put', tap.endpoint));
+      const err = asAgentError(await takeBackup({ ctx, instanceId: INSTANCE, kind: 'emergency' }).catch((e: unknown) => e));
+      expect(damaged()).toBe(true);
+      expect(err.oneLine()).toMatch(/^AwsCallFailed: S3 PutObject: (XAmzContentChecksumMismatch|BadDigest): .* \(HTTP 400\); /);
+    } finally {
+      await tap.stop();
+    }
+    expect(await objectsUnder(prefix)).toEqual([]);
+    expect(await uploadsUnder(prefix)).toEqual([]);
   });
 });
 

@@ -11,7 +11,8 @@ import { makeKubeadmEtcdPki, startEtcd, type EtcdMember, type EtcdTls } from '..
 import { ensureNamespace, kubeApiserverAvailable, startKube, type Kube } from '../testbed/kube.js';
 import { freePort } from '../testbed/ports.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
-import { installEtcdClientCert, startS3, useEtcd36Tools } from '../support/etcd36-env.js';
+import { installEtcdClientCert, useEtcd36Tools } from '../support/etcd36-env.js';
+import { startMinioS3, type MinioS3 } from '../support/minio-env.js';
 import { awsConfig, contextFor, writeFakePki } from '../support/terminate-env.js';
 
 /**
@@ -33,7 +34,8 @@ const BUCKET = 'zdt-watch-backups';
 const NS = 'zdt-watch';
 const AFTER_BACKUP = 60;
 
-let aws: Awaited<ReturnType<typeof startS3>>;
+/** S3 is MinIO (checks every part's SHA-256); the backup and restore use no other AWS service. */
+let aws: MinioS3;
 let restorePath: () => void;
 let dir: string;
 let pki: EtcdTls;
@@ -42,7 +44,7 @@ const cleanups: Array<() => Promise<void>> = [];
 beforeAll(async () => {
   if (!(await kubeApiserverAvailable())) throw new Error('kube-apiserver is missing: run test/testbed/k8s/build.sh');
   restorePath = useEtcd36Tools();
-  aws = await startS3(BUCKET);
+  aws = await startMinioS3([BUCKET]);
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-restore-watch-'));
   pki = await makeKubeadmEtcdPki(path.join(dir, 'pki'));
 }, 120_000);
@@ -153,7 +155,7 @@ async function clusterOnEtcd36(): Promise<{ kube: Kube; etcd: () => EtcdMember; 
     cluster: { name: 'watch' },
     node: { role: 'controller', controllerIndex: '00' },
     etcd: { clientUrl, backup: { bucket: BUCKET }, ...etcdExtra },
-    aws: awsConfig(aws.proxy.endpoint),
+    aws: awsConfig(aws.endpoint),
   });
   let key = '';
   return {

@@ -16,7 +16,8 @@ import { createLogger } from '../../agent/log/logger.js';
 import { etcd36BinDir, etcdTool, makeKubeadmEtcdPki, startEtcd, type EtcdMember, type EtcdTls } from '../testbed/etcd.js';
 import { freePort } from '../testbed/ports.js';
 import { makeTempRoot, type TempRoot } from '../testbed/root.js';
-import { installEtcdClientCert, startS3, useEtcd36Tools } from '../support/etcd36-env.js';
+import { installEtcdClientCert, useEtcd36Tools } from '../support/etcd36-env.js';
+import { startMinioS3, type MinioS3 } from '../support/minio-env.js';
 import { awsConfig, contextFor, writeFakePki } from '../support/terminate-env.js';
 
 /**
@@ -33,7 +34,8 @@ const INSTANCE = 'i-0360000000000001';
 const BUMP = 1_000_000_000;
 const PATH_BEFORE = process.env.PATH ?? '';
 
-let aws: Awaited<ReturnType<typeof startS3>>;
+/** S3 is MinIO (checks every part's SHA-256); the backup and restore use no other AWS service. */
+let aws: MinioS3;
 let restorePath: () => void;
 let dir: string;
 let pki: EtcdTls;
@@ -56,7 +58,7 @@ async function controllerRoot(): Promise<TempRoot> {
 }
 
 function config(clientUrl: string): ConfigInput {
-  return { cluster: { name: 'v36' }, node: { role: 'controller', controllerIndex: '00' }, etcd: { clientUrl, backup: { bucket: BUCKET } }, aws: awsConfig(aws.proxy.endpoint) };
+  return { cluster: { name: 'v36' }, node: { role: 'controller', controllerIndex: '00' }, etcd: { clientUrl, backup: { bucket: BUCKET } }, aws: awsConfig(aws.endpoint) };
 }
 
 /** The header revision etcd answers with. */
@@ -64,7 +66,7 @@ const revisionOf = (endpoint: string) => Number((JSON.parse(etcdctl(endpoint, 'g
 
 beforeAll(async () => {
   restorePath = useEtcd36Tools();
-  aws = await startS3(BUCKET);
+  aws = await startMinioS3([BUCKET]);
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-etcd36-'));
   pki = await makeKubeadmEtcdPki(path.join(dir, 'pki'));
   etcd = await startEtcd({ version: '3.6', dir: path.join(dir, 'data'), name: 'etcd00', tls: pki });

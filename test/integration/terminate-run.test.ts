@@ -283,6 +283,9 @@ describe('a single controller is terminated', () => {
     aws: { ...awsConfig(proxy.endpoint), imdsEndpoint: imds.endpoint },
   });
 
+  // S3 stays on moto behind the fidelity proxy here: the next test hangs S3 with the proxy's
+  // faults, and this one keeps a whole backup on moto. The backup tests on MinIO, which checks
+  // the part checksums, are in etcd-backup.test.ts.
   it('uploads a verified emergency backup and names it in terminate.finished; etcd is not left', async () => {
     const imds = await imdsFor('i-0c0c0000000000001');
     const root = await newRoot();

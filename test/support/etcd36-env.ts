@@ -1,14 +1,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import type { S3Client } from '@aws-sdk/client-s3';
 import { etcd36BinDir, etcdTool, type EtcdTls } from '../testbed/etcd.js';
-import { startFidelityProxy, type FidelityProxy } from '../testbed/fidelity-proxy.js';
-import { startMoto } from '../testbed/moto.js';
-import { makeBucket, testClients, useTestCredentials } from './terminate-env.js';
 
 /**
  * Shared by the tests against etcd 3.6 (etcd36-*.test.ts, etcd-restore-watch.test.ts): the
- * tools on PATH, S3 for the backups, kubeadm's etcd client certificate in a node root.
+ * tools on PATH and kubeadm's etcd client certificate in a node root (S3 for the backups:
+ * startMinioS3 in minio-env.ts).
  */
 
 /**
@@ -22,28 +19,6 @@ export function useEtcd36Tools(): () => void {
   return () => {
     process.env.PATH = before;
   };
-}
-
-/** moto behind the fidelity proxy, with `bucket` made and test credentials in the environment. */
-export async function startS3(bucket: string): Promise<{ proxy: FidelityProxy; s3: S3Client; stop(): Promise<void> }> {
-  useTestCredentials();
-  const moto = await startMoto();
-  try {
-    const proxy = await startFidelityProxy({ target: moto.endpoint });
-    const { s3 } = testClients(proxy.endpoint);
-    await makeBucket(s3, bucket);
-    return {
-      proxy,
-      s3,
-      stop: async () => {
-        await proxy.stop();
-        await moto.stop();
-      },
-    };
-  } catch (err) {
-    await moto.stop();
-    throw err;
-  }
 }
 
 /** kubeadm's etcd CA and healthcheck-client certificate where the agent reads them: `<root>/etc/kubernetes/pki/etcd/`. */

@@ -65,8 +65,17 @@ export async function contextFor(root: string, config: ConfigInput): Promise<Com
   return buildContext({ root, logLevel: process.env.ZDT_TEST_LOG ? 'debug' : 'warn' }, { instance: 'none', console: process.env.ZDT_TEST_LOG ? process.stderr : null });
 }
 
-export function awsConfig(endpoint: string): NonNullable<ConfigInput['aws']> {
-  return { region: REGION, endpoint, s3ForcePathStyle: true, maxAttempts: 2, requestTimeoutMs: 5000, connectTimeoutMs: 2000 };
+/** Every service at `endpoint`, or S3 alone at `s3Endpoint` when given (MinIO, minio-env.ts). */
+export function awsConfig(endpoint: string, s3Endpoint?: string): NonNullable<ConfigInput['aws']> {
+  return {
+    region: REGION,
+    endpoint,
+    ...(s3Endpoint ? { endpoints: { s3: s3Endpoint } } : {}),
+    s3ForcePathStyle: true,
+    maxAttempts: 2,
+    requestTimeoutMs: 5000,
+    connectTimeoutMs: 2000,
+  };
 }
 
 const clientConfig = (endpoint: string) => ({ region: REGION, endpoint, credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' } });

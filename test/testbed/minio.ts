@@ -40,7 +40,13 @@ export async function minioAvailable(): Promise<boolean> {
   );
 }
 
-export async function startMinio(o: { region?: string; kmsKeyId?: string } = {}): Promise<Minio> {
+/**
+ * `accessKeyId`/`secretAccessKey`: the root credentials (MinIO wants at least 3 and 8
+ * characters), random by default. The agent's clients read credentials from the environment,
+ * one set for every service: tests put MinIO's there (test/support/minio-env.ts), which moto
+ * accepts as it accepts any.
+ */
+export async function startMinio(o: { region?: string; kmsKeyId?: string; accessKeyId?: string; secretAccessKey?: string } = {}): Promise<Minio> {
   const [port, consolePort] = [await freePort(), await freePort()];
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'zdt-minio-'));
   const dataDir = path.join(dir, 'data');
@@ -48,8 +54,9 @@ export async function startMinio(o: { region?: string; kmsKeyId?: string } = {})
   const endpoint = `http://127.0.0.1:${port}`;
   const region = o.region ?? 'eu-central-1';
   const kmsKeyId = o.kmsKeyId ?? 'zdt-backup-key';
-  const accessKeyId = 'zdtminio';
-  const secretAccessKey = randomBytes(18).toString('base64url');
+  const accessKeyId = o.accessKeyId ?? 'zdtminio';
+  const secretAccessKey = o.secretAccessKey ?? randomBytes(18).toString('base64url');
+  if (accessKeyId.length < 3 || secretAccessKey.length < 8) throw new Error('MinIO wants an access key of 3 characters or more and a secret key of 8 or more');
   const { CI: _ci, ...env } = process.env;
   const server = await startServer({
     what: 'minio',
@@ -63,13 +70,16 @@ export async function startMinio(o: { region?: string; kmsKeyId?: string } = {})
       MINIO_KMS_SECRET_KEY: `${kmsKeyId}:${randomBytes(32).toString('base64')}`,
       MINIO_BROWSER: 'off',
       MINIO_UPDATE: 'off',
-      // Its own configuration and certificates under the temporary directory, not ~/.minio.
-      MINIO_CONFIG_DIR: path.join(dir, 'config'),
+      // Its certificate directory (~/.minio/certs) under the temporary directory.
       HOME: dir,
     },
     timeoutMs: 60_000,
-    // 503 until its drive is initialised.
-    ready: async () => (await fetch(`${endpoint}/minio/health/ready`, { signal: AbortSignal.timeout(1000) })).ok,
+    // The health check answers 503 until the drive is initialised; an unsigned request is
+    // refused with AccessDenied (403) only once the IAM subsystem, which checks every
+    // signature, has loaded (503 XMinioServerNotInitialized before).
+    ready: async () =>
+      (await fetch(`${endpoint}/minio/health/ready`, { signal: AbortSignal.timeout(1000) })).ok &&
+      (await fetch(`${endpoint}/`, { signal: AbortSignal.timeout(1000) })).status === 403,
   });
   return {
     endpoint,
