@@ -57,8 +57,13 @@ export function asAgentError(err: unknown, logFile = '/var/log/zdt-agent.log'): 
   if (err instanceof AgentError) return err;
   const call = awsCallOf(err);
   if (call) {
+    // A body that does not match its checksum was damaged on the way (or by something that
+    // rewrites requests): permissions are not the question then.
+    const damaged = /\b(XAmzContentChecksumMismatch|BadDigest|InvalidDigest)\b/.test(call);
     return new AgentError('AwsCallFailed', call, {
-      hint: "check the instance role's permission for this call, the endpoint (aws.endpoint, aws.endpoints) and the service's health",
+      hint: damaged
+        ? 'the server refused a body that did not match its checksum: something between this node and the endpoint changed the data (proxy, TLS interception, faulty memory or NIC); nothing was stored, try again and check that path'
+        : "check the instance role's permission for this call, the endpoint (aws.endpoint, aws.endpoints) and the service's health",
       cause: err,
     });
   }

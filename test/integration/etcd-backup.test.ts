@@ -404,7 +404,7 @@ describe('a backup damaged on its way to S3: MinIO checks x-amz-checksum-sha256'
       // What `zdt-agent etcd backup` runs; its top level prints asAgentError's line and exits 1.
       const err = asAgentError(await scheduledBackup(ctx, { instanceId: INSTANCE, now: new Date('2026-03-01T11:00:00Z') }).catch((e: unknown) => e));
       expect(damaged()).toBe(true);
-      expect(err.oneLine()).toMatch(/^AwsCallFailed: S3 UploadPart: (XAmzContentChecksumMismatch|BadDigest): .* \(HTTP 400\); /);
+      expect(err.oneLine()).toMatch(/^AwsCallFailed: S3 UploadPart: (XAmzContentChecksumMismatch|BadDigest): .* \(HTTP 400\); the server refused a body that did not match its checksum/);
       expect(err.exitCode).toBe(1);
       const metrics = readSamples(metricsFile(root.at(TEXTFILE_DIR), 'etcd-backup'));
       expect(metrics.get('zdt_agent_etcd_backup_runs_total')).toEqual([{ labels: { kind: 'hourly', result: 'failed' }, value: 1 }]);
