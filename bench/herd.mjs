@@ -127,7 +127,7 @@ async function round(herd, ca) {
   const pss = r.nodes.map((n) => n.pssKb ?? 0).sort((a, b) => a - b);
 
   console.log(`\n## ${NODES} workers, control plane started after ${AFTER_S} s, cluster CA ${ca === 'late' ? 'published when the API server answers' : 'in S3 from the start'}`);
-  console.log(`machine: ${machine()}; ${MODE === 'process' ? `spawning the ${NODES} processes of dist/zdt-agent took ${fmt(r.spawnMs / 1000, 2)} s` : `all ${NODES} boots in one Node process (test/support/herd-node.ts); its peak RSS ${fmt((r.host?.rssKb ?? 0) / 1024, 0)} MB, PSS ${fmt((r.host?.pssKb ?? 0) / 1024, 0)} MB`}`);
+  console.log(`machine: ${machine()}; ${MODE === 'process' ? `spawning the ${NODES} processes of dist/zdt-agent took ${fmt(r.spawnMs / 1000, 2)} s` : `all ${NODES} boots in one Node process (test/support/herd-node.ts); its peak RSS ${fmt((r.host?.rssKb ?? 0) / 1024, 0)} MB, PSS ${fmt((r.host?.pssKb ?? 0) / 1024, 0)} MB; its timers fired late by ${fmt(r.host?.lagP99Ms ?? NaN, 0)} ms at p99, ${fmt(r.host?.lagMaxMs ?? NaN, 0)} ms at most`}`);
   const starts = r.nodes.map((n) => n.startedAt).sort((a, b) => a - b);
   console.log(`node boots started between ${fmt(starts[0] / 1000, 2)} s and ${fmt(starts.at(-1) / 1000, 2)} s`);
   console.log(`API server started at ${fmt(r.controlPlaneStartedAt / 1000)} s, answered /readyz at ${fmt(r.controlPlaneReadyAt / 1000)} s${ca === 'late' ? `, CA and token in S3 at ${fmt(r.caPublishedAt / 1000)} s` : ''}; last node done at ${fmt(spanMs / 1000)} s`);
@@ -147,6 +147,11 @@ async function round(herd, ca) {
     const label = ep === 'imds' ? 'IMDS (one per node, not shared)' : ep === 'kube-apiserver' ? 'kube-apiserver' : `AWS ${ep}`;
     console.log(`| ${label} | ${x.total}${refused ? ` (${refused} while down)` : ''} | ${Math.max(...per.values())} | ${x.peak} (${x.peakAt}) | ${fmt(x.mean)} |`);
     rows.push({ ep, label, ...x });
+  }
+  for (const ep of ['kube-apiserver', 's3']) {
+    const buckets = [];
+    for (const q of r.requests) if (q.endpoint === ep) buckets[Math.floor(q.t / 5000)] = (buckets[Math.floor(q.t / 5000)] ?? 0) + 1;
+    console.log(`${ep} per 5 s from the start: ${Array.from(buckets, (n) => n ?? 0).join(' ')}`);
   }
   const ops = new Map();
   for (const q of r.requests) if (q.endpoint !== 'imds') ops.set(`${q.endpoint} ${q.what}`, (ops.get(`${q.endpoint} ${q.what}`) ?? 0) + 1);

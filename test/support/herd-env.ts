@@ -85,8 +85,8 @@ export interface HerdResult {
   caPublishedAt: number;
   /** The spawn of all nodes took this long (ms). */
   spawnMs: number;
-  /** In-process: the one process's peak RSS and PSS (kB). */
-  host: { rssKb: number | undefined; pssKb: number | undefined } | undefined;
+  /** In-process: the one process's peak RSS and PSS (kB), and how late its timers fired at most and at p99 (ms). */
+  host: { rssKb: number | undefined; pssKb: number | undefined; lagMaxMs?: number | undefined; lagP99Ms?: number | undefined } | undefined;
 }
 
 export interface HerdOptions {
@@ -230,12 +230,15 @@ async function runHerd(w: AwsWorld, kube: Kube, s3: S3Client, topicArn: string, 
       return { run, exited };
     };
     let runs: Promise<Array<Omit<NodeRun, 'joinedAt'>>>;
-    let host: { rssKb: number | undefined; pssKb: number | undefined } | undefined;
+    let host: HerdResult['host'];
     if (inProcess) {
       const h = started([inProcess, ...nodes.map((n) => n.root.dir)]);
-      host = h.run;
       runs = h.exited.then((code) => {
-        const lines = new Map(h.run.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { root: string; code: number; error?: string; startedAt: number; exitedAt: number }).map((l) => [l.root, l]));
+        type Line = { root?: string; code: number; error?: string; startedAt: number; exitedAt: number; lagMaxMs?: number; lagP99Ms?: number };
+        const parsed = h.run.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Line);
+        const lag = parsed.find((l) => l.lagMaxMs !== undefined);
+        host = { ...h.run, lagMaxMs: lag?.lagMaxMs, lagP99Ms: lag?.lagP99Ms };
+        const lines = new Map(parsed.filter((l) => l.root).map((l) => [l.root!, l]));
         return nodes.map(({ node, root }) => {
           const l = lines.get(root.dir);
           const stderr = l ? (l.error ?? '') : `the in-process herd exited ${code} before this node's boot ended: ${h.run.stderr.slice(-500)}`;

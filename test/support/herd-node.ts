@@ -1,3 +1,4 @@
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { runBoot } from '../../agent/boot/run.js';
 import { buildContext } from '../../agent/context.js';
 import { DeadlineError, asAgentError } from '../../agent/errors.js';
@@ -10,6 +11,9 @@ import { DeadlineError, asAgentError } from '../../agent/errors.js';
  * start-up and module loading is spent once.
  */
 const roots = process.argv.slice(2);
+// How late timers fired: a stalled event loop bunches the nodes' polls (a machine artefact).
+const lag = monitorEventLoopDelay({ resolution: 20 });
+lag.enable();
 await Promise.all(
   roots.map(async (root) => {
     const startedAt = Date.now();
@@ -25,3 +29,5 @@ await Promise.all(
     process.stdout.write(`${JSON.stringify({ root, code, error, startedAt, exitedAt: Date.now() })}\n`);
   }),
 );
+lag.disable();
+process.stdout.write(`${JSON.stringify({ lagMaxMs: lag.max / 1e6, lagP99Ms: lag.percentile(99) / 1e6 })}\n`);
