@@ -1,14 +1,17 @@
 #!/usr/bin/env node
 // 200 nodes at once: workers of one cluster booting together while the control plane appears
-// only after 60 s. Each node is a process of the built binary (dist/zdt-agent) with its own
-// --root and IMDSv2 stand-in (test/support/herd-env.ts says how the testbed is wired and why);
-// every request to the kube-apiserver, the AWS endpoints and IMDS is counted per node.
+// only after 60 s. Each node has its own --root, config and IMDSv2 stand-in, and every request
+// to the kube-apiserver, the AWS endpoints and IMDS is counted per node (test/support/herd-env.ts
+// says how the testbed is wired). Up to 50 nodes run as processes of the built binary
+// (dist/zdt-agent); more run as boot runners in one Node process (test/support/herd-node.ts),
+// because 200 processes need about 100 CPU-seconds to start, longer than the wait on two cores
+// (docs/boot.md, "Many nodes at once"); --mode= chooses.
 //
 // Prints the peak (per second) and mean request rate per endpoint, the join-time distribution,
 // and beside them what kubeadm join and kubelet would put on the API server with their own retry
 // policies (the anchors, from the k8s.io/kubernetes v1.34 source, in docs/boot.md).
 //
-//   node bench/herd.mjs [--nodes=200] [--after=60] [--ca=late|early|both]
+//   node bench/herd.mjs [--nodes=200] [--after=60] [--ca=late|early|both] [--mode=process|in-process]
 //
 // --after: seconds until the API server starts; --ca=late: the cluster CA and the join token
 // reach S3 when it answers (controller 00 publishing what kubeadm init made), early: they are
