@@ -85,31 +85,45 @@ export async function probeApi(ep: ApiEndpoint, creds: KubeCredentials, timeoutM
   }
 }
 
+/** The control-plane wait's backoff: 1 s doubling to 15 s, each delay jittered (retry.ts). */
+export const CONTROL_PLANE_BACKOFF = { initialDelayMs: 1000, maxDelayMs: 15_000 } as const;
+
 /**
  * Waits until the control plane answers: bounded by boot.controlPlaneWait (whole clusters
  * launch at once, so workers may start long before it), jittered backoff, progress every 30s.
+ *
+ * Without a pre-generated PKI the cluster CA reaches S3 only after controller 00's kubeadm
+ * init, so a node of a cluster launched in one go finds no CA at first: it keeps looking, on
+ * the same backoff, until the CA is there (docs/boot.md, "Many nodes at once"). Only a node
+ * with no bootstrap location at all stops at once: nothing would ever bring it a CA.
  */
 export async function waitForControlPlane(ctx: BootContext, ep: ApiEndpoint): Promise<{ version: string }> {
   const timeoutMs = ctx.config.boot.controlPlaneWait * 1000;
+  const s3Uri = ctx.config.cluster?.bootstrap.s3Uri;
   let creds: KubeCredentials | undefined;
   let lastProblem = '';
   return waitFor({
     what: `the control plane at ${ep.url}`,
     timeoutMs,
-    initialDelayMs: 1000,
-    maxDelayMs: 15_000,
+    ...CONTROL_PLANE_BACKOFF,
     progressEveryMs: 30_000,
     log: ctx.log,
     signal: ctx.signal,
     code: 'ControlPlaneWaitTimeout',
-    hint: `check that the controllers are up and the API load balancer forwards ${ep.hostPort}; boot.controlPlaneWait bounds this wait`,
+    hint: `check that the controllers are up and the API load balancer forwards ${ep.hostPort}, and that controller 00 published ${s3Uri ?? '<cluster.bootstrap.s3Uri>'}/pki/ca.crt; boot.controlPlaneWait bounds this wait`,
     retryable: (err) => !(err instanceof AgentError && err.code === 'ClusterCaMissing'),
     check: async (attempt) => {
       creds ??= await apiCredentials(ctx, ep);
-      if (!creds) {
+      if (!creds && !s3Uri) {
         throw new AgentError('ClusterCaMissing', 'the cluster CA certificate is not known, so the API server cannot be verified', {
-          hint: 'put the cluster CA at <cluster.bootstrap.s3Uri>/pki/ca.crt (controller 00 uploads it after kubeadm init)',
+          hint: 'set cluster.bootstrap.s3Uri: controller 00 publishes the cluster CA at <s3Uri>/pki/ca.crt after kubeadm init',
         });
+      }
+      if (!creds) {
+        const problem = `no cluster CA at ${s3Uri}/pki/ca.crt yet (controller 00 publishes it after kubeadm init)`;
+        if (attempt === 1) ctx.log.info('waiting for the control plane', { url: ep.url, limitS: ctx.config.boot.controlPlaneWait, problem });
+        lastProblem = problem;
+        throw new Error(problem);
       }
       const p = await probeApi(ep, creds);
       if (p.ready && p.version) return { version: p.version };

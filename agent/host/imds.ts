@@ -223,11 +223,20 @@ export class Imds {
     const keys = list.split('\n').map((k) => k.trim()).filter(Boolean);
     await Promise.all(
       keys.map(async (k) => {
-        const v = await this.optional(`latest/meta-data/tags/instance/${encodeURIComponent(k)}`);
+        const v = await this.listed(`latest/meta-data/tags/instance/${encodeURIComponent(k)}`);
         if (v !== undefined) out[k] = v;
       }),
     );
     return out;
+  }
+
+  /**
+   * A property IMDS has just listed: retried like a required one, `undefined` only when it is
+   * gone (404). Dropping a tag whose read was slow (a busy boot) would boot the node with part
+   * of its identity: without `aws:cloudformation:logical-id` it would never signal its stack.
+   */
+  private async listed(path: string): Promise<string | undefined> {
+    return (await this.retryRequired(path, async () => ({ value: await this.poll(path) }))).value;
   }
 }
 
