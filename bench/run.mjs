@@ -144,7 +144,7 @@ function render() {
   const cell = (s) => String(s ?? '').replaceAll('|', '\\|').replaceAll('\n', ' ');
   const cpu = /^model name\s*:\s*(.*)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? os.cpus()[0]?.model ?? 'unknown';
   const git = (...a) => spawnSync('git', a, { cwd: ROOT, encoding: 'utf8' }).stdout?.trim() ?? '';
-  const commit = `${git('rev-parse', '--short', 'HEAD') || 'unknown'}${git('status', '--porcelain', '--untracked-files=no') ? ' (with uncommitted changes)' : ''}`;
+  const commit = `${git('rev-parse', '--short', 'HEAD') || 'unknown'}${git('status', '--porcelain', '--untracked-files=no', '--', '.', ':!bench/results.md') ? ' (with uncommitted changes)' : ''}`;
   const load = (l) => l.map((x) => x.toFixed(2)).join(' ');
   const minutes = (new Date().getTime() - startedAt.getTime()) / 60_000;
   const lines = [
