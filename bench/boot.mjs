@@ -35,6 +35,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import * as esbuild from 'esbuild';
 import { CreateVolumeCommand, DescribeImagesCommand, EC2Client, RunInstancesCommand } from '@aws-sdk/client-ec2';
+import { report } from './lib/report.mjs';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const { values } = parseArgs({ options: { runs: { type: 'string', default: '5' }, bin: { type: 'string' } } });
@@ -347,6 +348,29 @@ async function main() {
   console.log(`targets: overhead ≤ 300 ms per boot (${firstOverhead <= 300 ? 'met' : 'NOT met'}: ${firstOverhead.toFixed(0)} ms); second boot < 100 ms (${secondWall < 100 ? 'met' : 'NOT met'}: ${secondWall.toFixed(0)} ms)`);
   console.log('outside = union of AWS/IMDS/Kubernetes API requests and subprocesses (blkid, mkfs, mount, apk, kubeadm, rc-service stand-ins)');
   if (TIME) console.log('CPU = user + system time of the agent and its subprocesses (less sensitive to other load than wall time)');
+
+  const ms = (x) => `${x.toFixed(0)} ms`;
+  const of = (which, key) => median(rows[which].map((x) => x[key]));
+  const best = (which, key) => Math.min(...rows[which].map((x) => x[key]));
+  const how = `median of ${RUNS} runs, a fresh node each run`;
+  const rssCpu = (which) => (TIME ? `; peak RSS ${of(which, 'rss').toFixed(1)} MB, CPU ${ms(of(which, 'cpu'))} (agent + subprocesses)` : '');
+  report('boot', [
+    {
+      section: 'Boot',
+      name: 'first boot, controller 00: overhead',
+      value: ms(firstOverhead),
+      target: '≤ 300 ms',
+      met: firstOverhead <= 300,
+      note: `wall ${ms(of('first', 'wall'))} minus ${ms(of('first', 'outside'))} waiting on AWS, IMDS, the API server and subprocesses; best ${ms(best('first', 'overhead'))}; ${how}${rssCpu('first')}`,
+    },
+    { section: 'Boot', name: 'second boot (fast path): wall time', value: ms(secondWall), target: '< 100 ms', met: secondWall < 100, note: `best ${ms(best('second', 'wall'))}; ${how}${rssCpu('second')}` },
+    {
+      section: 'Boot',
+      name: 'boot --force on the booted node: overhead',
+      value: ms(of('forced', 'overhead')),
+      note: `wall ${ms(of('forced', 'wall'))}, every phase inspects the node again; ${how}${rssCpu('forced')}`,
+    },
+  ]);
 }
 
 main()

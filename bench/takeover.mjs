@@ -18,6 +18,7 @@
  */
 import { parseArgs } from 'node:util';
 import { importTs } from './lib/bundle.mjs';
+import { report } from './lib/report.mjs';
 
 const { values } = parseArgs({ options: { runs: { type: 'string', default: '5' } } });
 const RUNS = Math.max(1, Number(values.runs));
@@ -85,6 +86,17 @@ try {
   console.log(`| whole takeover phase | ${ms(median(total))} | ${total.map(ms).join(', ')} |`);
   console.log('');
   console.log(`observer poll (3 describes in parallel): median ${ms(median(polls))}, the resolution of the observed figure`);
+  const how = `median of ${RUNS} replacements in a chain, moto behind the fidelity proxy`;
+  report('takeover', [
+    { section: 'Takeover', name: 'NAT takeover: interruption as the phase measures it (first move -> verified)', value: ms(median(phase)), note: `${how}; runs ${phase.map(ms).join(', ')}` },
+    {
+      section: 'Takeover',
+      name: 'NAT takeover: interruption as an observer polling EC2 sees it',
+      value: seen.length ? ms(median(seen)) : 'n/a',
+      note: `last all-old -> first all-new sample; resolution one poll, median ${ms(median(polls))}; runs ${seen.map(ms).join(', ')}`,
+    },
+    { section: 'Takeover', name: 'NAT takeover: whole phase', value: ms(median(total)), note: `describe, source/dest check, moves, verification; ${how}` },
+  ]);
 } finally {
   await root.cleanup();
   await w.stop();

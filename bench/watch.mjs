@@ -24,6 +24,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import * as esbuild from 'esbuild';
 import { stringify } from 'yaml';
+import { report } from './lib/report.mjs';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const BIN = path.join(ROOT, 'dist/zdt-agent');
@@ -155,6 +156,16 @@ try {
     await tap.stop();
   }
   console.log(`detection (notice visible in IMDS -> cordon on the API server, interval 1 s, ${RUNS} runs): median ${median(latencies).toFixed(0)} ms (target <= 2000 ms); runs: ${latencies.map((x) => x.toFixed(0)).join(', ')} ms`);
+  report('watch', [
+    {
+      section: 'Watcher',
+      name: 'detection: notice visible in IMDS -> cordon seen on the API server',
+      value: `${median(latencies).toFixed(0)} ms`,
+      target: '≤ 2000 ms',
+      met: median(latencies) <= 2000,
+      note: `median of ${RUNS} runs, default 1 s interval, the notice at a random point of the poll cycle; runs ${latencies.map((x) => x.toFixed(0)).join(', ')} ms`,
+    },
+  ]);
 
   // --- 2. idle RSS and CPU -----------------------------------------------------------------
   const quiet = await startImds(identity(2));
@@ -171,9 +182,14 @@ try {
     const peakMb = statusKb(w.pid, 'VmHWM') / 1024;
     const rssMb = statusKb(w.pid, 'VmRSS') / 1024;
     await w.stop();
-    console.log(
-      `idle (interval 1 s, ${wallS.toFixed(0)} s${IDLE_S < 600 ? '; a shorter run than the 10 min of the target: --idle=600 for the full one' : ''}): CPU ${((cpuS / wallS) * 100).toFixed(3)} % of one core (target <= 0.3 %), peak RSS ${peakMb.toFixed(1)} MB (target <= 45 MB), RSS at the end ${rssMb.toFixed(1)} MB`,
-    );
+    const shorter = IDLE_S < 600 ? '; a shorter run than the 10 min of the target: --idle=600 for the full one' : '';
+    const cpuPct = (cpuS / wallS) * 100;
+    console.log(`idle (interval 1 s, ${wallS.toFixed(0)} s${shorter}): CPU ${cpuPct.toFixed(3)} % of one core (target <= 0.3 %), peak RSS ${peakMb.toFixed(1)} MB (target <= 45 MB), RSS at the end ${rssMb.toFixed(1)} MB`);
+    const over = `over ${wallS.toFixed(0)} s of a watcher polling a quiet IMDS every second${shorter}`;
+    report('watch', [
+      { section: 'Watcher', name: 'idle CPU', value: `${cpuPct.toFixed(3)} % of one core`, target: '≤ 0.3 % over 10 min', met: cpuPct <= 0.3, note: `utime + stime from /proc ${over}` },
+      { section: 'Watcher', name: 'idle peak RSS', value: `${peakMb.toFixed(1)} MB`, target: '≤ 45 MB', met: peakMb <= 45, note: `VmHWM ${over}; ${rssMb.toFixed(1)} MB resident at the end` },
+    ]);
   }
 
   // --- 3. RSS over 10,000 polls --------------------------------------------------------------
@@ -202,6 +218,17 @@ try {
     console.log(
       `RSS over ${polls} polls (interval 10 ms, ${((performance.now() - started) / 1000).toFixed(0)} s): ${first?.[1].toFixed(1)} MB after ${first?.[0]} polls, ${last?.[1].toFixed(1)} MB after ${last?.[0]} (growth ${(last[1] - first[1]).toFixed(1)} MB; target none), peak ${peakMb.toFixed(1)} MB; samples: ${samples.map(([p, mb]) => `${p}:${mb.toFixed(1)}`).join(' ')}`,
     );
+    const growth = last[1] - first[1];
+    report('watch', [
+      {
+        section: 'Watcher',
+        name: `RSS growth over ${polls} polls at a 10 ms interval`,
+        value: `${growth >= 0 ? '+' : ''}${growth.toFixed(1)} MB`,
+        target: 'none (≤ +1 MB)',
+        met: growth <= 1,
+        note: `${first[1].toFixed(1)} MB after ${first[0]} polls, ${last[1].toFixed(1)} MB after ${last[0]}; peak ${peakMb.toFixed(1)} MB (VmRSS; +1 MB allows for page noise)`,
+      },
+    ]);
   }
 
   // --- 4. the shutdown's terminate after the watcher's retire ------------------------------
@@ -238,6 +265,14 @@ try {
     console.log(
       `the shutdown's terminate after the watcher's retire: ${ms.toFixed(0)} ms for the whole process (exit ${code}; the run ${took(shutdownRun)} ms, no drain: ${shutdownRun.phases.drain?.detail?.slice(0, 40)}…); the watcher's retire itself took ${took(watcherRun)} ms`,
     );
+    report('watch', [
+      {
+        section: 'Watcher',
+        name: "the shutdown's terminate after the watcher's retire",
+        value: `${ms.toFixed(0)} ms`,
+        note: `the whole \`zdt-agent terminate\` process (exit ${code}), one run, a worker after a spot notice: ${took(shutdownRun)} ms of it the run (drain and self-delete not repeated); the watcher's retire itself took ${took(watcherRun)} ms`,
+      },
+    ]);
   }
 } finally {
   for (const c of cleanup.reverse()) await c().catch(() => undefined);
