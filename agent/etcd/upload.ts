@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { AgentError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
@@ -77,6 +77,8 @@ export type BodySource = AsyncIterable<Buffer> | ((w: BodyWriter) => Promise<voi
 
 interface Part {
   data: Buffer;
+  /** SHA-256 of `data`. */
+  digest: Buffer;
   /** Gives the part's buffer back for the next part (once its upload is done). */
   release(): void;
 }
@@ -92,6 +94,7 @@ class PartCutter implements BodyWriter {
   private buffers = 0;
   private cur: Buffer | undefined;
   private have = 0;
+  private hash: Hash | undefined;
   private parts = 0;
   private readonly full: Part[] = [];
   /** Slices written while every buffer was taken, in order. */
@@ -125,9 +128,13 @@ class PartCutter implements BodyWriter {
         }
         this.cur = buf;
         this.have = 0;
+        this.hash = createHash('sha256');
         if (++this.parts === 2) this.onSecondPart?.(true);
       }
       const n = b.copy(this.cur, this.have, off, Math.min(b.length, off + this.size - this.have));
+      // Hashed right after the copy, while the bytes are in the CPU cache: hashing the whole
+      // part afterwards reads it from memory again.
+      this.hash!.update(this.cur.subarray(this.have, this.have + n));
       this.have += n;
       off += n;
       if (this.have === this.size) this.emit();
@@ -148,7 +155,7 @@ class PartCutter implements BodyWriter {
 
   private emit(): void {
     const buf = this.cur!;
-    this.full.push({ data: buf.subarray(0, this.have), release: () => this.release(buf) });
+    this.full.push({ data: buf.subarray(0, this.have), digest: this.hash!.digest(), release: () => this.release(buf) });
     this.cur = undefined;
     this.have = 0;
     this.wakeConsumer?.();
@@ -222,8 +229,9 @@ export async function uploadStream(o: UploadOptions): Promise<UploadResult> {
   try {
     if (!(await parts.moreThanOnePart)) {
       // Small enough for one request.
-      const firstPart = (await parts.next())?.data ?? Buffer.alloc(0);
-      const digest = sha256(firstPart).toString('base64');
+      const part = await parts.next();
+      const firstPart = part?.data ?? Buffer.alloc(0);
+      const digest = (part?.digest ?? sha256(firstPart)).toString('base64');
       await o.s3.send(
         unsignedPayload(
           new s3sdk.PutObjectCommand({ Bucket: o.bucket, Key: o.key, Body: firstPart, ContentLength: firstPart.length, ChecksumAlgorithm: 'SHA256', ChecksumSHA256: digest, Metadata: o.metadata, ...sseParams }),
@@ -256,7 +264,7 @@ export async function uploadStream(o: UploadOptions): Promise<UploadResult> {
       const body = part.data;
       const PartNumber = ++n;
       size += body.length;
-      const digest = sha256(body);
+      const digest = part.digest;
       const ChecksumSHA256 = digest.toString('base64');
       const p = o.s3
         .send(
