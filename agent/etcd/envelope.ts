@@ -54,25 +54,9 @@ async function newEnvelope(aws: Aws, o: { kmsKeyId: string; cluster: string; sig
   };
 }
 
-export async function encryptStream(
-  aws: Aws,
-  o: { kmsKeyId: string; cluster: string; signal?: AbortSignal | undefined },
-  source: AsyncIterable<Buffer>,
-): Promise<AsyncGenerator<Buffer>> {
-  const envelope = await newEnvelope(aws, o);
-  return (async function* () {
-    yield envelope.header;
-    for await (const chunk of source) {
-      const c = envelope.update(chunk);
-      if (c.length) yield c;
-    }
-    yield envelope.final();
-  })();
-}
-
 /**
- * The same envelope for a body that is written (the backup's archive): `write` writes the
- * plaintext through the cipher into `w`.
+ * Encrypts a body that is written (the backup's archive): the returned function writes the
+ * header, then `write`'s plaintext through the cipher, then the tag into its writer.
  */
 export async function encryptingWriter(
   aws: Aws,

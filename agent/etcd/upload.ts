@@ -89,7 +89,7 @@ interface Part {
  * garbage collection than the copying itself, and the bound keeps memory flat whatever the
  * database size.
  */
-class PartCutter implements BodyWriter {
+export class PartCutter implements BodyWriter {
   private readonly free: Buffer[] = [];
   private buffers = 0;
   private cur: Buffer | undefined;
