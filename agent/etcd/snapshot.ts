@@ -7,8 +7,8 @@ import type { BodyWriter } from './upload.js';
 
 /**
  * The etcd snapshot as a byte stream, straight from the gRPC `Maintenance.Snapshot` call over
- * HTTP/2 (node:http2; no gRPC library): the bbolt database followed by etcd's SHA-256 of it,
- * the exact bytes `etcdctl snapshot save` writes and `etcdctl snapshot restore` checks.
+ * HTTP/2 (no gRPC library): the bbolt database followed by etcd's SHA-256 of it, the exact
+ * bytes `etcdctl snapshot save` writes and `etcdctl snapshot restore` checks.
  *
  * Why gRPC and not a file: `etcdctl snapshot save` (3.4 to 3.6) only writes to a file, which
  * costs a full temporary copy on disk and a second read. Why not the HTTP/JSON gateway
@@ -18,6 +18,13 @@ import type { BodyWriter } from './upload.js';
  *
  * The request is an empty `SnapshotRequest`; each response message is a `SnapshotResponse`
  * (field 1 header, 2 remaining_bytes, 3 blob, 4 version in 3.6), parsed by hand.
+ *
+ * Why an HTTP/2 client of our own for this one call and not node:http2: node:http2 hands each
+ * 16 KiB DATA frame to JavaScript as a Buffer over a fresh ArrayBuffer per socket read, which
+ * cost 1.35-1.47 CPU-seconds per GiB just to receive and a full V8 mark-compact about every
+ * 64 MiB; reading into one reused buffer and parsing the frames in place costs 0.7-0.85
+ * (docs/etcd-backup.md). The call needs little of HTTP/2: one stream, flow-control windows,
+ * SETTINGS and PING answered, and the headers and trailers decoded (hpack.ts) for its status.
  */
 
 export interface SnapshotStream {
@@ -221,7 +228,7 @@ export async function openSnapshot(ep: EtcdEndpoint, signal?: AbortSignal): Prom
   const port = Number(url.port || (tlsOn ? 443 : 80));
   // Every read lands in this one buffer: no allocation per read, and reads as large as what the
   // kernel holds. Bytes that outlive a read (the writer's held slices, the parser's partial
-  // fields) are given back or copied before the next read (see `afterRead`).
+  // fields) are given back or copied before the next read (see `onRead`).
   const readBuffer = Buffer.allocUnsafeSlow(READ_BYTES);
   const onread = { buffer: readBuffer, callback: (n: number) => onRead(n) };
   const socket = tlsOn
