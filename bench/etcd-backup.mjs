@@ -1,74 +1,80 @@
 #!/usr/bin/env node
 /**
- * Emergency-backup speed: `zdt-agent etcd backup` (the built binary: etcd gateway snapshot
- * stream -> tar -> SSE-KMS multipart upload with SHA-256 checksums -> HeadObject verify) against
- * the usual two steps, `etcdctl snapshot save` to a file and `aws s3 cp` of that file, on
- * the same testbed: Debian's etcd 3.4 holding a 256 MiB database, moto_server as S3 (on
- * loopback; moto's own speed bounds both), runs interleaved. Prints wall times (median of
- * the runs), throughput in MiB/s of the database, the ratio, peak RSS of the agent and the
- * temporary disk each needs. Targets: ratio >= 1.5, no temporary copy on disk. Never asserts.
+ * Emergency-backup speed and cost: `zdt-agent etcd backup` (the built binary: gRPC snapshot
+ * stream -> tar -> SSE-KMS multipart upload with SHA-256 part checksums -> HeadObject verify)
+ * against the usual two steps, `etcdctl snapshot save` to a file and `aws s3 cp` of that file,
+ * on the same testbed: Debian's etcd 3.4, S3 = MinIO (checks every part's SHA-256, as S3 does)
+ * and moto_server, both on loopback, runs interleaved. Then the database grows to --big-mib
+ * (2 GiB) and the agent backs it up once more on MinIO, under `etcd.backup.timeout: 60` (the
+ * default emergency window, terminate.backupTimeout): it must finish and verify inside it.
  *
- *   node bench/etcd-backup.mjs [--mib=256] [--runs=3] [--part-mib=8] [--concurrency=8]
+ * Prints wall times (median of the runs), MiB/s, the ratio, the agent's CPU (user + system of
+ * its process, from /usr/bin/time) and its peak RSS; the CPU per GiB is the slope between the
+ * small and the big database (what each further GiB costs; the fixed start-up cost apart).
+ * Never asserts. Hands its rows to `make bench`'s report (bench/lib/report.mjs).
  *
- * Needs: dist/zdt-agent (make binary), /usr/bin/etcd and etcdctl, moto_server, aws (CLI v1 or v2).
+ *   node bench/etcd-backup.mjs [--mib=256] [--moto-mib=256] [--runs=3] [--big-mib=2048] [--no-big]
+ *                              [--part-mib=N] [--concurrency=N]   (default: the config defaults)
+ *
+ * Needs: dist/zdt-agent (make binary), /usr/bin/etcd and etcdctl, /usr/bin/time, MinIO in the
+ * testbed's bin cache (make testbed-deps), moto_server, aws (CLI v1 or v2).
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { CreateKeyCommand, KMSClient } from '@aws-sdk/client-kms';
+import { importTs } from './lib/bundle.mjs';
+import { report } from './lib/report.mjs';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const BIN = path.join(ROOT, 'dist/zdt-agent');
 const { values } = parseArgs({
-  options: { mib: { type: 'string', default: '256' }, runs: { type: 'string', default: '3' }, 'part-mib': { type: 'string', default: '8' }, concurrency: { type: 'string', default: '8' } },
+  options: {
+    mib: { type: 'string', default: '256' },
+    'moto-mib': { type: 'string' },
+    runs: { type: 'string', default: '3' },
+    'big-mib': { type: 'string', default: '2048' },
+    'no-big': { type: 'boolean', default: false },
+    'part-mib': { type: 'string' },
+    concurrency: { type: 'string' },
+  },
 });
-const PART_MIB = Number(values['part-mib']);
-const CONCURRENCY = Number(values.concurrency);
-const TARGET_MIB = Number(values.mib);
+const SMALL_MIB = Number(values.mib);
+const MOTO_MIB = Number(values['moto-mib'] ?? values.mib);
+const BIG_MIB = values['no-big'] ? 0 : Number(values['big-mib']);
 const RUNS = Math.max(1, Number(values.runs));
+const WINDOW_S = 60; // terminate.backupTimeout's default
 const REGION = 'eu-central-1';
-const CREDS = { AWS_ACCESS_KEY_ID: 'testing', AWS_SECRET_ACCESS_KEY: 'testing', AWS_DEFAULT_REGION: REGION, AWS_REGION: REGION };
-
-const freePort = () =>
-  new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
+const MIB = 1024 * 1024;
+const GIB = 1024 * MIB;
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const children = [];
-function start(file, args) {
-  const child = spawn(file, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  let err = '';
-  child.stderr.on('data', (c) => (err = (err + c).slice(-4000)));
-  const handle = { child, output: () => err };
-  children.push(handle);
-  return handle;
-}
-async function until(what, check, ms = 60_000) {
-  const end = Date.now() + ms;
-  for (;;) {
-    if (await check().catch(() => false)) return;
-    if (Date.now() > end) throw new Error(`${what} did not come up`);
-    await sleep(200);
-  }
-}
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-/** Runs a command to its end (asynchronously: the IMDS stand-in lives in this process) and times it. */
-const timed = (cmd, args, env = {}) =>
-  new Promise((resolve, reject) => {
+const fmtS = (ms) => `${(ms / 1000).toFixed(2)} s`;
+
+/** `aws` as it really runs: a pyenv shim on PATH re-executes itself through pyenv (about 75 ms a call). */
+function realAws() {
+  const onPath = spawnSync('sh', ['-c', 'command -v aws'], { encoding: 'utf8' }).stdout.trim();
+  if (!onPath) throw new Error('aws (the AWS CLI) is not on PATH');
+  if (onPath.includes('/shims/')) {
+    const r = spawnSync('pyenv', ['which', 'aws'], { encoding: 'utf8' });
+    if (r.status === 0 && r.stdout.trim()) return { file: r.stdout.trim(), how: `\`pyenv which aws\` (PATH has the shim ${onPath})` };
+  }
+  return { file: fs.realpathSync(onPath), how: 'PATH' };
+}
+
+/** Runs a command to its end and times it; with `measure`, under /usr/bin/time for its CPU and peak RSS. */
+function timed(cmd, args, env, measure = false) {
+  return new Promise((resolve, reject) => {
+    const file = measure ? '/usr/bin/time' : cmd;
+    const argv = measure ? ['-f', 'ZDT_TIME %U %S %M', cmd, ...args] : args;
     const t = process.hrtime.bigint();
-    const child = spawn(cmd, args, { env: { ...process.env, ...CREDS, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(file, argv, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (c) => (stdout += c));
@@ -76,50 +82,72 @@ const timed = (cmd, args, env = {}) =>
     child.on('error', reject);
     child.on('exit', (code) => {
       const ms = Number(process.hrtime.bigint() - t) / 1e6;
-      if (code !== 0) reject(new Error(`${cmd} ${args.join(' ')} failed (${code}): ${stderr.slice(-2000)}`));
-      else resolve({ ms, stdout, stderr });
+      if (code !== 0) return reject(new Error(`${cmd} ${args.join(' ')} failed (${code}): ${stderr.slice(-2000)}`));
+      const m = /ZDT_TIME ([\d.]+) ([\d.]+) (\d+)/.exec(stderr);
+      resolve({ ms, stdout, user: m ? Number(m[1]) : NaN, sys: m ? Number(m[2]) : NaN, rssMb: m ? Number(m[3]) / 1024 : NaN });
     });
   });
+}
+
+const { startMinio, startMoto, freePort } = await importTs('etcd-backup', [
+  "export { startMinio } from './test/testbed/minio.ts';",
+  "export { startMoto } from './test/testbed/moto.ts';",
+  "export { freePort } from './test/testbed/ports.ts';",
+]);
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'zdt-bench-etcd-'));
-let imdsServer;
+const stops = [];
+let etcd;
 try {
-  if (!fs.existsSync(BIN)) throw new Error("dist/zdt-agent is missing: run 'make binary' first");
-  // etcd with room for the database.
-  const [cport, pport, mport, iport] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+  for (const f of [BIN, '/usr/bin/time', '/usr/bin/etcd']) if (!fs.existsSync(f)) throw new Error(`${f} is missing${f === BIN ? ": run 'make binary' first" : ''}`);
+  const aws = realAws();
+
+  // etcd with room for the big database.
+  const [cport, pport, iport] = [await freePort(), await freePort(), await freePort()];
   const etcdUrl = `http://127.0.0.1:${cport}`;
   fs.mkdirSync(path.join(tmp, 'etcd'), { mode: 0o700 });
-  const etcd = start('/usr/bin/etcd', [
+  etcd = spawn('/usr/bin/etcd', [
     '--name', 'etcd00', '--data-dir', path.join(tmp, 'etcd'),
     '--listen-client-urls', etcdUrl, '--advertise-client-urls', etcdUrl,
     '--listen-peer-urls', `http://127.0.0.1:${pport}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${pport}`,
-    '--initial-cluster', `etcd00=http://127.0.0.1:${pport}`, '--quota-backend-bytes', String(8 * 1024 ** 3),
-  ]);
-  await until('etcd', async () => (await (await fetch(`${etcdUrl}/health`)).json()).health === 'true');
-  const status = async () => JSON.parse(await (await fetch(`${etcdUrl}/v3/maintenance/status`, { method: 'POST', body: '{}' })).text());
-  const value = () => randomBytes(1024 * 1024).toString('base64'); // already base64: the gateway wants base64 of the bytes
-  let n = 0;
-  while (Number((await status()).dbSize) < TARGET_MIB * 1024 * 1024) {
-    await Promise.all(
-      Array.from({ length: 4 }, () =>
-        fetch(`${etcdUrl}/v3/kv/put`, { method: 'POST', body: JSON.stringify({ key: Buffer.from(`/registry/bench/${n++}`).toString('base64'), value: value() }) }).then((r) => r.text()),
-      ),
-    );
+    '--initial-cluster', `etcd00=http://127.0.0.1:${pport}`, '--quota-backend-bytes', String(8 * GIB),
+  ], { stdio: 'ignore' });
+  for (let t = Date.now(); ; await sleep(200)) {
+    if ((await fetch(`${etcdUrl}/health`).then((r) => r.json()).catch(() => ({}))).health === 'true') break;
+    if (Date.now() - t > 60_000) throw new Error('etcd did not come up');
   }
-  const dbBytes = Number((await status()).dbSize);
-  console.error(`bench: etcd filled: ${(dbBytes / 1048576).toFixed(0)} MiB`);
-  const dbMiB = dbBytes / 1048576;
+  const dbBytes = async () => Number(JSON.parse(await (await fetch(`${etcdUrl}/v3/maintenance/status`, { method: 'POST', body: '{}' })).text()).dbSize);
+  let values1MiB = 0;
+  /** Puts 1 MiB values (random: incompressible) until the database holds `mib`. */
+  const fill = async (mib) => {
+    while ((await dbBytes()) < mib * MIB) {
+      await Promise.all(
+        Array.from({ length: 4 }, () =>
+          fetch(`${etcdUrl}/v3/kv/put`, { method: 'POST', body: JSON.stringify({ key: Buffer.from(`/registry/bench/${values1MiB++}`).toString('base64'), value: randomBytes(MIB).toString('base64') }) }).then((r) => r.text()),
+        ),
+      );
+    }
+    return (await dbBytes()) / MIB;
+  };
 
-  // moto as S3 and KMS.
-  const motoUrl = `http://127.0.0.1:${mport}`;
-  start('moto_server', ['-H', '127.0.0.1', '-p', String(mport)]);
-  await until('moto_server', async () => (await fetch(`${motoUrl}/moto-api/`)).ok || true);
-  const common = { region: REGION, endpoint: motoUrl, credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' } };
-  await new S3Client({ ...common, forcePathStyle: true }).send(new CreateBucketCommand({ Bucket: 'bench', CreateBucketConfiguration: { LocationConstraint: REGION } }));
-  const kmsKeyId = (await new KMSClient(common).send(new CreateKeyCommand({}))).KeyMetadata.KeyId;
+  // The S3 servers: MinIO (S3 only; its static KMS key) and moto (S3 and KMS).
+  const minio = await startMinio({ region: REGION });
+  stops.push(() => minio.stop());
+  const moto = await startMoto();
+  stops.push(() => moto.stop());
+  await new S3Client({ region: REGION, endpoint: minio.endpoint, forcePathStyle: true, credentials: { accessKeyId: minio.accessKeyId, secretAccessKey: minio.secretAccessKey } }).send(
+    new CreateBucketCommand({ Bucket: 'bench' }),
+  );
+  const motoCommon = { region: REGION, endpoint: moto.endpoint, credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' } };
+  await new S3Client({ ...motoCommon, forcePathStyle: true }).send(new CreateBucketCommand({ Bucket: 'bench', CreateBucketConfiguration: { LocationConstraint: REGION } }));
+  const motoKey = (await new KMSClient(motoCommon).send(new CreateKeyCommand({}))).KeyMetadata.KeyId;
+  const servers = [
+    { name: 'MinIO', endpoint: minio.endpoint, kmsKeyId: minio.kmsKeyId, mib: SMALL_MIB, creds: { AWS_ACCESS_KEY_ID: minio.accessKeyId, AWS_SECRET_ACCESS_KEY: minio.secretAccessKey } },
+    { name: 'moto', endpoint: moto.endpoint, kmsKeyId: motoKey, mib: MOTO_MIB, creds: { AWS_ACCESS_KEY_ID: 'testing', AWS_SECRET_ACCESS_KEY: 'testing' } },
+  ];
 
   // A minimal IMDSv2 for the instance id.
-  imdsServer = http.createServer((req, res) => {
+  const imds = http.createServer((req, res) => {
     if (req.method === 'PUT') return res.end('token');
     if (req.url.endsWith('instance-identity/document')) {
       return res.end(JSON.stringify({ instanceId: 'i-0be0c000000000000', region: REGION, availabilityZone: `${REGION}a`, instanceType: 'm7i.large', privateIp: '10.0.0.1' }));
@@ -127,63 +155,125 @@ try {
     res.statusCode = 404;
     res.end();
   });
-  await new Promise((r) => imdsServer.listen(iport, '127.0.0.1', r));
+  await new Promise((r) => imds.listen(iport, '127.0.0.1', r));
+  stops.push(() => new Promise((r) => imds.close(r)));
 
-  const root = path.join(tmp, 'root');
-  fs.mkdirSync(path.join(root, 'etc/zdt-agent'), { recursive: true });
-  fs.mkdirSync(path.join(root, 'etc/kubernetes/pki/etcd'), { recursive: true });
-  for (const f of ['ca.crt', 'ca.key', 'sa.key', 'sa.pub', 'etcd/ca.crt', 'etcd/ca.key']) fs.writeFileSync(path.join(root, 'etc/kubernetes/pki', f), randomBytes(1700));
-  fs.writeFileSync(
-    path.join(root, 'etc/zdt-agent/config.yaml'),
-    [
-      'cluster: { name: bench }',
-      "node: { role: controller, controllerIndex: '00' }",
-      `etcd: { clientUrl: '${etcdUrl}', backup: { bucket: bench, kmsKeyId: '${kmsKeyId}', retention: { hourly: 100 }, partSizeMiB: ${PART_MIB}, concurrency: ${CONCURRENCY} } }`,
-      `aws: { region: ${REGION}, endpoint: '${motoUrl}', s3ForcePathStyle: true, imdsEndpoint: 'http://127.0.0.1:${iport}', requestTimeoutMs: 120000 }`,
-      'log: { level: warn }',
-    ].join('\n'),
-  );
-
-  const agent = [];
-  const save = [];
-  const cp = [];
-  let rssKb = 'n/a';
-  let partCount = '?';
-  const snapFile = path.join(tmp, 'snapshot.db');
-  for (let i = 0; i < RUNS; i++) {
-    const useTime = fs.existsSync('/usr/bin/time');
-    const a = useTime
-      ? await timed('/usr/bin/time', ['-f', 'RSS_KB=%M', BIN, '--root', root, 'etcd', 'backup'])
-      : await timed(BIN, ['--root', root, 'etcd', 'backup']);
-    agent.push(a.ms);
-    rssKb = /RSS_KB=(\d+)/.exec(a.stderr)?.[1] ?? rssKb;
-    partCount = String(Math.ceil(dbBytes / (PART_MIB * 1048576)));
-    await sleep(1100); // backup keys are per second
-    save.push((await timed('etcdctl', [`--endpoints=${etcdUrl}`, 'snapshot', 'save', snapFile], { ETCDCTL_API: '3' })).ms);
-    cp.push(
-      (await timed('aws', ['s3', 'cp', snapFile, `s3://bench/baseline/${i}.db`, '--endpoint-url', motoUrl, '--sse', 'aws:kms', '--sse-kms-key-id', kmsKeyId, '--only-show-errors'])).ms,
+  /** A node root whose config points the agent at `s`. */
+  const rootFor = (s) => {
+    const root = path.join(tmp, `root-${s.name}`);
+    fs.mkdirSync(path.join(root, 'etc/zdt-agent'), { recursive: true });
+    fs.mkdirSync(path.join(root, 'etc/kubernetes/pki/etcd'), { recursive: true });
+    for (const f of ['ca.crt', 'ca.key', 'sa.key', 'sa.pub', 'etcd/ca.crt', 'etcd/ca.key']) fs.writeFileSync(path.join(root, 'etc/kubernetes/pki', f), randomBytes(1700));
+    const tuning = [values['part-mib'] && `partSizeMiB: ${values['part-mib']}`, values.concurrency && `concurrency: ${values.concurrency}`].filter(Boolean).join(', ');
+    fs.writeFileSync(
+      path.join(root, 'etc/zdt-agent/config.yaml'),
+      [
+        'cluster: { name: bench }',
+        "node: { role: controller, controllerIndex: '00' }",
+        // The emergency window (terminate.backupTimeout's default) as the limit of every run.
+        `etcd: { clientUrl: '${etcdUrl}', backup: { bucket: bench, kmsKeyId: '${s.kmsKeyId}', timeout: ${WINDOW_S}, retention: { hourly: 1000 }${tuning ? `, ${tuning}` : ''} } }`,
+        `aws: { region: ${REGION}, endpoint: '${s.endpoint}', s3ForcePathStyle: true, imdsEndpoint: 'http://127.0.0.1:${iport}', requestTimeoutMs: 120000 }`,
+        'log: { level: warn }',
+      ].join('\n'),
     );
+    return root;
+  };
+  const snapFile = path.join(tmp, 'snapshot.db');
+  const env = (s) => ({ ...s.creds, AWS_DEFAULT_REGION: REGION, AWS_REGION: REGION });
+  const agentRun = async (s) => {
+    const r = await timed(BIN, ['--root', rootFor(s), 'etcd', 'backup'], env(s), true);
+    await sleep(1100); // backup keys are per second
+    return r;
+  };
+  const baselineRun = async (s, i) => {
+    const save = (await timed('etcdctl', [`--endpoints=${etcdUrl}`, 'snapshot', 'save', snapFile], { ETCDCTL_API: '3' })).ms;
+    const cp = (
+      await timed(aws.file, ['s3', 'cp', snapFile, `s3://bench/baseline/${i}.db`, '--endpoint-url', s.endpoint, '--sse', 'aws:kms', '--sse-kms-key-id', s.kmsKeyId, '--only-show-errors'], env(s))
+    ).ms;
     fs.rmSync(snapFile, { force: true });
+    return { save, cp };
+  };
+
+  const rows = [];
+  const results = {};
+  const load = () => os.loadavg()[0].toFixed(1);
+  const loads = [load()];
+  for (const s of servers.sort((a, b) => a.mib - b.mib)) {
+    const dbMiB = await fill(s.mib);
+    const agent = [];
+    const base = [];
+    for (let i = 0; i < RUNS; i++) {
+      agent.push(await agentRun(s));
+      base.push(await baselineRun(s, i));
+      loads.push(load());
+    }
+    const agentMs = median(agent.map((a) => a.ms));
+    const baseMs = median(base.map((b) => b.save + b.cp));
+    const cpu = median(agent.map((a) => a.user + a.sys));
+    const r = { dbMiB, agentMs, baseMs, saveMs: median(base.map((b) => b.save)), cpMs: median(base.map((b) => b.cp)), cpu, user: median(agent.map((a) => a.user)), sys: median(agent.map((a) => a.sys)), rssMb: Math.max(...agent.map((a) => a.rssMb)), agent, base };
+    results[s.name] = r;
+    const mibs = (ms) => (dbMiB / (ms / 1000)).toFixed(1);
+    console.log(`\n${s.name}: etcd database ${dbMiB.toFixed(0)} MiB (etcd 3.4), SSE-KMS, ${RUNS} runs interleaved (median)`);
+    console.log('| path | wall time | MiB/s | temporary disk |');
+    console.log('|---|---|---|---|');
+    console.log(`| zdt-agent etcd backup | ${fmtS(agentMs)} | ${mibs(agentMs)} | none |`);
+    console.log(`| etcdctl snapshot save | ${fmtS(r.saveMs)} | ${mibs(r.saveMs)} | ${dbMiB.toFixed(0)} MiB |`);
+    console.log(`| aws s3 cp (of that file) | ${fmtS(r.cpMs)} | ${mibs(r.cpMs)} | |`);
+    console.log(`| etcdctl snapshot save + aws s3 cp | ${fmtS(baseMs)} | ${mibs(baseMs)} | ${dbMiB.toFixed(0)} MiB |`);
+    console.log(`ratio (etcdctl + aws s3 cp) / zdt-agent: ${(baseMs / agentMs).toFixed(2)}x (target >= 1.6x)`);
+    console.log(`zdt-agent CPU: ${cpu.toFixed(2)} s (user ${r.user.toFixed(2)}, system ${r.sys.toFixed(2)}), ${(cpu / (dbMiB / 1024)).toFixed(2)} s per GiB including start-up; peak RSS ${r.rssMb.toFixed(0)} MB`);
+    console.log(`runs (s): agent ${agent.map((a) => (a.ms / 1000).toFixed(2)).join(' ')}; save ${base.map((b) => (b.save / 1000).toFixed(2)).join(' ')}; cp ${base.map((b) => (b.cp / 1000).toFixed(2)).join(' ')}`);
+    const note = `${dbMiB.toFixed(0)} MiB etcd 3.4 database, median of ${RUNS} interleaved runs`;
+    rows.push(
+      { section: 'Emergency backup', name: `zdt-agent etcd backup, ${s.name}`, value: `${fmtS(agentMs)} (${mibs(agentMs)} MiB/s)`, note },
+      { section: 'Emergency backup', name: `etcdctl snapshot save + aws s3 cp, ${s.name}`, value: `${fmtS(baseMs)} (${fmtS(r.saveMs)} + ${fmtS(r.cpMs)})`, note: `${note}; aws: ${aws.file}` },
+      { section: 'Emergency backup', name: `speed-up over etcdctl + aws s3 cp, ${s.name}`, value: `${(baseMs / agentMs).toFixed(2)}x`, target: '>= 1.6x', met: baseMs / agentMs >= 1.6, note },
+    );
   }
-  const agentMs = median(agent);
-  const baseMs = median(save.map((s, i) => s + cp[i]));
-  const mibs = (ms) => (dbMiB / (ms / 1000)).toFixed(1);
-  console.log(`etcd database: ${dbMiB.toFixed(0)} MiB (${n} values of 1 MiB), etcd 3.4, S3 = moto_server on loopback, SSE-KMS, ${RUNS} runs interleaved (median)`);
-  console.log('');
-  console.log('| path | wall time | MiB/s | temporary disk |');
-  console.log('|---|---|---|---|');
-  console.log(`| zdt-agent etcd backup (gRPC snapshot stream -> tar -> ${partCount} x ${PART_MIB} MiB parts, ${CONCURRENCY} at once, SHA-256, HeadObject verify) | ${(agentMs / 1000).toFixed(2)} s | ${mibs(agentMs)} | none |`);
-  console.log(`| etcdctl snapshot save | ${(median(save) / 1000).toFixed(2)} s | ${mibs(median(save))} | ${dbMiB.toFixed(0)} MiB |`);
-  console.log(`| aws s3 cp (of that file) | ${(median(cp) / 1000).toFixed(2)} s | ${mibs(median(cp))} | |`);
-  console.log(`| etcdctl snapshot save + aws s3 cp | ${(baseMs / 1000).toFixed(2)} s | ${mibs(baseMs)} | ${dbMiB.toFixed(0)} MiB |`);
-  console.log('');
-  console.log(`ratio (etcdctl + aws s3 cp) / zdt-agent: ${(baseMs / agentMs).toFixed(2)}x (target >= 1.5x)`);
-  console.log(`zdt-agent peak RSS: ${rssKb === 'n/a' ? 'n/a' : `${(Number(rssKb) / 1024).toFixed(0)} MB`}`);
-  console.log(`runs (s): agent ${agent.map((x) => (x / 1000).toFixed(2)).join(' ')}; save ${save.map((x) => (x / 1000).toFixed(2)).join(' ')}; cp ${cp.map((x) => (x / 1000).toFixed(2)).join(' ')}`);
+
+  let big;
+  if (BIG_MIB > 0) {
+    const s = servers.find((x) => x.name === 'MinIO');
+    const dbMiB = await fill(BIG_MIB);
+    loads.push(load());
+    const a = await agentRun(s).catch((err) => ({ failed: err.message }));
+    big = { dbMiB, ...a };
+    if (a.failed) console.log(`\nMinIO, ${dbMiB.toFixed(0)} MiB: the backup FAILED: ${a.failed.slice(0, 500)}`);
+    else {
+      console.log(`\nMinIO, ${dbMiB.toFixed(0)} MiB (etcd.backup.timeout: ${WINDOW_S}): backed up and verified in ${fmtS(a.ms)}, ${(dbMiB / (a.ms / 1000)).toFixed(1)} MiB/s`);
+      console.log(`zdt-agent CPU: ${(a.user + a.sys).toFixed(2)} s (user ${a.user.toFixed(2)}, system ${a.sys.toFixed(2)}); peak RSS ${a.rssMb.toFixed(0)} MB`);
+    }
+    rows.push({
+      section: 'Emergency backup',
+      name: `zdt-agent etcd backup of ${dbMiB.toFixed(0)} MiB, MinIO`,
+      value: a.failed ? 'failed' : `${fmtS(a.ms)} (${(dbMiB / (a.ms / 1000)).toFixed(1)} MiB/s)`,
+      target: `<= ${WINDOW_S} s, verified`,
+      met: !a.failed && a.ms <= WINDOW_S * 1000,
+      note: `one run, etcd.backup.timeout ${WINDOW_S} s`,
+    });
+  }
+
+  // CPU per GiB: the slope between the small and the big database on MinIO (start-up apart);
+  // without the big run, all of the small run's CPU over its size.
+  const small = results.MinIO;
+  const perGiB = (f) => (big && !big.failed ? (f(big) - f(small)) / ((big.dbMiB - small.dbMiB) / 1024) : f(small) / (small.dbMiB / 1024));
+  const cpuPerGiB = perGiB((x) => x.user + x.sys);
+  const fixed = big && !big.failed ? small.cpu - cpuPerGiB * (small.dbMiB / 1024) : NaN;
+  const how = big && !big.failed ? `slope between ${small.dbMiB.toFixed(0)} MiB and ${big.dbMiB.toFixed(0)} MiB on MinIO` : `all CPU of the ${small.dbMiB.toFixed(0)} MiB runs on MinIO, start-up included`;
+  const rss = Math.max(...Object.values(results).map((r) => r.rssMb), big && !big.failed ? big.rssMb : 0);
+  console.log(`\nzdt-agent CPU per GiB of snapshot (user + system): ${cpuPerGiB.toFixed(2)} s (user ${perGiB((x) => x.user).toFixed(2)}, system ${perGiB((x) => x.sys).toFixed(2)}; ${how}${Number.isNaN(fixed) ? '' : `; fixed ${fixed.toFixed(2)} s`}) (target <= 1.5 s)`);
+  console.log(`zdt-agent peak RSS over all runs: ${rss.toFixed(0)} MB (target <= 150 MB)`);
+  console.log(`aws CLI: ${aws.file} (${aws.how}); load average (1 min) during the runs: ${loads.join(' ')}; ${os.cpus().length} CPUs`);
+  rows.push(
+    { section: 'Emergency backup', name: 'zdt-agent CPU per GiB of snapshot (user + system)', value: `${cpuPerGiB.toFixed(2)} s`, target: '<= 1.5 s', met: cpuPerGiB <= 1.5, note: `${how}; user ${perGiB((x) => x.user).toFixed(2)} s, system ${perGiB((x) => x.sys).toFixed(2)} s` },
+    { section: 'Emergency backup', name: 'zdt-agent peak RSS of a backup', value: `${rss.toFixed(0)} MB`, target: '<= 150 MB', met: rss <= 150, note: 'largest over all runs and sizes' },
+  );
+  report('etcd-backup', rows);
 } finally {
-  imdsServer?.close();
-  for (const c of children) if (c.child.exitCode === null) c.child.kill('SIGTERM');
-  await sleep(500);
-  for (const c of children) if (c.child.exitCode === null) c.child.kill('SIGKILL');
+  for (const stop of stops.reverse()) await stop().catch(() => undefined);
+  if (etcd && etcd.exitCode === null) {
+    etcd.kill('SIGTERM');
+    await new Promise((r) => etcd.once('exit', r));
+  }
   fs.rmSync(tmp, { recursive: true, force: true });
 }

@@ -132,7 +132,7 @@ export const etcdSchema = z
         pkiDir: z.string().startsWith('/').default('/etc/kubernetes/pki').describe('PKI directory put into every backup'),
         kubeadmDir: z.string().startsWith('/').default('/etc/kubernetes/zdt-agent').describe('Directory of the kubeadm configs boot writes, put into every backup (skipped when absent)'),
         partSizeMiB: z.number().int().min(5).max(512).default(8).describe('Multipart upload part size; (concurrency + 1) parts are held in memory'),
-        concurrency: z.number().int().min(1).max(16).default(8).describe('Parts uploaded at once'),
+        concurrency: z.number().int().min(1).max(16).default(3).describe('Parts uploaded at once (peak RSS of a backup about 110 MB + (concurrency + 1) × partSizeMiB)'),
         timeout: seconds('etcd.backup.timeout').default(900).describe('Limit for a scheduled backup (zdt-agent etcd backup)'),
         retention: z
           .object({ hourly: z.number().int().min(1).default(24), daily: z.number().int().min(0).default(7) })

@@ -2,6 +2,7 @@ import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { AgentError } from '../errors.js';
 import { sdk, type Aws } from '../host/aws.js';
 import { registerSecret } from '../log/redact.js';
+import type { BodyWriter } from './upload.js';
 
 /**
  * Client-side envelope encryption of a backup (etcd.backup.clientSideEncryption): a fresh
@@ -28,11 +29,8 @@ export interface EnvelopeHeader {
 
 export const encryptionContext = (cluster: string): Record<string, string> => ({ 'zdt:cluster': cluster, 'zdt:purpose': 'etcd-backup' });
 
-export async function encryptStream(
-  aws: Aws,
-  o: { kmsKeyId: string; cluster: string; signal?: AbortSignal | undefined },
-  source: AsyncIterable<Buffer>,
-): Promise<AsyncGenerator<Buffer>> {
+/** A fresh data key and cipher for one backup: the envelope header, then ciphertext, then `final()`. */
+async function newEnvelope(aws: Aws, o: { kmsKeyId: string; cluster: string; signal?: AbortSignal | undefined }): Promise<{ header: Buffer; update(b: Buffer): Buffer; final(): Buffer }> {
   const { GenerateDataKeyCommand } = await sdk.kms();
   const kms = await aws.kms();
   const context = encryptionContext(o.cluster);
@@ -49,15 +47,35 @@ export async function encryptStream(
   const cipher = createCipheriv('aes-256-gcm', Buffer.from(out.Plaintext), iv);
   out.Plaintext.fill(0);
   cipher.setAAD(headerBytes);
-  return (async function* () {
-    yield Buffer.concat([ENVELOPE_MAGIC, len, headerBytes]);
-    for await (const chunk of source) {
-      const c = cipher.update(chunk);
-      if (c.length) yield c;
-    }
-    const last = cipher.final();
-    yield Buffer.concat([last, cipher.getAuthTag()]);
-  })();
+  return {
+    header: Buffer.concat([ENVELOPE_MAGIC, len, headerBytes]),
+    update: (b) => cipher.update(b),
+    final: () => Buffer.concat([cipher.final(), cipher.getAuthTag()]),
+  };
+}
+
+/**
+ * Encrypts a body that is written (the backup's archive): the returned function writes the
+ * header, then `write`'s plaintext through the cipher, then the tag into its writer.
+ */
+export async function encryptingWriter(
+  aws: Aws,
+  o: { kmsKeyId: string; cluster: string; signal?: AbortSignal | undefined },
+  write: (w: BodyWriter) => Promise<void>,
+): Promise<(w: BodyWriter) => Promise<void>> {
+  const envelope = await newEnvelope(aws, o);
+  return async (w) => {
+    w.write(envelope.header);
+    await write({
+      write: (b) => {
+        const c = envelope.update(b);
+        if (c.length) w.write(c);
+      },
+      ready: () => w.ready(),
+    });
+    w.write(envelope.final());
+    await w.ready();
+  };
 }
 
 /** True when the first bytes of an object are an envelope header. */

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { AgentError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
@@ -22,7 +22,7 @@ export interface UploadOptions {
   s3: S3Client;
   bucket: string;
   key: string;
-  body: AsyncIterable<Buffer>;
+  body: BodySource;
   sse: ServerSideEncryption;
   metadata: Record<string, string>;
   partSize: number;
@@ -57,66 +57,204 @@ function unsignedPayload<C extends { middlewareStack: { add: (mw: never, o: { st
   return command;
 }
 
+/**
+ * Where a body is written, chunk by chunk. `write` copies the bytes into a part buffer at once;
+ * only when every part buffer is taken does it keep the rest of `b` (a slice: `b` must not
+ * change afterwards) until a part upload gives one back. Then `ready()` is a promise, and the
+ * writer must wait for it before the next write; it rejects when the upload failed.
+ */
+export interface BodyWriter {
+  write(b: Buffer): void;
+  ready(): Promise<void> | undefined;
+}
+
+/**
+ * What is uploaded: a function that writes the body and resolves at its end (the backup's
+ * snapshot stream writes each received chunk straight into the part buffers: no promise per
+ * chunk), or an async iterable of chunks.
+ */
+export type BodySource = AsyncIterable<Buffer> | ((w: BodyWriter) => Promise<void>);
+
 interface Part {
   data: Buffer;
+  /** SHA-256 of `data`. */
+  digest: Buffer;
   /** Gives the part's buffer back for the next part (once its upload is done). */
   release(): void;
 }
 
 /**
- * Cuts a stream into parts of exactly `size` bytes (the last one shorter), copied into a
- * few reused buffers: fresh 16 MiB buffers per part cost more in page faults and garbage
- * collection than the copying itself.
+ * Cuts the written bytes into parts of exactly `size` bytes (the last one shorter), copied into
+ * at most `maxBuffers` reused buffers: fresh 8 MiB buffers per part cost more in page faults and
+ * garbage collection than the copying itself, and the bound keeps memory flat whatever the
+ * database size.
  */
-async function* cut(source: AsyncIterable<Buffer>, size: number): AsyncGenerator<Part> {
-  const free: Buffer[] = [];
-  let cur: Buffer = Buffer.allocUnsafeSlow(size);
-  let have = 0;
-  const emit = (n: number, more: boolean): Part => {
-    const b = cur;
-    if (more) cur = free.pop() ?? Buffer.allocUnsafeSlow(size);
-    have = 0;
-    return { data: b.subarray(0, n), release: () => void free.push(b) };
-  };
-  for await (const chunk of source) {
+export class PartCutter implements BodyWriter {
+  private readonly free: Buffer[] = [];
+  private buffers = 0;
+  private cur: Buffer | undefined;
+  private have = 0;
+  private hash: Hash | undefined;
+  private parts = 0;
+  private readonly full: Part[] = [];
+  /** Slices written while every buffer was taken, in order. */
+  private readonly held: Buffer[] = [];
+  private ended = false;
+  private error: { err: unknown } | undefined;
+  private wakeConsumer: (() => void) | undefined;
+  private wakeWriter: { promise: Promise<void>; resolve: () => void; reject: (err: unknown) => void } | undefined;
+  private onSecondPart: ((more: boolean) => void) | undefined;
+  /** True once a byte beyond the first part is written, false when the body ends within it. */
+  readonly moreThanOnePart = new Promise<boolean>((resolve) => (this.onSecondPart = resolve));
+
+  constructor(
+    private readonly size: number,
+    private readonly maxBuffers: number,
+  ) {}
+
+  write(b: Buffer): void {
+    if (this.error) throw this.error.err;
+    if (this.held.length > 0) {
+      this.held.push(b);
+      return;
+    }
     let off = 0;
-    while (off < chunk.length) {
-      const n = chunk.copy(cur, have, off, Math.min(chunk.length, off + size - have));
-      have += n;
+    while (off < b.length) {
+      if (!this.cur) {
+        const buf = this.free.pop() ?? (this.buffers < this.maxBuffers ? (this.buffers++, Buffer.allocUnsafeSlow(this.size)) : undefined);
+        if (!buf) {
+          this.held.push(off === 0 ? b : b.subarray(off));
+          return;
+        }
+        this.cur = buf;
+        this.have = 0;
+        this.hash = createHash('sha256');
+        if (++this.parts === 2) this.onSecondPart?.(true);
+      }
+      const n = b.copy(this.cur, this.have, off, Math.min(b.length, off + this.size - this.have));
+      // Hashed right after the copy, while the bytes are in the CPU cache: hashing the whole
+      // part afterwards reads it from memory again.
+      this.hash!.update(this.cur.subarray(this.have, this.have + n));
+      this.have += n;
       off += n;
-      if (have === size) yield emit(size, true);
+      if (this.have === this.size) this.emit();
     }
   }
-  if (have > 0) yield emit(have, false);
+
+  ready(): Promise<void> | undefined {
+    if (this.error) return Promise.reject(this.error.err);
+    if (this.held.length === 0) return undefined;
+    if (!this.wakeWriter) {
+      let resolve!: () => void;
+      let reject!: (err: unknown) => void;
+      const promise = new Promise<void>((res, rej) => ((resolve = res), (reject = rej)));
+      this.wakeWriter = { promise, resolve, reject };
+    }
+    return this.wakeWriter.promise;
+  }
+
+  private emit(): void {
+    const buf = this.cur!;
+    this.full.push({ data: buf.subarray(0, this.have), digest: this.hash!.digest(), release: () => this.release(buf) });
+    this.cur = undefined;
+    this.have = 0;
+    this.wakeConsumer?.();
+  }
+
+  private release(buf: Buffer): void {
+    this.free.push(buf);
+    if (this.held.length === 0) return;
+    const held = this.held.splice(0);
+    for (const b of held) this.write(b);
+    if (this.held.length === 0 && this.wakeWriter) {
+      const w = this.wakeWriter;
+      this.wakeWriter = undefined;
+      w.resolve();
+    }
+  }
+
+  /** The body is complete. */
+  end(): void {
+    if (this.held.length > 0) return this.fail(new Error('the body ended while its writer still had to wait'));
+    if (this.have > 0) this.emit();
+    this.ended = true;
+    this.onSecondPart?.(false);
+    this.wakeConsumer?.();
+  }
+
+  /** The body or the upload failed: both sides see `err` from now on. */
+  fail(err: unknown): void {
+    this.error ??= { err };
+    this.onSecondPart?.(false);
+    this.wakeConsumer?.();
+    this.wakeWriter?.reject(err);
+    this.wakeWriter?.promise.catch(() => undefined);
+  }
+
+  /** The next full part; undefined after the last. */
+  async next(): Promise<Part | undefined> {
+    for (;;) {
+      if (this.error) throw this.error.err;
+      const part = this.full.shift();
+      if (part || this.ended) return part;
+      await new Promise<void>((resolve) => (this.wakeConsumer = resolve));
+      this.wakeConsumer = undefined;
+    }
+  }
+}
+
+function startWriting(source: BodySource, cutter: PartCutter): void {
+  const write =
+    typeof source === 'function'
+      ? source
+      : async (w: BodyWriter) => {
+          for await (const b of source) {
+            w.write(b);
+            await w.ready();
+          }
+        };
+  write(cutter).then(
+    () => cutter.end(),
+    (err: unknown) => cutter.fail(err),
+  );
 }
 
 export async function uploadStream(o: UploadOptions): Promise<UploadResult> {
   const s3sdk = await sdk.s3();
   const sseParams = o.sse.mode === 'aws:kms' ? { ServerSideEncryption: 'aws:kms' as const, SSEKMSKeyId: o.sse.kmsKeyId } : { ServerSideEncryption: 'AES256' as const };
   const opts = { abortSignal: o.signal };
-  const parts = cut(o.body, o.partSize);
-  const first = await parts.next();
-  const firstPart = first.done ? Buffer.alloc(0) : first.value.data;
-  const second = first.done ? { done: true as const, value: undefined } : await parts.next();
-
-  if (second.done) {
-    // Small enough for one request.
-    const digest = sha256(firstPart).toString('base64');
-    await o.s3.send(
-      unsignedPayload(
-        new s3sdk.PutObjectCommand({ Bucket: o.bucket, Key: o.key, Body: firstPart, ContentLength: firstPart.length, ChecksumAlgorithm: 'SHA256', ChecksumSHA256: digest, Metadata: o.metadata, ...sseParams }),
-      ),
+  const parts = new PartCutter(o.partSize, o.concurrency + 1);
+  startWriting(o.body, parts);
+  let uploadId: string | undefined;
+  try {
+    if (!(await parts.moreThanOnePart)) {
+      // Small enough for one request.
+      const part = await parts.next();
+      const firstPart = part?.data ?? Buffer.alloc(0);
+      const digest = (part?.digest ?? sha256(firstPart)).toString('base64');
+      await o.s3.send(
+        unsignedPayload(
+          new s3sdk.PutObjectCommand({ Bucket: o.bucket, Key: o.key, Body: firstPart, ContentLength: firstPart.length, ChecksumAlgorithm: 'SHA256', ChecksumSHA256: digest, Metadata: o.metadata, ...sseParams }),
+        ),
+        opts,
+      );
+      return { bucket: o.bucket, key: o.key, size: firstPart.length, parts: 1, checksumSha256: digest };
+    }
+    // Created while the second part fills.
+    const created = await o.s3.send(
+      new s3sdk.CreateMultipartUploadCommand({ Bucket: o.bucket, Key: o.key, ChecksumAlgorithm: 'SHA256', Metadata: o.metadata, ContentType: 'application/x-tar', ...sseParams }),
       opts,
     );
-    return { bucket: o.bucket, key: o.key, size: firstPart.length, parts: 1, checksumSha256: digest };
+    uploadId = created.UploadId;
+  } catch (err) {
+    parts.fail(err);
+    throw err;
   }
-
-  const created = await o.s3.send(
-    new s3sdk.CreateMultipartUploadCommand({ Bucket: o.bucket, Key: o.key, ChecksumAlgorithm: 'SHA256', Metadata: o.metadata, ContentType: 'application/x-tar', ...sseParams }),
-    opts,
-  );
-  const uploadId = created.UploadId;
-  if (!uploadId) throw new AgentError('S3UploadFailed', `S3 gave no upload id for s3://${o.bucket}/${o.key}`, { hint: 'check the S3 endpoint' });
+  if (!uploadId) {
+    const err = new AgentError('S3UploadFailed', `S3 gave no upload id for s3://${o.bucket}/${o.key}`, { hint: 'check the S3 endpoint' });
+    parts.fail(err);
+    throw err;
+  }
   const done: Array<{ PartNumber: number; ETag: string; ChecksumSHA256: string; digest: Buffer }> = [];
   let size = 0;
   try {
@@ -126,7 +264,7 @@ export async function uploadStream(o: UploadOptions): Promise<UploadResult> {
       const body = part.data;
       const PartNumber = ++n;
       size += body.length;
-      const digest = sha256(body);
+      const digest = part.digest;
       const ChecksumSHA256 = digest.toString('base64');
       const p = o.s3
         .send(
@@ -145,10 +283,10 @@ export async function uploadStream(o: UploadOptions): Promise<UploadResult> {
       p.catch(() => undefined);
       return p;
     };
-    const all: Promise<void>[] = [send(first.value!), send(second.value)];
-    for await (const body of parts) {
+    const all: Promise<void>[] = [];
+    for (let part = await parts.next(); part; part = await parts.next()) {
       while (inFlight.size >= o.concurrency) await Promise.race(inFlight);
-      all.push(send(body));
+      all.push(send(part));
     }
     o.log.debug('stream read; waiting for the last parts', { parts: n, inFlight: inFlight.size });
     await Promise.all(all);
@@ -164,6 +302,7 @@ export async function uploadStream(o: UploadOptions): Promise<UploadResult> {
       opts,
     );
   } catch (err) {
+    parts.fail(err);
     // Parts of an unfinished upload cost money until a lifecycle rule removes them. Awaited
     // (briefly): a command that exits right after the failure would otherwise drop the request.
     await o.s3.send(new s3sdk.AbortMultipartUploadCommand({ Bucket: o.bucket, Key: o.key, UploadId: uploadId }), { abortSignal: AbortSignal.timeout(5000) }).then(

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { DecryptCommand, type KMSClient } from '@aws-sdk/client-kms';
 import { HeadObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { encryptStream } from '../../agent/etcd/envelope.js';
+import { encryptingWriter } from '../../agent/etcd/envelope.js';
 import { makeAws } from '../../agent/host/aws.js';
 import { Imds } from '../../agent/host/imds.js';
 import { makePaths } from '../../agent/host/paths.js';
@@ -105,10 +105,10 @@ describe('secrets registered where they enter', () => {
 
   it('a KMS data key (GenerateDataKey on moto), in base64 and hex', async () => {
     const keyId = await makeKmsKey(kms);
-    const out = await encryptStream(awsFor(), { kmsKeyId: keyId, cluster: 'prod' }, (async function* () {
-      yield Buffer.from('etcd snapshot bytes');
-    })());
-    const first = (await out.next()).value as Buffer;
+    const written: Buffer[] = [];
+    const write = await encryptingWriter(awsFor(), { kmsKeyId: keyId, cluster: 'prod' }, async (w) => w.write(Buffer.from('etcd snapshot bytes')));
+    await write({ write: (b) => void written.push(Buffer.from(b)), ready: () => undefined });
+    const first = written[0]!;
     const header = JSON.parse(first.subarray(12, 12 + first.readUInt32BE(8)).toString()) as { encryptedDataKey: string; context: Record<string, string> };
     // The same key, as KMS gives it back to whoever may decrypt it.
     const key = Buffer.from((await kms.send(new DecryptCommand({ CiphertextBlob: Buffer.from(header.encryptedDataKey, 'base64'), EncryptionContext: header.context }))).Plaintext!);
