@@ -79,11 +79,14 @@ function huffmanDecode(b: Buffer): string {
   return Buffer.from(out).toString('latin1');
 }
 
+/** SETTINGS_HEADER_TABLE_SIZE's default (RFC 9113 6.5.2), which the client never raises. */
+const HEADER_TABLE_SIZE = 4096;
+
 /** One decoder per connection: the dynamic table lives across header blocks. */
 export class HpackDecoder {
   private dynamic: Array<[string, string]> = [];
   private size = 0;
-  private maxSize = 4096;
+  private maxSize = HEADER_TABLE_SIZE;
 
   /** The header fields of one complete header block, in order. */
   decode(block: Buffer): Array<[string, string]> {
@@ -128,7 +131,10 @@ export class HpackDecoder {
         out.push([name, value]);
         this.add(name, value);
       } else if (b & 0x20) {
-        this.maxSize = int(5);
+        // Bounded by SETTINGS_HEADER_TABLE_SIZE, which the client leaves at its default.
+        const max = int(5);
+        if (max > HEADER_TABLE_SIZE) throw new HpackError(`dynamic table size ${max} above the ${HEADER_TABLE_SIZE} the client allows`);
+        this.maxSize = max;
         this.evict(this.maxSize);
       } else {
         // Literal without indexing (0000) or never indexed (0001).

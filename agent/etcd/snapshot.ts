@@ -46,6 +46,10 @@ export interface SnapshotStream {
 }
 
 const WINDOW = 16 * 1024 * 1024;
+/** SETTINGS_MAX_FRAME_SIZE's default (RFC 9113 6.5.2), which the client never raises. */
+const MAX_FRAME_BYTES = 16_384;
+/** gRPC answers with a few short headers; 64 KiB is far above any status and message. */
+const MAX_HEADER_BLOCK_BYTES = 64 * 1024;
 const READ_BYTES = 256 * 1024;
 
 /** Chunks as they arrived, read across their boundaries without copying. */
@@ -340,11 +344,13 @@ export async function openSnapshot(ep: EtcdEndpoint, signal?: AbortSignal): Prom
   let other: Buffer = Buffer.alloc(0);
   let otherHave = 0;
   let headerBlock: Buffer[] = [];
+  let headerBlockBytes = 0;
   let consumed = 0;
 
   const onHeaderBlock = (endStream: boolean) => {
     const fields = hpack.decode(Buffer.concat(headerBlock));
     headerBlock = [];
+    headerBlockBytes = 0;
     for (const [name, value] of fields) {
       if (name === ':status') httpStatus = value;
       else if (name === 'grpc-status') grpcStatus = { status: value, message: grpcStatus?.message ?? '' };
@@ -366,6 +372,9 @@ export async function openSnapshot(ep: EtcdEndpoint, signal?: AbortSignal): Prom
           if (flags & FLAG.priority) p = p.subarray(5);
         }
         headerBlock.push(Buffer.from(p));
+        headerBlockBytes += p.length;
+        // A header block without end (CONTINUATION after CONTINUATION) must not grow without bound.
+        if (headerBlockBytes > MAX_HEADER_BLOCK_BYTES) throw new EtcdUnavailable(`etcd sent a header block of more than ${MAX_HEADER_BLOCK_BYTES} bytes`);
         if (flags & FLAG.endHeaders) onHeaderBlock(headersEndStream);
         return;
       }
@@ -404,6 +413,9 @@ export async function openSnapshot(ep: EtcdEndpoint, signal?: AbortSignal): Prom
         if (headHave < 9) return;
         headHave = 0;
         payloadLeft = head.readUIntBE(0, 3);
+        // SETTINGS_MAX_FRAME_SIZE stays at its default: a larger frame is a FRAME_SIZE_ERROR
+        // (RFC 9113 4.2), and nothing larger is ever buffered.
+        if (payloadLeft > MAX_FRAME_BYTES) throw new EtcdUnavailable(`etcd sent an HTTP/2 frame of ${payloadLeft} bytes, more than the ${MAX_FRAME_BYTES} allowed`);
         type = head[3]!;
         flags = head[4]!;
         streamId = head.readUInt32BE(5) & 0x7fffffff;

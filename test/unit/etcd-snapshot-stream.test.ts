@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import http2 from 'node:http2';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { HpackDecoder, hpackEncodeLiteral } from '../../agent/etcd/hpack.js';
 import { openSnapshot, SnapshotParser } from '../../agent/etcd/snapshot.js';
@@ -204,5 +204,49 @@ describe('the snapshot call over HTTP/2 (a node:http2 server speaking the gRPC f
     });
     const snap = await openSnapshot({ url: cut });
     await expect(snap.writeTo(collect())).rejects.toThrow('the etcd snapshot stream ended after 65536 of 100032 bytes');
+  });
+});
+
+describe('the snapshot client against a peer that breaks HTTP/2 (a raw TCP server)', () => {
+  const servers = new Set<net.Server>();
+  afterEach(() => {
+    for (const s of servers) s.close();
+    servers.clear();
+  });
+  const rawFrame = (type: number, flags: number, stream: number, payload: Buffer, declared = payload.length) => {
+    const h = Buffer.alloc(9);
+    h.writeUIntBE(declared, 0, 3);
+    h[3] = type;
+    h[4] = flags;
+    h.writeUInt32BE(stream, 5);
+    return Buffer.concat([h, payload]);
+  };
+  /** Answers the client's preface with `bytes`, written in pieces, and keeps the connection open. */
+  async function rawPeer(bytes: () => Buffer[]): Promise<string> {
+    const server = net.createServer((sock) => {
+      sock.on('error', () => undefined);
+      sock.once('data', () => {
+        for (const b of bytes()) if (!sock.destroyed) sock.write(b);
+      });
+    });
+    servers.add(server);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  }
+
+  it('refuses a frame larger than the default SETTINGS_MAX_FRAME_SIZE before buffering it', async () => {
+    const url = await rawPeer(() => [rawFrame(4, 0, 0, Buffer.alloc(0)), rawFrame(1, 0, 1, Buffer.alloc(0), 16_777_215)]);
+    await expect(openSnapshot({ url })).rejects.toThrow(/frame of 16777215 bytes, more than the 16384 allowed/);
+  });
+
+  it('refuses a header block that never ends (CONTINUATION after CONTINUATION) once it passes 64 KiB', async () => {
+    const url = await rawPeer(() => [rawFrame(1, 0, 1, Buffer.alloc(16_000, 0x82)), ...Array.from({ length: 8 }, () => rawFrame(9, 0, 1, Buffer.alloc(16_000, 0x82)))]);
+    await expect(openSnapshot({ url })).rejects.toThrow(/header block of more than 65536 bytes/);
+  });
+
+  it('refuses an HPACK dynamic table larger than the default SETTINGS_HEADER_TABLE_SIZE', () => {
+    // 0x3f 0x81 0x20: a dynamic table size update to 31 + 1 + 32 * 128 = 4128.
+    expect(() => new HpackDecoder().decode(Buffer.from([0x3f, 0x81, 0x20]))).toThrow('dynamic table size 4128 above the 4096 the client allows');
+    expect(new HpackDecoder().decode(Buffer.from([0x3f, 0xe1, 0x1f]))).toEqual([]); // 4096 itself is allowed
   });
 });
