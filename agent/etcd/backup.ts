@@ -13,7 +13,7 @@ import { BACKUP_FORMAT, KUBEADM_PREFIX, MANIFEST_NAME, PKI_PREFIX, SNAPSHOT_NAME
 import type { EtcdContext } from './restore.js';
 import { backupKey, backupLocation, clusterPrefix } from './store.js';
 import { tarEnd, tarEntry, tarHeader, tarPadding } from './tar.js';
-import { abortStaleUploads, uploadStream, verifyUpload, type BodyWriter, type ServerSideEncryption } from './upload.js';
+import { abortStaleUploads, uploadStream, verifyUpload, writeAndWait, type BodyWriter, type ServerSideEncryption } from './upload.js';
 
 /**
  * One backup set, streamed: the local etcd's snapshot (gRPC stream), the PKI
@@ -170,24 +170,19 @@ async function streamBackup(o: BackupRequest): Promise<BackupResult> {
     const writeArchive = async (w: BodyWriter) => {
       for (const f of files) {
         partsOut.push({ path: f.name, size: f.data.length, sha256: sha256hex(f.data), mode: f.mode });
-        w.write(tarEntry(f.name, f.data, f.mode, now));
-        await w.ready();
+        await writeAndWait(w, tarEntry(f.name, f.data, f.mode, now));
       }
-      w.write(tarHeader({ name: SNAPSHOT_NAME, size, mode: 0o600, mtime: now }));
-      await w.ready();
+      await writeAndWait(w, tarHeader({ name: SNAPSHOT_NAME, size, mode: 0o600, mtime: now }));
       // Not hashed here: the upload hashes every byte for its part checksums already, and etcd
       // ends the stream with its own SHA-256 of the database (about 0.3 s of CPU less for
       // 256 MiB, on a machine that etcd and the upload keep busy; docs/etcd-backup.md).
       await snap.writeTo(w);
-      w.write(tarPadding(size));
+      await writeAndWait(w, tarPadding(size));
       const databaseSha256 = snap.databaseSha256();
       if (!databaseSha256) throw new EtcdUnavailable('the etcd snapshot stream ended without its SHA-256');
       partsOut.push({ path: SNAPSHOT_NAME, size, sha256: databaseSha256, digestOf: 'etcd-database', mode: 0o600 });
-      await w.ready();
-      w.write(tarEntry(MANIFEST_NAME, Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`), 0o644, now));
-      await w.ready();
-      w.write(tarEnd());
-      await w.ready();
+      await writeAndWait(w, tarEntry(MANIFEST_NAME, Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`), 0o644, now));
+      await writeAndWait(w, tarEnd());
     };
 
     const body = b.clientSideEncryption ? await encryptingWriter(ctx.aws, { kmsKeyId: b.kmsKeyId!, cluster: loc.cluster, signal }, writeArchive) : writeArchive;

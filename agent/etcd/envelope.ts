@@ -2,7 +2,7 @@ import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { AgentError } from '../errors.js';
 import { sdk, type Aws } from '../host/aws.js';
 import { registerSecret } from '../log/redact.js';
-import type { BodyWriter } from './upload.js';
+import { writeAndWait, type BodyWriter } from './upload.js';
 
 /**
  * Client-side envelope encryption of a backup (etcd.backup.clientSideEncryption): a fresh
@@ -73,8 +73,7 @@ export async function encryptingWriter(
       },
       ready: () => w.ready(),
     });
-    w.write(envelope.final());
-    await w.ready();
+    await writeAndWait(w, envelope.final());
   };
 }
 

@@ -71,9 +71,15 @@ export interface BodyWriter {
 /**
  * What is uploaded: a function that writes the body and resolves at its end (the backup's
  * snapshot stream writes each received chunk straight into the part buffers: no promise per
- * chunk), or an async iterable of chunks.
+ * chunk).
  */
-export type BodySource = AsyncIterable<Buffer> | ((w: BodyWriter) => Promise<void>);
+export type BodySource = (w: BodyWriter) => Promise<void>;
+
+/** Writes `b`, then waits while the writer holds bytes back (every part buffer taken). */
+export async function writeAndWait(w: BodyWriter, b: Buffer): Promise<void> {
+  w.write(b);
+  await w.ready();
+}
 
 interface Part {
   data: Buffer;
@@ -203,16 +209,7 @@ export class PartCutter implements BodyWriter {
   }
 }
 
-function startWriting(source: BodySource, cutter: PartCutter): void {
-  const write =
-    typeof source === 'function'
-      ? source
-      : async (w: BodyWriter) => {
-          for await (const b of source) {
-            w.write(b);
-            await w.ready();
-          }
-        };
+function startWriting(write: BodySource, cutter: PartCutter): void {
   write(cutter).then(
     () => cutter.end(),
     (err: unknown) => cutter.fail(err),

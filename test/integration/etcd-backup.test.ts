@@ -14,7 +14,7 @@ import { MANIFEST_NAME, SNAPSHOT_NAME, type Manifest } from '../../agent/etcd/ma
 import { findBackups, restoreBackup } from '../../agent/etcd/restore.js';
 import { scheduledBackup } from '../../agent/etcd/scheduled.js';
 import { readTar } from '../../agent/etcd/tar.js';
-import { abortStaleUploads, uploadStream } from '../../agent/etcd/upload.js';
+import { abortStaleUploads, uploadStream, writeAndWait } from '../../agent/etcd/upload.js';
 import { createLogger } from '../../agent/log/logger.js';
 import type { ConfigInput } from '../../agent/config/schema.js';
 import { AgentError, asAgentError } from '../../agent/errors.js';
@@ -344,10 +344,10 @@ describe('unfinished multipart uploads', () => {
       s3: motoS3,
       bucket: BUCKET,
       key: 'etcd-backups/stale/emergency/20260301T120000Z-i-0fail.tar',
-      body: (async function* () {
-        for (let i = 0; i < 3; i++) yield randomBytes(5 * 1024 * 1024);
+      body: async (w) => {
+        for (let i = 0; i < 3; i++) await writeAndWait(w, randomBytes(5 * 1024 * 1024));
         throw new Error('the snapshot stream broke');
-      })(),
+      },
       sse: { mode: 'AES256' },
       metadata: {},
       partSize: 5 * 1024 * 1024,
